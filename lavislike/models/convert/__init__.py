@@ -1,0 +1,1 @@
+"""lavislike.models.convert."""

@@ -1,0 +1,1 @@
+"""lavislike.runners."""
