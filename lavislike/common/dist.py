@@ -1,0 +1,78 @@
+"""torch.distributed helpers that are all safe in a single process with no group."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sends each rank the gradient of its own slice."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = [torch.empty_like(tensor) for _ in range(get_world_size())]
+        dist.all_gather(out, tensor.contiguous())
+        return torch.cat(out, 0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)  # every rank's loss depends on every slice
+        n = grad.shape[0] // get_world_size()
+        return grad[get_rank() * n : (get_rank() + 1) * n]
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from all ranks along dim 0, keeping autograd to the local slice.
+
+    In one process this is the identity.
+    """
+    if get_world_size() == 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+@torch.no_grad()
+def all_gather_nograd(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` from all ranks along dim 0 (no gradient)."""
+    if get_world_size() == 1:
+        return tensor
+    out = [torch.empty_like(tensor) for _ in range(get_world_size())]
+    dist.all_gather(out, tensor.contiguous())
+    return torch.cat(out, 0)
+
+
+def all_gather_object(obj):
+    """A list with ``obj`` from every rank (``[obj]`` in one process)."""
+    if get_world_size() == 1:
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
