@@ -76,3 +76,65 @@ def all_gather_object(obj):
     out = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def init_distributed_mode(backend: str | None = None, timeout_s: float = 1800.0) -> bool:
+    """Join the process group described by ``torchrun``'s environment, if there is one.
+
+    ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+    ``MASTER_PORT``; without them (a plain ``python`` launch) this does nothing and the
+    run stays single-process. NCCL is used when CUDA is available, gloo otherwise.
+
+    Args:
+        backend: force a backend (``"nccl"`` or ``"gloo"``); default picks by device.
+        timeout_s: collective timeout.
+
+    Returns:
+        True when a process group with more than one rank is (now) initialised.
+    """
+    import datetime
+
+    if is_dist():
+        return get_world_size() > 1
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return False
+    if int(os.environ["WORLD_SIZE"]) <= 1:
+        return False
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(
+        backend=backend,
+        init_method="env://",
+        world_size=int(os.environ["WORLD_SIZE"]),
+        rank=int(os.environ["RANK"]),
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    dist.barrier()
+    return True
+
+
+def broadcast_object(obj):
+    """``obj`` from rank 0 on every rank (``obj`` itself in one process)."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_max(value: float) -> float:
+    """The maximum of ``value`` over ranks (``value`` in one process)."""
+    if get_world_size() == 1:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside a DDP / FSDP wrapper (``model`` itself when unwrapped)."""
+    return getattr(model, "module", model)

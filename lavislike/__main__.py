@@ -1,0 +1,6 @@
+"""``python -m lavislike`` is the ``lavislike`` command."""
+import sys
+
+from lavislike.cli import main
+
+sys.exit(main())

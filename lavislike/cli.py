@@ -1,0 +1,139 @@
+"""The ``lavislike`` command line.
+
+Example:
+    lavislike train --cfg-path projects/blip2_tiny/train/pretrain_stage1.yaml run.max_epoch=2
+    lavislike zoo
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from lavislike.errors import LavislikeError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+
+
+def command(name: str):
+    def add(fn):
+        COMMANDS[name] = fn
+        return fn
+
+    return add
+
+
+def _load(args: argparse.Namespace):
+    from lavislike.config import load_config
+
+    return load_config(args.cfg_path, list(args.overrides or []) + list(args.options or []))
+
+
+@command("train")
+def _train(args: argparse.Namespace) -> None:
+    from lavislike.runners.launch import run
+
+    run(_load(args), cfg_path=args.cfg_path, evaluate_only=False)
+
+
+@command("evaluate")
+def _evaluate(args: argparse.Namespace) -> None:
+    from lavislike.runners.launch import run
+
+    run(_load(args), cfg_path=args.cfg_path, evaluate_only=True)
+
+
+@command("config")
+def _config(args: argparse.Namespace) -> None:
+    from omegaconf import OmegaConf
+
+    print(OmegaConf.to_yaml(_load(args), resolve=args.resolve))
+
+
+@command("zoo")
+def _zoo(args: argparse.Namespace) -> None:
+    from lavislike.zoo import zoo_text
+
+    print(zoo_text(args.kind))
+
+
+@command("convert")
+def _convert(args: argparse.Namespace) -> None:
+    from lavislike.models.convert.cli import convert_main
+
+    convert_main(args)
+
+
+@command("download")
+def _download(args: argparse.Namespace) -> None:
+    from lavislike.datasets.download import download
+
+    download(args.dataset, root=args.root, splits=args.splits)
+
+
+@command("make-synthetic")
+def _make_synthetic(args: argparse.Namespace) -> None:
+    from lavislike.datasets.synthetic import make_synthetic
+
+    out = make_synthetic(
+        args.out, seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+        image_size=args.image_size, with_video=args.video,
+    )
+    print(f"synthetic corpus written to {out}")
+
+
+def _with_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cfg-path", "--cfg", dest="cfg_path", help="experiment YAML (projects/...)")
+    p.add_argument("--options", nargs="+", default=[], help="overrides a.b=c (LAVIS style)")
+    p.add_argument("overrides", nargs="*", help="overrides a.b=c")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lavislike", description="BLIP-2-style vision-language pre-training")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _with_config(sub.add_parser("train", help="train from an experiment config"))
+    _with_config(sub.add_parser("evaluate", help="evaluate from an experiment config"))
+    p = sub.add_parser("config", help="print the resolved config")
+    _with_config(p)
+    p.add_argument("--no-resolve", dest="resolve", action="store_false", help="keep ${...} interpolations")
+    p = sub.add_parser("zoo", help="list models (with their types), datasets, tasks, image encoders, LLMs")
+    p.add_argument("kind", nargs="?", default=None, help="only this registry (models, datasets, ...)")
+    p = sub.add_parser("convert", help="convert checkpoints between LAVIS .pth, lavislike and Hugging Face")
+    p.add_argument("src", help="LAVIS .pth, lavislike checkpoint folder, or HF folder / hub id")
+    p.add_argument("dst", help="output folder")
+    p.add_argument("--arch", help="model name (needed for a LAVIS .pth)")
+    p.add_argument("--model-type", dest="model_type", help="model type (for a LAVIS .pth)")
+    p.add_argument("--to", choices=("lavislike", "hf"), default="lavislike", help="output format")
+    p = sub.add_parser("download", help="download a dataset's annotations and images")
+    p.add_argument("dataset")
+    p.add_argument("--root", default=None, help="where to put it (default: $LAVISLIKE_CACHE)")
+    p.add_argument("--splits", nargs="*", default=None)
+    p = sub.add_parser("make-synthetic", help="generate the synthetic corpus")
+    p.add_argument("--out", default=None, help="folder (default: $LAVISLIKE_CACHE/synthetic)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", dest="n_train", type=int, default=2000)
+    p.add_argument("--n-val", dest="n_val", type=int, default=200)
+    p.add_argument("--n-test", dest="n_test", type=int, default=200)
+    p.add_argument("--image-size", dest="image_size", type=int, default=64)
+    p.add_argument("--video", action="store_true", help="also write short videos")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors print as one line and exit with status 2."""
+    args = build_parser().parse_args(argv)
+    from lavislike.common.logging import setup_logging
+
+    setup_logging()
+    try:
+        return COMMANDS[args.command](args) or 0
+    except LavislikeError as exc:
+        print(f"lavislike {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lavislike {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

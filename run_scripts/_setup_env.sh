@@ -1,0 +1,30 @@
+# Sourced by the run scripts: create the local virtualenv when missing, install
+# lavislike into it (again only when setup.py changed), then activate it.
+# LAVISLIKE_VENV overrides the location (default: .venv at the repo root).
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${LAVISLIKE_VENV:-$REPO/.venv}"
+PY="${PYTHON:-python3}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtualenv $VENV"
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+fi
+if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
+  # This build machine serves torch 2.14.1 / torchvision 0.29.1 from a local cache;
+  # elsewhere any recent torch works.
+  echo "[setup] installing torch"
+  "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" \
+    || "$VENV/bin/python" -m pip install -q "torch>=2.4" "torchvision>=0.19"
+fi
+stamp="$VENV/.lavislike-install-stamp"
+want="$(cat "$REPO/setup.py" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python" -c "import lavislike" >/dev/null 2>&1; then
+  echo "[setup] installing lavislike and its dependencies into $VENV"
+  "$VENV/bin/python" -m pip install -q -e "$REPO[dev,video]"
+  echo "$want" > "$stamp"
+fi
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+cd "$REPO"
