@@ -65,10 +65,10 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 @command("download")
-def _download(args: argparse.Namespace) -> None:
-    from lavislike.datasets.download import download
+def _download(args: argparse.Namespace) -> int:
+    from lavislike.datasets.download import download_main
 
-    download(args.dataset, root=args.root, splits=args.splits)
+    return download_main(args.rest)
 
 
 @command("make-synthetic")
@@ -104,10 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="model name (needed for a LAVIS .pth)")
     p.add_argument("--model-type", dest="model_type", help="model type (for a LAVIS .pth)")
     p.add_argument("--to", choices=("lavislike", "hf"), default="lavislike", help="output format")
-    p = sub.add_parser("download", help="download a dataset's annotations and images")
-    p.add_argument("dataset")
-    p.add_argument("--root", default=None, help="where to put it (default: $LAVISLIKE_CACHE)")
-    p.add_argument("--splits", nargs="*", default=None)
+    p = sub.add_parser("download", add_help=False, help="download a dataset (lavislike download --help)")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
     p = sub.add_parser("make-synthetic", help="generate the synthetic corpus")
     p.add_argument("--out", default=None, help="folder (default: $LAVISLIKE_CACHE/synthetic)")
     p.add_argument("--seed", type=int, default=0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import typing
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -254,6 +255,8 @@ def run_schema(task: str, runner: str, lr_sched: str | None) -> type:
         if name is None:
             continue
         schema = registry.get_config(name)
+        # resolved types: a module with `from __future__ import annotations` stores strings
+        hints = typing.get_type_hints(schema) if schema else {}
         for f in dataclasses.fields(schema) if schema else ():
             if f.name in fields or f.name == "name":
                 continue
@@ -263,7 +266,7 @@ def run_schema(task: str, runner: str, lr_sched: str | None) -> type:
                 kw["default"] = f.default
             elif f.default_factory is not dataclasses.MISSING:
                 kw["default_factory"] = f.default_factory
-            extra.append((f.name, f.type, dataclasses.field(**kw)))
+            extra.append((f.name, hints.get(f.name, f.type), dataclasses.field(**kw)))
     return dataclasses.make_dataclass("RunConfig", extra, bases=(RunConfig,))
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, ClassVar, Iterator, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -35,7 +35,14 @@ from torch import nn
 
 from lavislike.common.dist import get_world_size
 from lavislike.config.schema import ModelConfig
-from lavislike.errors import ConfigError
+from lavislike.errors import CheckpointError, ConfigError
+from lavislike.models.freezing import (
+    cpu_fp16_fallback,
+    freeze,
+    frozen_forward,
+    is_frozen,
+    keep_frozen_eval,
+)
 from lavislike.models.qformer import QFormer, QFormerConfig
 from lavislike.registry import IMAGE_ENCODERS
 
@@ -139,10 +146,8 @@ class Blip2Base(nn.Module):
             raise ConfigError(f"model '{cfg.get('arch')}': model.image_encoder needs a 'name'")
         self.image_encoder = IMAGE_ENCODERS.get(block.name).from_config(block)
         width = int(self.image_encoder.num_features)
-        self.freeze_image_encoder = bool(block.get("freeze", False))
-        if self.freeze_image_encoder:
-            self.image_encoder.requires_grad_(False)
-            self.image_encoder.eval()
+        if bool(block.get("freeze", False)) and not is_frozen(self.image_encoder):
+            freeze(self.image_encoder)
         self.ln_vision = nn.LayerNorm(width, eps=cfg.ln_vision_eps)
         qcfg = qformer_config(cfg.qformer)
         self.qformer = QFormer(qcfg, qcfg.encoder_width or width)
@@ -153,9 +158,11 @@ class Blip2Base(nn.Module):
     # -- parts ------------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Blip2Base":
         super().train(mode)
-        if self.freeze_image_encoder:
-            self.image_encoder.eval()
-        return self
+        return keep_frozen_eval(self)
+
+    @property
+    def freeze_image_encoder(self) -> bool:
+        return is_frozen(self.image_encoder)
 
     @property
     def device(self) -> torch.device:
@@ -177,12 +184,10 @@ class Blip2Base(nn.Module):
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """Frozen-or-not image features through ``ln_vision``: (B, P, C) in the Q-Former dtype."""
+        cpu_fp16_fallback(self.image_encoder, self.device)
         enc_dtype = next(self.image_encoder.parameters()).dtype
         image = image.to(self.device, enc_dtype)
-        if self.freeze_image_encoder:
-            with torch.no_grad():
-                feats = self.image_encoder(image)
-        else:
+        with frozen_forward(self.image_encoder):
             feats = self.image_encoder(image)
         return self.ln_vision(feats.to(self.ln_vision.weight.dtype)).to(self.dtype)
 
@@ -231,22 +236,56 @@ class Blip2Base(nn.Module):
         return set(getattr(module, "_non_persistent_buffers_set", ()))
 
     def init_missing_(self, names: set[str]) -> None:
-        """Initialise parameters a checkpoint did not provide (after ``to_empty``).
+        """Initialise parameters a checkpoint did not provide (already allocated).
 
-        Subclasses call ``super().init_missing_(names)`` and handle their own extras.
+        Each named parameter is initialised on its own (never its whole module, whose other
+        parameters may be loaded or tied): LayerNorm weights 1, biases 0, the rest
+        N(0, initializer_range). Subclasses call ``super().init_missing_(names)`` first and
+        then set their own extras.
         """
-        for module_name, module in self.named_modules():
-            own = {f"{module_name}.{n}" if module_name else n for n, _ in module.named_parameters(recurse=False)}
-            if not own & names:
-                continue
-            if module_name.startswith("qformer") or module_name in ("vision_proj", "text_proj", "itm_head"):
-                self.qformer.init_weights_(module)
-            elif hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        std = self.qformer.cfg.initializer_range
+        for name in names:
+            owner_name, _, pname = name.rpartition(".")
+            owner = self.get_submodule(owner_name) if owner_name else self
+            param = getattr(owner, pname)
+            if isinstance(owner, nn.LayerNorm) and pname == "weight":
+                nn.init.ones_(param)
+            elif pname == "bias":
+                nn.init.zeros_(param)
+            else:
+                nn.init.normal_(param, std=std)
         self.qformer.tie_weights()
 
     def tie_weights(self) -> None:
         self.qformer.tie_weights()
+
+    # -- checkpoint layouts (tables set by the concrete models) ---------------------------
+    LAVIS_KEYMAP: ClassVar[Any] = None  # KeyMap: LAVIS names -> ours (image encoder aside)
+    LAVIS_DROP: ClassVar[tuple[str, ...]] = ()  # LAVIS keys ignored (regexes)
+    HF_KEYMAP: ClassVar[Any] = None  # KeyMap: transformers names -> ours
+    HF_DROP: ClassVar[tuple[str, ...]] = ()
+    ALLOW_MISSING: ClassVar[dict[str, tuple[str, ...]]] = {}  # format -> model keys it may lack
+
+    def convert_lavis_state(self, state: dict, source: str = "LAVIS checkpoint") -> dict:
+        """A LAVIS state dict under this model's keys (unknown keys raise)."""
+        from lavislike.models.convert.lavis import convert_lavis_state
+
+        if self.LAVIS_KEYMAP is None:
+            raise CheckpointError(f"{type(self).__name__} has no LAVIS checkpoint layout")
+        return convert_lavis_state(state, self.image_encoder, self.LAVIS_KEYMAP, self.LAVIS_DROP, source)
+
+    def convert_hf_state(self, state: dict, source: str = "Hugging Face checkpoint") -> dict:
+        """A transformers state dict under this model's keys (unknown keys raise)."""
+        from lavislike.models.convert.hf import convert_hf_state
+
+        if self.HF_KEYMAP is None:
+            raise CheckpointError(f"{type(self).__name__} has no Hugging Face checkpoint layout")
+        return convert_hf_state(state, self.image_encoder, self.HF_KEYMAP, self.HF_DROP, source)
+
+    def allowed_missing(self, fmt: str) -> tuple[str, ...]:
+        """Regexes of model keys a checkpoint of format ``fmt`` may lack."""
+        tied = (r"qformer\.lm_head\.decoder\.weight",) if self.qformer.cfg.tie_lm_head else ()
+        return tied + tuple(self.ALLOW_MISSING.get(fmt, ()))
 
 
 def qformer_config(block: Any) -> QFormerConfig:

@@ -356,9 +356,10 @@ class QFormer(nn.Module):
         checkpoint has one (``cls.predictions``). Extra vocabulary rows (``[DEC]``) keep
         their random init. Sizes must match (hidden size, heads, layer count at most BERT's).
         """
+        from lavislike.models.convert.hf import read_hf_state
         from lavislike.models.convert.lavis import bert_to_qformer_state
 
-        state = _read_hf_weights(path)
+        state = read_hf_state(path)
         mapped = bert_to_qformer_state(state, self.cfg.num_hidden_layers)
         own = self.state_dict()
         with torch.no_grad():
@@ -419,6 +420,8 @@ class QFormer(nn.Module):
         # length from the cache length); with decoded text in the cache they continue
         offset = max(past_len - self.cfg.num_query_token, 0) if past_key_values is not None else 0
         hidden = self.embeddings(input_ids, query_embeds, position_offset=offset)
+        if causal and input_ids is not None and text_mask is None:
+            text_mask = torch.ones_like(input_ids)
         mask = self_attention_mask(num_query, text_mask, causal, past_len, hidden.shape[0], hidden.device)
         if image_embeds is not None:
             image_embeds = image_embeds.to(hidden.dtype)
@@ -459,32 +462,3 @@ class QFormer(nn.Module):
         if self.lm_head is None:
             raise ConfigError("this Q-Former has no LM head (qformer.lm_head=false)")
         return self.lm_head(hidden)
-
-
-def _read_hf_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of an HF model folder (safetensors preferred, else pytorch_model.bin)."""
-    folder = Path(path)
-    if not folder.is_dir():
-        try:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(str(path), allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))
-        except Exception as exc:
-            raise CheckpointError(
-                f"qformer.init_from='{path}' is neither a folder nor a reachable hub id ({exc})"
-            ) from None
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
-        from safetensors.torch import load_file
-
-        state: dict[str, torch.Tensor] = {}
-        for f in files:
-            state.update(load_file(str(f)))
-        return state
-    bins = sorted(folder.glob("pytorch_model*.bin"))
-    if not bins:
-        raise CheckpointError(f"{folder}: no *.safetensors or pytorch_model*.bin weights found")
-    state = {}
-    for f in bins:
-        state.update(torch.load(f, map_location="cpu", weights_only=True))
-    return state

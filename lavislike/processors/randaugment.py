@@ -36,9 +36,13 @@ def _affine(img: Image.Image, coeffs: tuple) -> Image.Image:
     return img.transform(img.size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=FILL)
 
 
-def apply_op(img: Image.Image, op: str, level: float) -> Image.Image:
-    """Apply one named operation at ``level`` (0..10) to an RGB PIL image."""
+def apply_op(img: Image.Image, op: str, level: float, sign: float | None = None) -> Image.Image:
+    """Apply one named operation at ``level`` (0..10) to an RGB PIL image.
+
+    ``sign`` (+1 / -1) fixes the direction of geometric ops; None draws it.
+    """
     frac = level / MAX_LEVEL
+    s = sign if sign is not None else _sign()
     if op == "Identity":
         return img
     if op == "AutoContrast":
@@ -51,15 +55,15 @@ def apply_op(img: Image.Image, op: str, level: float) -> Image.Image:
                     "Color": ImageEnhance.Color, "Contrast": ImageEnhance.Contrast}[op]
         return enhancer(img).enhance(factor)
     if op == "ShearX":
-        return _affine(img, (1, _sign() * frac * 0.3, 0, 0, 1, 0))
+        return _affine(img, (1, s * frac * 0.3, 0, 0, 1, 0))
     if op == "ShearY":
-        return _affine(img, (1, 0, 0, _sign() * frac * 0.3, 1, 0))
+        return _affine(img, (1, 0, 0, s * frac * 0.3, 1, 0))
     if op == "TranslateX":
-        return _affine(img, (1, 0, _sign() * frac * 10.0, 0, 1, 0))
+        return _affine(img, (1, 0, s * frac * 10.0, 0, 1, 0))
     if op == "TranslateY":
-        return _affine(img, (1, 0, 0, 0, 1, _sign() * frac * 10.0))
+        return _affine(img, (1, 0, 0, 0, 1, s * frac * 10.0))
     if op == "Rotate":
-        return img.rotate(_sign() * frac * 30.0, resample=Image.Resampling.BILINEAR, fillcolor=FILL)
+        return img.rotate(s * frac * 30.0, resample=Image.Resampling.BILINEAR, fillcolor=FILL)
     raise ValueError(f"unknown RandAugment op '{op}'; known: {', '.join(BLIP_AUGS)}")
 
 
@@ -81,6 +85,17 @@ class RandomAugment:
             if torch.rand(()).item() > 0.5:
                 continue
             img = apply_op(img, self.augs[i], self.magnitude)
+        return img
+
+    def sample_video_ops(self) -> list[tuple[str, float]]:
+        """Ops for a whole clip (LAVIS ``VideoRandomAugment``: drawn without replacement,
+        always applied); one sign per op so every frame moves alike."""
+        picks = torch.randperm(len(self.augs))[: self.n].tolist()
+        return [(self.augs[i], _sign()) for i in picks]
+
+    def apply_ops(self, img: Image.Image, ops: list[tuple[str, float]]) -> Image.Image:
+        for op, sign in ops:
+            img = apply_op(img, op, self.magnitude, sign)
         return img
 
     def __repr__(self) -> str:

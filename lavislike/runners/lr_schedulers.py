@@ -4,7 +4,6 @@ Every schedule is a pure function of the global optimizer step, so resuming only
 the step count, and the value at any step can be checked by hand. Param groups may carry
 an ``lr_scale`` (layer-wise lr decay); the group's lr is ``schedule(step) * lr_scale``.
 """
-from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod

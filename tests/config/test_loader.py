@@ -109,7 +109,7 @@ def test_part_name_switch_uses_the_new_schema(fake_model):
         ("model.model_type=bgi", "Did you mean 'big'?"),
         ("modle.arch=x", "Did you mean 'model'?"),
         ("run.init_lr=abc", "key 'run.init_lr'"),
-        ("model.image_encoder.name=cfgtest_enc_c", "Did you mean 'cfgtest_enc_a'?"),
+        ("model.image_encoder.name=cfgtest_enc_x", "unknown image encoder 'cfgtest_enc_x'"),
         ("run.task=captionin", "unknown task 'captionin'"),
         ("nonsense", "not of the form key.path=value"),
     ],

@@ -1,0 +1,115 @@
+"""Reading image-encoder weights from a file, a URL or a Hugging Face hub repo.
+
+Nothing here runs at import; a download happens only when a user names a URL or hub
+repo as ``pretrained``. Downloads land in ``lavislike.common.paths.cache_dir()``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from lavislike.common.paths import cache_path
+from lavislike.errors import CheckpointError
+
+__all__ = ["load_state_dict_file", "load_weights", "unwrap_state_dict"]
+
+_HUB_PREFIX = "hf-hub:"
+_WRAPPER_KEYS = ("model", "state_dict", "module")
+
+
+def unwrap_state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
+    """The tensor dict inside a checkpoint (LAVIS files may nest it under ``model``)."""
+    while isinstance(obj, dict):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj  # type: ignore[return-value]
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    raise CheckpointError(f"{source}: no state dict of tensors found in the checkpoint")
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` file or a ``.pth``/``.bin`` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors carry long messages; keep one line
+        raise CheckpointError(
+            f"{path}: cannot be read with torch.load(weights_only=True): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    return unwrap_state_dict(obj, str(path))
+
+
+def _download(url: str) -> Path:
+    target = cache_path("weights", Path(urlparse(url).path).name or "weights.pth")
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # download_url_to_file writes a temp file and renames it: no torn files
+        torch.hub.download_url_to_file(url, str(target), progress=True)
+    return target
+
+
+def _load_hub(repo_id: str, key_prefix: str) -> dict[str, torch.Tensor]:
+    """Tensors whose names start with ``key_prefix`` from a hub repo's safetensors."""
+    import json
+
+    from huggingface_hub import hf_hub_download
+    from safetensors import safe_open
+
+    try:
+        index_file = hf_hub_download(repo_id, "model.safetensors.index.json")
+        weight_map = json.loads(Path(index_file).read_text())["weight_map"]
+        shards = sorted({f for k, f in weight_map.items() if k.startswith(key_prefix)})
+    except Exception:
+        shards = ["model.safetensors"]  # single-file repos have no index
+    out: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        try:
+            local = hf_hub_download(repo_id, shard)
+        except Exception as exc:
+            raise CheckpointError(
+                f"hub repo '{repo_id}': cannot fetch '{shard}': {type(exc).__name__}"
+            ) from None
+        with safe_open(local, framework="pt") as fh:
+            for key in fh.keys():
+                if key.startswith(key_prefix):
+                    out[key] = fh.get_tensor(key)
+    if not out:
+        raise CheckpointError(f"hub repo '{repo_id}' holds no '{key_prefix}*' tensors")
+    return out
+
+
+def load_weights(source: str, hub_key_prefix: str = "vision_model.") -> dict[str, torch.Tensor]:
+    """Read a state dict from a local file, an ``https://`` URL or a hub repo id.
+
+    Args:
+        source: a file path, a URL (downloaded once into the cache), or a Hugging Face
+            repo id (``Salesforce/blip2-itm-vit-g`` or ``hf-hub:Salesforce/...``).
+        hub_key_prefix: only tensors under this prefix are read from hub repos (a BLIP-2
+            repo also holds the Q-Former and the LLM).
+
+    Raises:
+        CheckpointError: the file is missing or unreadable.
+    """
+    if source.startswith(("http://", "https://")):
+        return load_state_dict_file(_download(source))
+    if os.path.exists(source) or source.endswith((".pth", ".pt", ".bin", ".safetensors")):
+        return load_state_dict_file(source)
+    repo_id = source[len(_HUB_PREFIX):] if source.startswith(_HUB_PREFIX) else source
+    if repo_id.count("/") == 1 and not repo_id.startswith(("/", ".")):
+        return _load_hub(repo_id, hub_key_prefix)
+    raise CheckpointError(
+        f"pretrained '{source}' is neither a file, an http(s) URL nor a hub repo id "
+        "(org/name)"
+    )

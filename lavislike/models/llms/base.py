@@ -1,0 +1,397 @@
+"""Frozen Hugging Face language models behind one small interface.
+
+A stage-2 BLIP-2 model hands an LLM adapter a *soft prompt* (the projected Q-Former
+outputs, ``(B, Q, D)`` in the LLM's embedding width) plus text, and the adapter does
+whatever its model family needs: where the soft prompt goes (in front of a decoder's
+tokens, or in front of an encoder's), how text is tokenized and padded, how the loss,
+generation and answer likelihoods are computed. Any model that ``transformers`` builds
+through its Auto classes works; no model code is vendored.
+
+Interface used by :mod:`lavislike.models.blip2_llm`:
+
+* ``hidden_size`` - the width the soft prompt must have;
+* ``lm_loss(soft_prompt, prefixes, targets, max_txt_len) -> loss``;
+* ``generate_ids(soft_prompt, prompts, max_txt_len, **generation) -> LongTensor`` and
+  ``decode(ids) -> list[str]``;
+* ``rank_answers(soft_prompt, prompts, answers, max_txt_len, num_candidates) -> (B, K)``
+  log-likelihood of every answer (``-inf`` outside the short-list).
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+
+from lavislike.common.suggest import did_you_mean
+from lavislike.errors import CheckpointError, ConfigError
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# captured at import, before any model build can patch it (loading.params_on_meta)
+_REGISTER_PARAMETER = nn.Module.register_parameter
+
+
+@contextlib.contextmanager
+def real_parameters() -> Iterator[None]:
+    """Create real parameters even inside ``params_on_meta()``.
+
+    A model built on ``meta`` gets its weights from a checkpoint; a frozen LLM's weights are
+    not in BLIP-2 checkpoints but in ``llm.path``, so they are read for real while the rest
+    stays on ``meta``.
+    """
+    current = nn.Module.register_parameter
+    nn.Module.register_parameter = _REGISTER_PARAMETER
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = current
+
+
+@dataclass
+class LLMConfig:
+    """The ``llm:`` block shared by every adapter.
+
+    Attributes:
+        name: registry name of the adapter (``causal_lm`` or ``seq2seq_lm``).
+        path: Hugging Face hub id or local folder holding the LLM (config, weights,
+            tokenizer).
+        tokenizer: where to read the tokenizer from (folder, hub id or ``pkg:<module>/<dir>``);
+            None = ``path``.
+        dtype: ``fp32`` / ``fp16`` / ``bf16``; None = the adapter's GPU default (fp16 for
+            decoder-only, bf16 for encoder-decoder) on a GPU and fp32 elsewhere.
+        freeze: keep the LLM frozen (no gradients to its weights, eval mode always).
+        load_weights: read the pre-trained weights; false builds a random model from the
+            config (tests, meta-device sizing, or when a checkpoint supplies the weights).
+        hf_config: a complete ``transformers`` config as a dict (with ``model_type``);
+            when given, ``path``'s ``config.json`` is not read.
+        config_overrides: values set on the ``transformers`` config after it is read.
+        attn_implementation: ``sdpa`` (default), ``eager`` or another implementation
+            ``transformers`` knows.
+    """
+
+    name: str = "causal_lm"
+    path: Optional[str] = None
+    tokenizer: Optional[str] = None
+    dtype: Optional[str] = None
+    freeze: bool = True
+    load_weights: bool = True
+    hf_config: Optional[Dict[str, Any]] = None
+    config_overrides: Dict[str, Any] = field(default_factory=dict)
+    attn_implementation: Optional[str] = "sdpa"
+
+
+def resolve_dtype(dtype: Optional[str], gpu_default: str, device: torch.device) -> torch.dtype:
+    """The torch dtype for ``llm.dtype`` (None = ``gpu_default`` on CUDA, fp32 otherwise)."""
+    if dtype is None:
+        dtype = gpu_default if device.type == "cuda" else "fp32"
+    if dtype not in DTYPES:
+        raise ConfigError(f"llm.dtype='{dtype}' is not valid.{did_you_mean(dtype, DTYPES)} Use one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _plain(obj: Any) -> Any:
+    """OmegaConf containers -> plain dicts/lists (transformers configs want plain types)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    return obj
+
+
+def build_hf_config(cfg: Any):
+    """The ``transformers`` config for ``cfg`` (``hf_config`` dict or ``path``'s config.json)."""
+    from transformers import AutoConfig
+
+    overrides = dict(_plain(cfg.config_overrides) or {})
+    if cfg.hf_config is not None:
+        data = dict(_plain(cfg.hf_config))
+        model_type = data.pop("model_type", None)
+        if model_type is None:
+            raise ConfigError("llm.hf_config needs a 'model_type' (e.g. opt, t5, llama)")
+        data.update(overrides)
+        try:
+            return AutoConfig.for_model(model_type, **data)
+        except ValueError as exc:
+            raise ConfigError(f"llm.hf_config: {exc}") from None
+    if not cfg.path:
+        raise ConfigError("llm.path is not set: give a Hugging Face hub id or a local folder")
+    try:
+        return AutoConfig.from_pretrained(str(cfg.path), **overrides)
+    except OSError as exc:
+        raise CheckpointError(f"llm.path='{cfg.path}': cannot read its config.json ({exc})") from None
+
+
+class LLMAdapter(nn.Module, abc.ABC):
+    """Base of the LLM adapters: a frozen ``transformers`` model + its tokenizer.
+
+    Subclasses set ``AUTO_CLASS`` (the ``transformers`` Auto class name),
+    ``GPU_DTYPE`` and ``DEFAULT_VQA_PROMPT`` and implement the family-specific methods.
+
+    Args:
+        cfg: the ``llm`` block (:class:`LLMConfig` or a subclass).
+        model: the ``transformers`` model.
+        tokenizer: a tokenizer, or None to read it lazily from ``cfg.tokenizer`` /
+            ``cfg.path`` on first use (so sizing a model on ``meta`` reads nothing).
+    """
+
+    AUTO_CLASS = "AutoModelForCausalLM"
+    GPU_DTYPE = "fp16"
+    DEFAULT_VQA_PROMPT = "Question: {} Answer:"
+
+    def __init__(self, cfg: Any, model: nn.Module, tokenizer: Any = None):
+        super().__init__()
+        self.cfg = cfg
+        self.model = model
+        self._tokenizer = tokenizer
+        self._answer_cache: dict[tuple[str, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+        if cfg.freeze:
+            from lavislike.models.freezing import freeze
+
+            freeze(self.model)
+
+    # -- building ---------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: Any, device: torch.device | str | None = None) -> "LLMAdapter":
+        """Build the adapter; weights are read straight to ``device`` in the right dtype.
+
+        Args:
+            cfg: the ``llm`` block.
+            device: target device; None = ``torch.get_default_device()`` (so building under
+                ``with torch.device("meta"):`` sizes the model without reading weights).
+        """
+        import transformers
+
+        device = torch.device(device) if device is not None else torch.get_default_device()
+        dtype = resolve_dtype(cfg.dtype, cls.GPU_DTYPE, device)
+        auto = getattr(transformers, cls.AUTO_CLASS)
+        hf_config = build_hf_config(cfg)
+        kwargs = {}
+        if cfg.attn_implementation:
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        if cfg.load_weights and device.type != "meta" and cfg.hf_config is None:
+            import importlib.util
+
+            # straight to the GPU needs accelerate's device_map; without it: CPU, then move
+            direct = device.type != "cpu" and importlib.util.find_spec("accelerate") is not None
+            if direct:
+                kwargs["device_map"] = device
+            try:
+                with real_parameters(), torch.device(device if direct else "cpu"):
+                    model = auto.from_pretrained(str(cfg.path), config=hf_config, dtype=dtype, **kwargs)
+            except OSError as exc:
+                raise CheckpointError(f"llm.path='{cfg.path}': cannot load the weights ({exc})") from None
+            if not direct:
+                model.to(device)
+        else:
+            with torch.device(device):
+                model = auto.from_config(hf_config, dtype=dtype, **kwargs)
+        return cls(cfg, model)
+
+    @property
+    def tokenizer(self):
+        """The LLM's tokenizer (read on first use)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from lavislike.models.base import resolve_tokenizer_path
+
+            source = self.cfg.tokenizer or self.cfg.path
+            if not source:
+                raise ConfigError("llm.tokenizer and llm.path are both unset: nothing to read a tokenizer from")
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer_path(str(source)))
+            except (OSError, ValueError) as exc:
+                raise CheckpointError(f"llm.tokenizer='{source}': cannot load the tokenizer ({exc})") from None
+            self._setup_tokenizer(self._tokenizer)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self._setup_tokenizer(value)
+        self._tokenizer = value
+        self._answer_cache.clear()
+
+    def _setup_tokenizer(self, tok) -> None:
+        """Family-specific tokenizer fixes (padding token, ...)."""
+        if tok.pad_token is None:
+            # Llama-style tokenizers ship no pad token; padding is masked out everywhere
+            # (targets come from the attention mask), so any id works.
+            tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+
+    # -- properties ---------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def train(self, mode: bool = True) -> "LLMAdapter":
+        super().train(mode)
+        if self.cfg.freeze:
+            self.model.eval()
+        return self
+
+    # -- shared helpers -----------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of token ids (in the LLM's dtype)."""
+        return self.model.get_input_embeddings()(input_ids)
+
+    def tokenize(
+        self,
+        texts: Sequence[str],
+        side: str = "right",
+        max_length: Optional[int] = None,
+        add_special_tokens: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)`` on the LLM's device, padded on ``side``."""
+        tok = self.tokenizer
+        tok.padding_side = side
+        out = tok(
+            list(texts),
+            return_tensors="pt",
+            padding="longest",
+            truncation=max_length is not None,
+            max_length=max_length,
+            add_special_tokens=add_special_tokens,
+        )
+        return out.input_ids.to(self.device), out.attention_mask.to(self.device)
+
+    def decode(self, ids: torch.Tensor) -> list[str]:
+        """Token ids -> stripped strings (special tokens and padding dropped)."""
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def prompt_embeds(self, soft_prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The soft prompt in the LLM dtype and its all-ones attention mask."""
+        soft = soft_prompt.to(self.device, self.dtype)
+        return soft, torch.ones(soft.shape[:2], dtype=torch.long, device=self.device)
+
+    def generation_kwargs(
+        self,
+        use_nucleus_sampling: bool = False,
+        num_beams: int = 5,
+        max_length: int = 30,
+        min_length: int = 1,
+        top_p: float = 0.9,
+        repetition_penalty: float = 1.0,
+        length_penalty: float = 1.0,
+        num_captions: int = 1,
+        temperature: float = 1.0,
+    ) -> dict:
+        """LAVIS-style generation arguments -> ``transformers`` ``generate`` kwargs.
+
+        ``max_length`` / ``min_length`` count generated tokens only.
+        """
+        kwargs = dict(
+            do_sample=use_nucleus_sampling,
+            num_beams=1 if use_nucleus_sampling else num_beams,
+            max_new_tokens=max_length,
+            min_new_tokens=min_length,
+            repetition_penalty=repetition_penalty,
+            length_penalty=length_penalty,
+            num_return_sequences=num_captions,
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+        if use_nucleus_sampling:
+            kwargs.update(top_p=top_p, temperature=temperature)
+        return kwargs
+
+    def answer_tokens(self, answers: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidate answers as the tokens the LLM would emit, end-of-answer included;
+        right-padded ``(K, L)`` ids and mask (cached per answer list)."""
+        key = tuple(answers)
+        if key not in self._answer_cache:
+            self._answer_cache.clear()  # one answer list at a time is what evaluation uses
+            self._answer_cache[key] = self._tokenize_answers(list(answers))
+        ids, mask = self._answer_cache[key]
+        return ids.to(self.device), mask.to(self.device)
+
+    def rank_answers(
+        self,
+        soft_prompt: torch.Tensor,
+        prompts: Sequence[str],
+        answers: Sequence[str],
+        max_txt_len: Optional[int] = None,
+        num_candidates: int = 128,
+        chunk_size: int = 512,
+    ) -> torch.Tensor:
+        """Log-likelihood of every candidate answer given image + prompt.
+
+        All candidates are scored when there are at most ``num_candidates`` of them;
+        otherwise each question keeps the ``num_candidates`` answers whose first token is
+        most likely and the rest score ``-inf`` (BLIP's short-listing).
+
+        Returns:
+            (B, K) float32 sum of the answer tokens' log-probabilities.
+        """
+        ans_ids, ans_mask = self.answer_tokens(answers)
+        with torch.no_grad():
+            state, first_logp = self._answer_prefix(soft_prompt, prompts, max_txt_len)
+            b, k = first_logp.shape[0], ans_ids.shape[0]
+            if k > num_candidates:
+                cand = first_logp[:, ans_ids[:, 0]].topk(num_candidates, dim=1).indices
+            else:
+                cand = torch.arange(k, device=self.device).expand(b, k)
+            n = cand.shape[1]
+            rows = torch.arange(b, device=self.device).repeat_interleave(n)
+            flat = cand.reshape(-1)
+            parts = []
+            for start in range(0, flat.numel(), chunk_size):
+                sl = slice(start, start + chunk_size)
+                parts.append(
+                    self._answer_scores(state, first_logp, rows[sl], ans_ids[flat[sl]], ans_mask[flat[sl]])
+                )
+            scores = torch.full((b, k), float("-inf"), device=self.device)
+            scores.scatter_(1, cand, torch.cat(parts).view(b, n))
+        return scores
+
+    # -- family-specific ----------------------------------------------------------------
+    @abc.abstractmethod
+    def lm_loss(
+        self,
+        soft_prompt: torch.Tensor,
+        prefixes: Sequence[str],
+        targets: Sequence[str],
+        max_txt_len: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Mean token cross-entropy of ``targets`` given soft prompt + ``prefixes``."""
+
+    @abc.abstractmethod
+    def generate_ids(
+        self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int] = None, **generation
+    ) -> torch.Tensor:
+        """Generated token ids (new tokens only) for ``B * num_return_sequences`` rows."""
+
+    @abc.abstractmethod
+    def _tokenize_answers(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ``(K, L)`` answer ids + mask, end-of-answer token included."""
+
+    @abc.abstractmethod
+    def _answer_prefix(
+        self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int]
+    ) -> tuple[Any, torch.Tensor]:
+        """Run the part shared by all answers once: ``(state, (B, V) first-token log-probs)``."""
+
+    @abc.abstractmethod
+    def _answer_scores(
+        self, state: Any, first_logp: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Log-likelihood of answers ``ids`` (N, L) for questions ``rows`` (N,) -> (N,)."""
+
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over positions of ``log softmax(logits)[ids]`` where ``mask`` is 1 (float32)."""
+    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    return (logp * mask).sum(-1)

@@ -1,0 +1,106 @@
+"""Encoder-decoder LLMs (FlanT5, ...) through ``AutoModelForSeq2SeqLM``.
+
+The soft prompt goes in front of the *encoder*'s token embeddings:
+``encoder([soft prompt][prefix text])``, and the decoder produces the target text
+(prefix language modelling). Following the reference, FlanT5's feed-forward activation is
+exact GELU (``dense_act_fn="gelu"``) instead of the ``gelu_new`` tanh approximation its
+config names; the default ``config_overrides`` apply that.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+
+from lavislike.models.llms.base import LLMAdapter, LLMConfig, token_logprobs
+from lavislike.registry import LLMS
+
+
+def _exact_gelu() -> Dict[str, Any]:
+    return {"dense_act_fn": "gelu"}
+
+
+@dataclass
+class Seq2SeqLMConfig(LLMConfig):
+    """``llm:`` block of :class:`Seq2SeqLM` (exact-GELU override on by default)."""
+
+    name: str = "seq2seq_lm"
+    config_overrides: Dict[str, Any] = field(default_factory=_exact_gelu)
+
+
+@LLMS.register("seq2seq_lm", config=Seq2SeqLMConfig)
+class Seq2SeqLM(LLMAdapter):
+    """A frozen encoder-decoder LLM reading the soft prompt before its encoder tokens."""
+
+    AUTO_CLASS = "AutoModelForSeq2SeqLM"
+    GPU_DTYPE = "bf16"
+    DEFAULT_VQA_PROMPT = "Question: {} Short answer:"
+
+    def _encoder_inputs(
+        self, soft_prompt: torch.Tensor, texts: Sequence[str], max_txt_len: Optional[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self.tokenize(texts, side="right", max_length=max_txt_len)
+        soft, soft_mask = self.prompt_embeds(soft_prompt)
+        return torch.cat([soft, self.embed(ids)], 1), torch.cat([soft_mask, mask], 1)
+
+    @property
+    def _start_id(self) -> int:
+        return int(self.model.config.decoder_start_token_id)
+
+    def lm_loss(
+        self,
+        soft_prompt: torch.Tensor,
+        prefixes: Sequence[str],
+        targets: Sequence[str],
+        max_txt_len: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Prefix-LM loss: ``prefixes`` into the encoder after the soft prompt, ``targets``
+        (EOS included, padding ignored) as the decoder's labels."""
+        embeds, attn = self._encoder_inputs(soft_prompt, prefixes, max_txt_len)
+        out_ids, out_mask = self.tokenize(targets, side="right", max_length=max_txt_len)
+        labels = out_ids.masked_fill(out_mask == 0, -100)
+        return self.model(
+            inputs_embeds=embeds, attention_mask=attn, decoder_attention_mask=out_mask, labels=labels
+        ).loss
+
+    @torch.no_grad()
+    def generate_ids(
+        self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int] = None, **generation
+    ) -> torch.Tensor:
+        """New token ids (the decoder start token removed)."""
+        embeds, attn = self._encoder_inputs(soft_prompt, prompts, max_txt_len)
+        out = self.model.generate(inputs_embeds=embeds, attention_mask=attn, **generation)
+        return out[:, 1:]
+
+    # -- answer ranking -------------------------------------------------------------------
+    def _tokenize_answers(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        tok = self.tokenizer
+        tok.padding_side = "right"
+        out = tok(list(answers), padding="longest", return_tensors="pt")
+        return out.input_ids, out.attention_mask
+
+    def _answer_prefix(
+        self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int]
+    ) -> tuple[Any, torch.Tensor]:
+        embeds, attn = self._encoder_inputs(soft_prompt, prompts, max_txt_len)
+        enc = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=attn).last_hidden_state
+        start = torch.full((enc.shape[0], 1), self._start_id, dtype=torch.long, device=enc.device)
+        logits = self.model(encoder_outputs=BaseModelOutput(enc), attention_mask=attn, decoder_input_ids=start).logits
+        return (enc, attn), torch.log_softmax(logits[:, 0].float(), dim=-1)
+
+    def _answer_scores(
+        self, state: Any, first_logp: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        enc, attn = state
+        start = torch.full((ids.shape[0], 1), self._start_id, dtype=torch.long, device=ids.device)
+        dec_ids = torch.cat([start, ids[:, :-1]], 1)
+        dec_mask = torch.cat([torch.ones_like(start), mask[:, :-1]], 1)
+        logits = self.model(
+            encoder_outputs=BaseModelOutput(enc[rows]),
+            attention_mask=attn[rows],
+            decoder_input_ids=dec_ids,
+            decoder_attention_mask=dec_mask,
+        ).logits
+        return token_logprobs(logits, ids, mask)

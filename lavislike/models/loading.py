@@ -1,0 +1,280 @@
+"""Building models from the registry and loading their weights (the public API's engine).
+
+* :func:`load_model` - config (schema <- type YAML <- checkpoint's config <- overrides),
+  build on the ``meta`` device when weights will be loaded, then read the weights straight
+  into the target device and dtype (``load_state_dict(assign=True)``). Random init when
+  nothing is loaded (``load_pretrained=False``).
+* weight sources: a LAVIS ``.pth`` (file or URL), our format (a folder with
+  ``model.safetensors`` + ``config.yaml``, or a ``.safetensors`` file), a Hugging Face
+  folder or hub id. Keys are checked against explicit allow-lists.
+* :func:`save_pretrained` - our format.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from lavislike.config import model_config, preprocess_config
+from lavislike.errors import CheckpointError
+from lavislike.models.base import params_on_meta
+from lavislike.models.convert.keymap import check_keys
+from lavislike.registry import MODELS
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.yaml"
+PARTIAL_KEY = "lavislike_partial"  # safetensors metadata: only the trainable weights
+
+
+# -- formats -------------------------------------------------------------------------------
+def checkpoint_format(source: str) -> str:
+    """``"lavis"``, ``"lavislike"`` or ``"hf"`` for a path, URL or hub id."""
+    path = Path(source)
+    if source.startswith(("http://", "https://")) or path.suffix in (".pth", ".pt", ".bin"):
+        return "lavis"
+    if path.suffix == ".safetensors" or (path / WEIGHTS_NAME).is_file() and (path / CONFIG_NAME).is_file():
+        return "lavislike"
+    if path.is_dir() and (path / "config.json").is_file():
+        return "hf"
+    if path.exists():
+        raise CheckpointError(
+            f"checkpoint '{source}': not a LAVIS .pth, a lavislike folder ({WEIGHTS_NAME} + "
+            f"{CONFIG_NAME}) or a Hugging Face folder (config.json)"
+        )
+    if source.count("/") == 1 and not source.startswith((".", "/")):
+        return "hf"
+    raise CheckpointError(f"checkpoint '{source}' does not exist")
+
+
+def _lavislike_files(source: str) -> tuple[Path, Optional[Path]]:
+    path = Path(source)
+    if path.is_dir():
+        return path / WEIGHTS_NAME, path / CONFIG_NAME
+    config = path.parent / CONFIG_NAME
+    return path, config if config.is_file() else None
+
+
+def saved_config(source: Optional[str]) -> Optional[DictConfig]:
+    """The ``model`` block saved beside a lavislike checkpoint, if any."""
+    if source is None or checkpoint_format(source) != "lavislike":
+        return None
+    _, config = _lavislike_files(source)
+    if config is None:
+        return None
+    saved = OmegaConf.load(config)
+    return saved.model if "model" in saved else saved
+
+
+def read_state(model: nn.Module, source: str) -> tuple[dict[str, torch.Tensor], str, bool]:
+    """Weights of ``source`` converted to ``model``'s keys: ``(state, format, partial)``."""
+    fmt = checkpoint_format(source)
+    if fmt == "lavis":
+        from lavislike.models.image_encoders.weights import load_weights
+
+        return model.convert_lavis_state(load_weights(source), source), fmt, False
+    if fmt == "hf":
+        from lavislike.models.convert.hf import read_hf_state
+
+        return model.convert_hf_state(read_hf_state(source), source), fmt, False
+    from safetensors import safe_open
+
+    weights, _ = _lavislike_files(source)
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint '{source}': {weights} not found")
+    with safe_open(str(weights), framework="pt") as fh:
+        partial = (fh.metadata() or {}).get(PARTIAL_KEY) == "1"
+        state = {k: fh.get_tensor(k) for k in fh.keys()}
+    return state, fmt, partial
+
+
+# -- loading into a meta-built model ------------------------------------------------------
+def assign_state(model: nn.Module, state: dict[str, torch.Tensor], device: torch.device) -> set[str]:
+    """Load ``state`` into ``model`` in place, each tensor moved once to ``device`` and the
+    dtype the model declares; returns the parameter names still on ``meta``."""
+    own = model.state_dict(keep_vars=True)
+    ready = {}
+    for key, value in state.items():
+        target = own[key]
+        dtype = target.dtype if target.is_floating_point() else value.dtype
+        ready[key] = value.to(device=device, dtype=dtype)
+    model.load_state_dict(ready, strict=False, assign=True)
+    model.tie_weights()  # assign=True replaced the shared tensor on one side only
+    return {n for n, p in model.named_parameters() if p.is_meta}
+
+
+def materialize_(model: nn.Module, missing: set[str], device: torch.device) -> None:
+    """Allocate and initialise parameters no checkpoint provided."""
+    for name in missing:
+        owner_name, _, pname = name.rpartition(".")
+        owner = model.get_submodule(owner_name) if owner_name else model
+        param = getattr(owner, pname)
+        if param.is_meta:
+            setattr(owner, pname, nn.Parameter(torch.empty_like(param, device=device),
+                                               requires_grad=param.requires_grad))
+    with torch.no_grad():
+        model.init_missing_(missing)
+
+
+def _load_encoder_pretrained(model: nn.Module, cfg: DictConfig, missing: set[str], device) -> set[str]:
+    """Fill a missing image encoder from its own ``pretrained`` source (stage-1 LAVIS files
+    may leave the frozen encoder out)."""
+    enc_missing = {k for k in missing if k.startswith("image_encoder.")}
+    source = str(cfg.image_encoder.get("pretrained") or "")
+    if not enc_missing or not source:
+        return missing
+    enc = model.image_encoder
+    dtype = next(enc.parameters()).dtype
+    for mod in enc.modules():
+        for pname, p in list(mod.named_parameters(recurse=False)):
+            if p.is_meta:
+                setattr(mod, pname, nn.Parameter(torch.empty_like(p, device=device, dtype=torch.float32),
+                                                 requires_grad=p.requires_grad))
+    enc.load_pretrained(source)
+    enc.to(dtype=dtype)
+    return missing - enc_missing
+
+
+def load_model(
+    name: str,
+    model_type: Optional[str] = None,
+    is_eval: bool = False,
+    device: str | torch.device = "cpu",
+    checkpoint: Optional[str | os.PathLike] = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Build a registered model and load its weights.
+
+    Args:
+        name: MODELS name (``blip2``, ``blip2_opt``, ...).
+        model_type: one of the model's types (default: the model's default type).
+        is_eval: put the model in eval mode.
+        device: where the weights go (loaded there directly).
+        checkpoint: LAVIS ``.pth`` (path or URL), lavislike folder / ``.safetensors`` or HF
+            folder / hub id; replaces the type's ``pretrained`` weights (a trainable-only
+            lavislike checkpoint is applied on top of them).
+        **overrides: merged into the model config (nested dicts allowed), e.g.
+            ``load_pretrained=False`` or ``qformer={"num_hidden_layers": 2}``.
+
+    Example:
+        >>> model = load_model("blip2_feature_extractor", "tiny", load_pretrained=False)
+    """
+    device = torch.device(device)
+    checkpoint = None if checkpoint is None else str(checkpoint)
+    saved = saved_config(checkpoint)
+    layers = OmegaConf.merge(saved or {}, OmegaConf.create(overrides or {}))
+    if saved is not None:
+        for key in ("arch", "model_type"):
+            layers.pop(key, None)
+    cfg = model_config(name, model_type, layers)
+    sources = []
+    if checkpoint is not None:
+        sources.append(checkpoint)
+    elif cfg.load_pretrained:
+        primary = cfg.finetuned if cfg.get("load_finetuned") and cfg.get("finetuned") else (
+            cfg.pretrained or cfg.hf_hub_id)
+        if primary:
+            sources.append(str(primary))
+    model = build_model(cfg, device, meta=bool(sources))
+    if sources:
+        state, fmt, partial = read_state(model, sources[0])
+        if partial and cfg.load_pretrained and (cfg.pretrained or cfg.hf_hub_id):
+            base, _, _ = read_state(model, str(cfg.pretrained or cfg.hf_hub_id))
+            state = {**base, **state}
+        allow = model.allowed_missing(fmt)
+        if partial:
+            allow = allow + (r".*",)
+        if cfg.get("image_encoder") is not None and cfg.image_encoder.get("pretrained"):
+            allow = allow + (r"image_encoder\..*",)  # read from the encoder's own source below
+        missing, _ = check_keys(sources[0], model.state_dict().keys(), state, allow_missing=allow)
+        still_meta = assign_state(model, state, device)
+        still_meta = _load_encoder_pretrained(model, cfg, still_meta, device)
+        if still_meta:
+            logger.info("%s: initialised %d parameters it does not hold: %s", sources[0],
+                        len(still_meta), ", ".join(sorted(still_meta)[:8]))
+            materialize_(model, still_meta, device)
+        model.tie_weights()
+    model.to(device)
+    return model.eval() if is_eval else model.train()
+
+
+def build_model(cfg: DictConfig, device: torch.device, meta: bool = False) -> nn.Module:
+    """The registered class of ``cfg.arch`` built from ``cfg``; parameters on ``meta`` or
+    randomly initialised on ``device``."""
+    cls = MODELS.get(cfg.arch)
+    if not meta:
+        with torch.device(device):
+            return cls.from_config(cfg)
+    enc = cfg.get("image_encoder")
+    encoder_source = enc.get("pretrained", "") if enc is not None else ""
+    if encoder_source:
+        # the encoder's own weights are read after the checkpoint, and only if it lacks them
+        cfg.image_encoder.pretrained = ""
+    try:
+        # the device context lets parts read for real (the frozen LLM) land on ``device``
+        with params_on_meta(), torch.device(device):
+            model = cls.from_config(cfg)
+    finally:
+        if encoder_source:
+            cfg.image_encoder.pretrained = encoder_source
+    return model
+
+
+def save_pretrained(model: nn.Module, folder: str | os.PathLike, trainable_only: bool = False) -> None:
+    """Write ``model.safetensors`` + ``config.yaml`` (the resolved model config).
+
+    Args:
+        trainable_only: save ``trainable_state_dict()``; loading then starts from the
+            type's pretrained weights.
+    """
+    from lavislike.common.checkpoint import save_weights
+    from lavislike.common.io import write_text_atomic
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = model.trainable_state_dict() if trainable_only else _dedup(model)
+    save_weights(folder / WEIGHTS_NAME, state, metadata={PARTIAL_KEY: "1" if trainable_only else "0"})
+    write_text_atomic(folder / CONFIG_NAME, OmegaConf.to_yaml(OmegaConf.create({"model": model.cfg})))
+
+
+def _dedup(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters once each (tied ones under their first name) and persistent buffers."""
+    state = dict(model.state_dict())
+    named = dict(model.named_parameters())  # deduplicated
+    for name in [n for n, _ in model.named_parameters(remove_duplicate=False)]:
+        if name not in named:
+            state.pop(name, None)
+    return state
+
+
+def load_preprocess(config: DictConfig) -> tuple[dict, dict]:
+    """``(vis_processors, txt_processors)`` with ``"train"`` / ``"eval"`` entries."""
+    from lavislike.processors import build_processor
+
+    def pair(block, kind: str) -> dict:
+        return {
+            split: build_processor(block.get(split), f"preprocess.{kind}.{split}")
+            for split in ("train", "eval")
+        }
+
+    return pair(config.vis_processor, "vis_processor"), pair(config.text_processor, "text_processor")
+
+
+def load_model_and_preprocess(
+    name: str,
+    model_type: Optional[str] = None,
+    is_eval: bool = False,
+    device: str | torch.device = "cpu",
+    checkpoint: Optional[str | os.PathLike] = None,
+    **overrides: Any,
+) -> tuple[nn.Module, dict, dict]:
+    """``(model, vis_processors, txt_processors)``; see :func:`load_model` for the args."""
+    model = load_model(name, model_type, is_eval, device, checkpoint, **overrides)
+    vis, txt = load_preprocess(preprocess_config(name, model.cfg.model_type))
+    return model, vis, txt

@@ -1,0 +1,157 @@
+"""Token decoding for the Q-Former's LM head: greedy, beam search and nucleus sampling.
+
+The model supplies a ``step(tokens (N, 1), cache) -> (logits (N, V), cache)`` function and
+the logits of the first position; everything here is batched over N = batch x beams (no
+Python loop over samples). Semantics follow Hugging Face ``generate``: ``max_length`` and
+``min_length`` count the start token, the repetition penalty divides positive logits and
+multiplies negative ones, beam hypotheses are scored ``sum(log p) / length ** length_penalty``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Step = Callable[[torch.Tensor, list], tuple[torch.Tensor, list]]
+
+
+def _process(logits: torch.Tensor, seqs: torch.Tensor, eos_id: int, min_length: int, penalty: float) -> torch.Tensor:
+    logits = logits.float()
+    if penalty != 1.0:
+        prev = logits.gather(1, seqs)
+        logits = logits.scatter(1, seqs, torch.where(prev > 0, prev / penalty, prev * penalty))
+    if seqs.shape[1] < min_length:
+        logits[:, eos_id] = float("-inf")
+    return logits
+
+
+def _reorder(cache: list, index: torch.Tensor) -> list:
+    return [(k.index_select(0, index), v.index_select(0, index)) for k, v in cache]
+
+
+def decode(
+    step: Step,
+    logits: torch.Tensor,
+    cache: list,
+    start: torch.Tensor,
+    *,
+    num_beams: int,
+    sample: bool,
+    eos_id: int,
+    pad_id: int,
+    max_length: int,
+    min_length: int,
+    top_p: float = 0.9,
+    repetition_penalty: float = 1.0,
+    length_penalty: float = 1.0,
+    num_return: int = 1,
+) -> torch.Tensor:
+    """Decode from the first-position ``logits`` (N, V) and ``cache``; returns token ids.
+
+    For beam search the N rows are ``batch x num_beams`` copies (image-major); for greedy
+    and sampling every row is its own sequence. ``start`` (N, 1) holds the start tokens.
+
+    Returns:
+        (B x num_return, L) ids, padded with ``pad_id`` after the end token.
+    """
+    if num_beams > 1 and not sample:
+        return _beam_search(step, logits, cache, start, num_beams, eos_id, pad_id, max_length,
+                            min_length, repetition_penalty, length_penalty, num_return)
+    seqs = start
+    done = torch.zeros(start.shape[0], dtype=torch.bool, device=start.device)
+    for _ in range(max_length - start.shape[1]):
+        scores = _process(logits, seqs, eos_id, min_length, repetition_penalty)
+        if sample:
+            token = _nucleus(scores, top_p)
+        else:
+            token = scores.argmax(-1)
+        token = token.masked_fill(done, pad_id)
+        seqs = torch.cat([seqs, token[:, None]], 1)
+        done = done | (token == eos_id)
+        if bool(done.all()):
+            break
+        logits, cache = step(token[:, None], cache)
+    return seqs
+
+
+def _nucleus(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    probs = F.softmax(scores, -1)
+    sorted_p, order = probs.sort(-1, descending=True)
+    # keep the smallest prefix whose mass reaches top_p (the top token always)
+    keep = (sorted_p.cumsum(-1) - sorted_p) < top_p
+    sorted_p = sorted_p * keep
+    choice = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1)
+    return order.gather(1, choice).squeeze(1)
+
+
+def _beam_search(
+    step: Step,
+    logits: torch.Tensor,
+    cache: list,
+    start: torch.Tensor,
+    nb: int,
+    eos_id: int,
+    pad_id: int,
+    max_length: int,
+    min_length: int,
+    repetition_penalty: float,
+    length_penalty: float,
+    num_return: int,
+) -> torch.Tensor:
+    n, device = start.shape[0], start.device
+    bsz = n // nb
+    vocab = logits.shape[-1]
+    beam_scores = torch.zeros(bsz, nb, device=device)
+    beam_scores[:, 1:] = float("-inf")  # all beams start identical: expand from the first only
+    seqs = start
+    # pool of finished hypotheses per sample: scores (B, nb) and padded ids (B, nb, max_length)
+    pool_scores = torch.full((bsz, nb), float("-inf"), device=device)
+    pool_seqs = torch.full((bsz, nb, max_length), pad_id, dtype=torch.long, device=device)
+    batch_done = torch.zeros(bsz, dtype=torch.bool, device=device)
+    arange_b = torch.arange(bsz, device=device)
+
+    def add_to_pool(cand_seqs: torch.Tensor, cand_scores: torch.Tensor) -> None:
+        nonlocal pool_scores, pool_seqs
+        length = cand_seqs.shape[-1]
+        padded = F.pad(cand_seqs, (0, max_length - length), value=pad_id)
+        norm = cand_scores / (length ** length_penalty)
+        all_scores = torch.cat([pool_scores, norm], 1)
+        all_seqs = torch.cat([pool_seqs, padded], 1)
+        top = all_scores.topk(nb, 1).indices
+        pool_scores = all_scores.gather(1, top)
+        pool_seqs = all_seqs.gather(1, top[..., None].expand(-1, -1, max_length))
+
+    while True:
+        cur_len = seqs.shape[1]
+        logp = F.log_softmax(_process(logits, seqs, eos_id, min_length, repetition_penalty), -1)
+        cand = (beam_scores[..., None] + logp.view(bsz, nb, vocab)).view(bsz, nb * vocab)
+        top_scores, top_idx = cand.topk(2 * nb, 1)
+        beam_of, token = top_idx // vocab, top_idx % vocab
+        is_eos = token == eos_id
+        # finished: end tokens ranked within the first nb candidates (as HF does)
+        rank = torch.arange(2 * nb, device=device)[None]
+        fin = is_eos & (rank < nb) & ~batch_done[:, None] & torch.isfinite(top_scores)
+        if bool(fin.any()):
+            src = (arange_b[:, None] * nb + beam_of)  # (B, 2nb) row of the origin beam
+            cand_seqs = torch.cat([seqs[src], token[..., None]], -1)  # (B, 2nb, L+1)
+            add_to_pool(cand_seqs, top_scores.masked_fill(~fin, float("-inf")))
+        # next beams: the first nb candidates that are not end tokens
+        order = (is_eos.float() * 4 * nb + rank).argsort(1)[:, :nb]
+        beam_scores = top_scores.gather(1, order)
+        next_tokens = token.gather(1, order)
+        origin = (arange_b[:, None] * nb + beam_of.gather(1, order)).view(-1)
+        seqs = torch.cat([seqs[origin], next_tokens.view(-1, 1)], 1)
+        # a sample is done when its pool is full and no running beam can beat its worst
+        best_running = beam_scores.max(1).values / (cur_len ** length_penalty)
+        batch_done |= torch.isfinite(pool_scores[:, -1]) & (pool_scores[:, -1] >= best_running)
+        if bool(batch_done.all()) or seqs.shape[1] >= max_length:
+            break
+        cache = _reorder(cache, origin)
+        logits, cache = step(next_tokens.view(-1, 1), cache)
+    if seqs.shape[1] >= max_length:  # unfinished beams compete at the end (HF finalize)
+        running = beam_scores.masked_fill(batch_done[:, None], float("-inf"))
+        add_to_pool(seqs.view(bsz, nb, -1), running)
+    best = pool_seqs[:, :num_return].reshape(bsz * num_return, max_length)
+    keep = int((best != pad_id).any(0).nonzero().max()) + 1 if bool((best != pad_id).any()) else 1
+    return best[:, :keep]

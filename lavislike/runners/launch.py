@@ -1,0 +1,37 @@
+"""What ``lavislike train`` / ``lavislike evaluate`` do with a resolved config."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+from lavislike.registry import RUNNERS
+
+logger = logging.getLogger("lavislike")
+
+
+def run(cfg: DictConfig, cfg_path: str | Path | None = None, evaluate_only: bool = False) -> dict:
+    """Set up the task, build the model and datasets, and hand them to the runner.
+
+    Args:
+        cfg: the config from :func:`lavislike.config.load_config`.
+        cfg_path: where it came from (its stem names the experiment by default).
+        evaluate_only: ``lavislike evaluate``: no training, test/valid splits only.
+
+    Returns:
+        The runner's summary (metrics, output folder).
+    """
+    from lavislike.tasks import setup_task
+
+    with open_dict(cfg):
+        if evaluate_only:
+            cfg.run.evaluate = True
+        if not cfg.run.get("experiment") and cfg_path:
+            cfg.run.experiment = Path(cfg_path).stem
+    runner_cls = RUNNERS.get(cfg.run.runner)
+    task = setup_task(cfg)
+    runner = runner_cls.from_config(cfg, task=task)
+    summary = runner.train()
+    logger.info("outputs in %s", summary.get("output_dir"))
+    return summary

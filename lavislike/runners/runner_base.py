@@ -1,0 +1,536 @@
+"""The training loop shared by the epoch runner (``runner_base``) and the iteration runner.
+
+One optimizer step = ``accum_grad_iters`` micro-batches. Steps are grouped in *periods*:
+an epoch of the data for ``runner_base``, ``iters_per_inner_epoch`` steps for
+``runner_iter``; after each period the runner evaluates the validation splits, keeps the
+best weights by the task's ``agg_metrics`` and writes a resumable checkpoint.
+
+Runners never know which model they train: they call ``task.train_step(model, samples)``
+(which returns a dict with ``"loss"``), ``task.evaluate(...)`` and the model's
+``trainable_state_dict()``.
+"""
+
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import Dataset
+
+from lavislike.common import dist as D
+from lavislike.common.checkpoint import (
+    find_latest_checkpoint,
+    load_checkpoint,
+    load_trainable_weights,
+    save_checkpoint,
+    save_weights,
+    trainable_state_dict,
+)
+from lavislike.common.io import write_json_atomic
+from lavislike.common.logging import MetricsWriter, plot_curves, setup_logging
+from lavislike.errors import ConfigError, LavislikeError
+from lavislike.registry import LR_SCHEDULERS, RUNNERS
+from lavislike.runners.data import ShardedSampler, TrainStream, collate_fn_for, combine, make_loader, move_to_device
+from lavislike.runners.distributed import wrap_model
+from lavislike.runners.optim import build_optimizer
+
+logger = logging.getLogger("lavislike")
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+class NonFiniteLossError(LavislikeError, FloatingPointError):
+    """The loss was NaN / inf for ``max_consecutive_nan`` optimizer steps in a row."""
+
+
+@dataclass
+class RunnerConfig:
+    """Keys of ``run`` read by ``runner_base`` (types and defaults)."""
+
+    runner: str = "runner_base"
+    lr_sched: str = "linear_warmup_cosine_lr"
+    init_lr: float = 1e-4
+    min_lr: float = 0.0
+    warmup_lr: float = 0.0
+    warmup_steps: int = 0
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.999
+    layer_decay: Optional[float] = None  # layer-wise lr decay for layered encoders; None/1 = off
+    max_epoch: int = 1
+    batch_size_train: int = 8  # per process
+    batch_size_eval: int = 8
+    num_workers: int = 0
+    accum_grad_iters: int = 1
+    max_grad_norm: Optional[float] = None
+    seed: int = 42
+    experiment: Optional[str] = None
+    output_dir: Optional[str] = None  # default: ./output/<experiment>/<timestamp>
+    amp: bool = False
+    amp_dtype: Optional[str] = None  # bf16 | fp16; default bf16 (fp16 on GPUs without bf16)
+    resume: bool = False
+    resume_ckpt_path: Optional[str] = None
+    evaluate: bool = False
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    valid_splits: list[str] = field(default_factory=list)
+    test_splits: list[str] = field(default_factory=list)
+    device: str = "auto"
+    distributed: bool = True
+    log_freq: int = 10
+    save_freq: int = 1  # periods (epochs / inner epochs) between resumable checkpoints
+    ckpt_every_steps: int = 0  # also checkpoint every N optimizer steps (0 = off)
+    keep_last_checkpoints: int = 2
+    max_consecutive_nan: int = 5
+    find_unused_parameters: bool = False
+    fsdp: bool = False
+    progress_bar: bool = True
+    tensorboard: bool = True
+
+
+def with_defaults(run_cfg: Any, schema: type) -> DictConfig:
+    """``run_cfg`` over the schema's defaults; keys the schema lacks are kept as they are."""
+    base = OmegaConf.structured(schema)
+    OmegaConf.set_struct(base, False)
+    plain = OmegaConf.to_container(run_cfg, resolve=True) if isinstance(run_cfg, DictConfig) else dict(run_cfg or {})
+    return OmegaConf.merge(base, plain)
+
+
+def _flatten_datasets(datasets: dict) -> dict[str, dict[str, Dataset]]:
+    if datasets and all(isinstance(v, Dataset) for v in datasets.values()):
+        return {"data": dict(datasets)}
+    return {name: dict(splits) for name, splits in (datasets or {}).items()}
+
+
+@RUNNERS.register("runner_base", config=RunnerConfig)
+class RunnerBase:
+    """Epoch-based runner.
+
+    Args:
+        cfg: the full config (only ``cfg.run`` is read here; saved next to the outputs).
+        task: a task object (``train_step``, ``evaluate``).
+        model: the model; moved to the device and wrapped (DDP / FSDP) by the runner.
+        datasets: ``{dataset_name: {split: Dataset}}`` (a flat ``{split: Dataset}`` works too).
+        job_id: names the output sub-folder instead of a timestamp.
+        collate_fn: batch collate when a dataset has no ``collater``.
+        save_config: ``fn(cfg, output_dir)`` writing the resolved config; default
+            ``lavislike.config.loader.save_config``.
+    """
+
+    config_class = RunnerConfig
+
+    def __init__(self, cfg: DictConfig, task: Any, model: torch.nn.Module, datasets: dict,
+                 job_id: str | None = None, *, collate_fn: Callable | None = None,
+                 save_config: Callable | None = None):
+        self.cfg = cfg
+        self.run = with_defaults(cfg.run if "run" in cfg else cfg, self.config_class)
+        self.task = task
+        self._model = model
+        self.datasets = _flatten_datasets(datasets)
+        self.job_id = job_id
+        self.collate_fn = collate_fn
+        self._save_config = save_config
+        self.global_step = 0
+        self.period = 0
+        self.best_agg: float | None = None
+        self.best_step: int | None = None
+        self.nan_streak = 0
+        self._ready = False
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig, task: Any = None, model: torch.nn.Module | None = None,
+                    datasets: dict | None = None, job_id: str | None = None) -> "RunnerBase":
+        """Build the runner; missing task / model / datasets are built from ``cfg``."""
+        if task is None:
+            from lavislike.tasks import setup_task
+
+            task = setup_task(cfg)
+        model = model if model is not None else task.build_model(cfg)
+        datasets = datasets if datasets is not None else task.build_datasets(cfg)
+        return cls(cfg, task, model, datasets, job_id)
+
+    # -- setup ---------------------------------------------------------------------------
+    @property
+    def model(self) -> torch.nn.Module:
+        """The (possibly DDP / FSDP-wrapped) model being trained."""
+        return self._wrapped if self._ready else self._model
+
+    @property
+    def unwrapped_model(self) -> torch.nn.Module:
+        return self._model
+
+    def _resolve_device(self) -> torch.device:
+        want = self.run.device
+        if want == "auto":
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        if want == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError("run.device: 'cuda' requested but CUDA is not available; use 'cpu' or 'auto'")
+            return torch.device("cuda", D.local_rank())
+        return torch.device(want)
+
+    def _resolve_output_dir(self) -> Path:
+        if self.run.output_dir:
+            return Path(self.run.output_dir).expanduser().resolve()
+        experiment = self.run.experiment or self.run.get("task") or "default"
+        base = Path.cwd() / "output" / experiment
+        if self.run.resume and not self.run.resume_ckpt_path and base.is_dir():
+            runs = sorted(p for p in base.iterdir() if find_latest_checkpoint(p) is not None)
+            if runs:
+                return runs[-1]
+        return base / (self.job_id or datetime.now().strftime("%Y%m%d_%H%M%S"))
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        if not self.run.amp:
+            return None
+        name = self.run.amp_dtype
+        if name is None:
+            cuda = self.device.type == "cuda"
+            return torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
+        if name not in _AMP_DTYPES:
+            raise ConfigError(f"run.amp_dtype: unknown '{name}'; valid: bf16, fp16")
+        if _AMP_DTYPES[name] == torch.float16 and self.device.type != "cuda":
+            raise ConfigError("run.amp_dtype: fp16 autocast needs a GPU; use bf16 on CPU")
+        return _AMP_DTYPES[name]
+
+    def setup(self) -> None:
+        """Process group, seeds, device, output folder, logging, model wrapping, optimizer."""
+        if self._ready:
+            return
+        run = self.run
+        if run.distributed:
+            D.init_distributed_mode()
+        self.device = self._resolve_device()
+        seed = run.seed + D.get_rank()
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        self.output_dir = Path(D.broadcast_object(str(self._resolve_output_dir())))
+        if D.is_main_process():
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        D.barrier()
+        setup_logging(self.output_dir)
+        if D.is_main_process():
+            self._write_config()
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = (torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None)
+        accum = run.accum_grad_iters
+        if accum < 1:
+            raise ConfigError(f"run.accum_grad_iters must be >= 1, got {accum}")
+        self._model.to(self.device)
+        self._trainable_names = list(trainable_state_dict(self._model))
+        self.optimizer = build_optimizer(self._model, run.init_lr, run.weight_decay, (run.beta1, run.beta2),
+                                         run.layer_decay or 1.0) if not run.evaluate else None
+        self._wrapped, self.fsdp = wrap_model(self._model, self.device, fsdp=run.fsdp,
+                                              find_unused_parameters=run.find_unused_parameters)
+        if self.fsdp and self.optimizer is not None:
+            # FSDP flattens parameters: the optimizer must see the wrapped (sharded) views
+            self.optimizer = build_optimizer(self._wrapped, run.init_lr, run.weight_decay,
+                                             (run.beta1, run.beta2), run.layer_decay or 1.0)
+        from lavislike.datasets.bad_data import BadSampleTracker
+
+        ds_cfgs = list(self.cfg.datasets.values()) if "datasets" in self.cfg and self.cfg.datasets else []
+        self.bad_samples = BadSampleTracker.from_dataset_configs(ds_cfgs)
+        self.metrics = MetricsWriter(self.output_dir, tensorboard=run.tensorboard)
+        self._ready = True
+        logger.info("output folder: %s (world size %d, device %s)", self.output_dir, D.get_world_size(), self.device)
+
+    def _write_config(self) -> None:
+        if self._save_config is not None:
+            self._save_config(self.cfg, self.output_dir)
+            return
+        try:
+            from lavislike.config.loader import save_config
+        except ImportError:  # config package unavailable: plain OmegaConf dump
+            OmegaConf.save(self.cfg, self.output_dir / "config.yaml", resolve=True)
+            return
+        save_config(self.cfg, self.output_dir)
+
+    # -- data ----------------------------------------------------------------------------
+    def _split(self, split: str) -> list[tuple[str, Dataset]]:
+        return [(name, splits[split]) for name, splits in self.datasets.items() if split in splits]
+
+    def train_dataset(self) -> Dataset:
+        found = [ds for split in self.run.train_splits for _, ds in self._split(split)]
+        if not found:
+            have = sorted({s for splits in self.datasets.values() for s in splits})
+            raise ConfigError(f"run.train_splits {list(self.run.train_splits)}: no dataset has these splits; "
+                              f"available: {have}")
+        return combine(found)
+
+    def eval_loader(self, dataset: Dataset) -> torch.utils.data.DataLoader:
+        """This rank's shard of ``dataset`` in order (every sample on exactly one rank)."""
+        sampler = None
+        if not isinstance(dataset, torch.utils.data.IterableDataset):
+            sampler = ShardedSampler(len(dataset), shuffle=False, seed=0, rank=D.get_rank(),
+                                     world_size=D.get_world_size(), pad=False)
+        return make_loader(dataset, batch_size=self.run.batch_size_eval, num_workers=self.run.num_workers,
+                           collate_fn=collate_fn_for(dataset, self.collate_fn), sampler=sampler,
+                           drop_last=False, seed=0, pin_memory=self.device.type == "cuda")
+
+    # -- schedule ------------------------------------------------------------------------
+    def plan(self, stream: TrainStream) -> tuple[int, int]:
+        """(steps per period, total steps) for an epoch-based run."""
+        per_epoch = stream.batches_per_epoch()
+        if per_epoch is None:
+            raise ConfigError("run.runner: runner_base needs a map-style dataset (it counts epochs); "
+                              "use runner: runner_iter with max_iters for streamed corpora")
+        steps = per_epoch // self.run.accum_grad_iters
+        if steps == 0:
+            raise ConfigError(f"run.accum_grad_iters={self.run.accum_grad_iters} is larger than the "
+                              f"{per_epoch} micro-batches of one epoch")
+        return steps, steps * self.run.max_epoch
+
+    def end_period(self, stream: TrainStream) -> None:
+        stream.new_epoch()  # epochs follow the data: drop the partial accumulation group
+
+    # -- the loop ------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _micro_step(self, batch: dict, sync: bool) -> dict[str, torch.Tensor]:
+        no_sync = getattr(self.model, "no_sync", None)
+        ctx = no_sync() if (not sync and no_sync is not None and D.get_world_size() > 1) else nullcontext()
+        with ctx:
+            with self._autocast():
+                out = self.task.train_step(self.model, batch)
+            if "loss" not in out:
+                raise LavislikeError(f"train_step returned no 'loss' (keys: {sorted(out)})")
+            loss = out["loss"] / self.run.accum_grad_iters
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        return {k: v.detach().float() for k, v in out.items()
+                if isinstance(v, torch.Tensor) and v.ndim == 0 and k.startswith("loss")}
+
+    def train_step(self, stream: TrainStream, step: int) -> dict[str, float] | None:
+        """One optimizer step; returns the logged values, or None when it was skipped."""
+        lr = self.scheduler.step(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        accum = self.run.accum_grad_iters
+        parts: dict[str, torch.Tensor] = {}
+        n_samples = 0
+        for i in range(accum):
+            batch = stream.next()
+            while not self.bad_samples.consume(batch):  # a batch of only unreadable samples
+                batch = stream.next()
+            batch = move_to_device(batch, self.device)
+            n_samples += _batch_len(batch)
+            for k, v in self._micro_step(batch, sync=i == accum - 1).items():
+                parts[k] = parts.get(k, 0.0) + v / accum
+        finite = bool(torch.isfinite(parts["loss"]).item())
+        if D.all_reduce_max(0.0 if finite else 1.0) > 0:  # every rank skips together
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nan_streak += 1
+            logger.warning("step %d: non-finite loss (%s) on some rank; step skipped (%d in a row)",
+                           step, parts["loss"].item(), self.nan_streak)
+            self.metrics.log("train", step, {"skipped_nonfinite": 1})
+            if self.nan_streak >= self.run.max_consecutive_nan:
+                raise NonFiniteLossError(
+                    f"loss was NaN/inf for {self.nan_streak} steps in a row (run.max_consecutive_nan="
+                    f"{self.run.max_consecutive_nan}) at step {step}; lower run.init_lr, enable "
+                    f"run.max_grad_norm or check the data")
+            return None
+        self.nan_streak = 0
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.run.max_grad_norm:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            clip = getattr(self.model, "clip_grad_norm_", None) if self.fsdp else None
+            (clip(self.run.max_grad_norm) if clip else torch.nn.utils.clip_grad_norm_(params, self.run.max_grad_norm))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        values = {k: v.item() for k, v in parts.items()}
+        values["lr"] = lr
+        values["samples"] = n_samples * D.get_world_size()
+        return values
+
+    def train(self) -> dict:
+        """Train (or only evaluate with ``run.evaluate``); returns a summary dict."""
+        self.setup()
+        if self.run.evaluate:
+            return {"test": self.evaluate_splits(self.run.test_splits or self.run.valid_splits, "test"),
+                    "output_dir": str(self.output_dir)}
+        run = self.run
+        train_ds = self.train_dataset()
+        stream = TrainStream(train_ds, batch_size=run.batch_size_train, seed=run.seed,
+                             rank=D.get_rank(), world_size=D.get_world_size(), num_workers=run.num_workers,
+                             collate_fn=collate_fn_for(train_ds, self.collate_fn),
+                             pin_memory=self.device.type == "cuda")
+        self.steps_per_period, self.total_steps = self.plan(stream)
+        sched_cls = LR_SCHEDULERS.get(run.lr_sched)
+        self.scheduler = sched_cls.from_config(run, self.optimizer, self.total_steps, self.steps_per_period)
+        self._maybe_resume(stream)
+        logger.info("training %d steps (%d per %s), accum %d, per-rank batch %d",
+                    self.total_steps, self.steps_per_period, self.period_name, run.accum_grad_iters,
+                    run.batch_size_train)
+        self.model.train()
+        while self.global_step < self.total_steps:
+            self._train_period(stream)
+        test = {}
+        if run.test_splits:
+            best = self.output_dir / "model_best.safetensors"
+            if best.is_file():
+                load_trainable_weights(self.unwrapped_model, best, self._load_fn())
+            test = self.evaluate_splits(run.test_splits, "test")
+        self.metrics.close()
+        if D.is_main_process():
+            png = plot_curves(self.metrics.path, self.output_dir / "curves.png")
+            if png:
+                logger.info("loss / lr curves: %s", png)
+        D.barrier()
+        return {"best_agg_metrics": self.best_agg, "best_step": self.best_step, "test": test,
+                "global_step": self.global_step, "output_dir": str(self.output_dir)}
+
+    period_name = "epoch"
+
+    def _train_period(self, stream: TrainStream) -> None:
+        from tqdm.auto import tqdm
+
+        run = self.run
+        end = min(self.total_steps, (self.period + 1) * self.steps_per_period)
+        bar = tqdm(total=end - self.period * self.steps_per_period, initial=self.global_step - self.period *
+                   self.steps_per_period, desc=f"{self.period_name} {self.period}", dynamic_ncols=True,
+                   disable=not (D.is_main_process() and run.progress_bar), leave=False)
+        window: dict[str, list[float]] = {}
+        t0, samples = time.perf_counter(), 0
+        while self.global_step < end:
+            values = self.train_step(stream, self.global_step)
+            self.global_step += 1
+            bar.update(1)
+            if values is not None:
+                samples += values.pop("samples")
+                for k, v in values.items():
+                    window.setdefault(k, []).append(v)
+                rate = samples / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}", sps=f"{rate:.1f}")
+            if window and (self.global_step % run.log_freq == 0 or self.global_step == end):
+                logged = {k: sum(v) / len(v) for k, v in window.items()}
+                logged["lr"] = window["lr"][-1]
+                logged["samples_per_s"] = samples / max(time.perf_counter() - t0, 1e-9)
+                self.metrics.log("train", self.global_step, logged, epoch=self.period)
+                window, t0, samples = {}, time.perf_counter(), 0
+            if run.ckpt_every_steps and self.global_step % run.ckpt_every_steps == 0 and self.global_step < end:
+                self.save_checkpoint(stream)
+        bar.close()
+        self.bad_samples.end_epoch()
+        self.end_period(stream)
+        self.period += 1
+        if run.valid_splits:
+            metrics = self.evaluate_splits(run.valid_splits, "valid")
+            aggs = [m["agg_metrics"] for m in metrics.values() if "agg_metrics" in m]
+            if aggs:
+                self._maybe_keep_best(sum(aggs) / len(aggs))
+        if self.period % max(1, run.save_freq) == 0 or self.global_step >= self.total_steps:
+            self.save_checkpoint(stream)
+
+    # -- evaluation ----------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate_splits(self, splits: list[str], kind: str) -> dict[str, dict]:
+        """Evaluate every dataset that has one of ``splits``; metrics keyed ``name/split``."""
+        from lavislike.runners.distributed import full_params
+
+        results = {}
+        model = self.unwrapped_model
+        model.eval()
+        for split in splits:
+            pairs = self._split(split)
+            if not pairs:
+                logger.warning("%s split '%s' is in no dataset; skipped", kind, split)
+            for name, ds in pairs:
+                with full_params(self.model, self.fsdp), self._autocast():
+                    metrics = self.task.evaluate(model, self.eval_loader(ds), split=split, epoch=self.period,
+                                                 output_dir=self.output_dir)
+                key = f"{name}/{split}" if name != "data" else split
+                results[key] = metrics
+                numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+                self.metrics.log(key, self.global_step, numeric, epoch=self.period)
+                logger.info("%s %s: %s", kind, key, {k: round(v, 4) for k, v in numeric.items()})
+        model.train()
+        return results
+
+    def _maybe_keep_best(self, agg: float) -> None:
+        if self.best_agg is not None and agg <= self.best_agg:
+            return
+        self.best_agg, self.best_step = agg, self.global_step
+        state = self.model_state()
+        if D.is_main_process():
+            save_weights(self.output_dir / "model_best.safetensors", state, {"global_step": self.global_step})
+            write_json_atomic(self.output_dir / "best.json", {"agg_metrics": agg, "global_step": self.global_step,
+                                                              "period": self.period})
+            logger.info("new best agg_metrics %.4f at step %d", agg, self.global_step)
+        D.barrier()
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def model_state(self) -> dict[str, torch.Tensor]:
+        from lavislike.runners.distributed import gather_full_state
+
+        if self.fsdp:
+            full = gather_full_state(self.model)
+            return {k: v for k, v in full.items() if k in set(self._trainable_names)}
+        return trainable_state_dict(self.unwrapped_model)
+
+    def _load_fn(self) -> Callable[[dict], None] | None:
+        from lavislike.runners.distributed import load_full_state
+
+        return (lambda state: load_full_state(self.model, state)) if self.fsdp else None
+
+    def save_checkpoint(self, stream: TrainStream) -> Path:
+        from lavislike.runners.distributed import optimizer_state
+
+        train_state = {"optimizer": optimizer_state(self.model, self.optimizer, self.fsdp),
+                       "scheduler": self.scheduler.state_dict(),
+                       "scaler": self.scaler.state_dict() if self.scaler is not None else {}}
+        meta = {**stream.position(), "period": self.period, "best_agg_metrics": self.best_agg,
+                "best_step": self.best_step, "nan_streak": self.nan_streak, "runner": self.run.runner}
+        return save_checkpoint(self.output_dir, self.global_step, model_state=self.model_state(),
+                               train_state=train_state, meta=meta, keep_last=self.run.keep_last_checkpoints)
+
+    def _maybe_resume(self, stream: TrainStream) -> None:
+        from lavislike.runners.distributed import load_optimizer_state
+
+        run = self.run
+        if run.resume_ckpt_path:
+            path = Path(run.resume_ckpt_path).expanduser()
+            ckpt = path if (path / "meta.json").is_file() else find_latest_checkpoint(path)
+            if ckpt is None:
+                raise ConfigError(f"run.resume_ckpt_path: no checkpoint in {path}")
+        elif run.resume:
+            ckpt = find_latest_checkpoint(self.output_dir)
+            if ckpt is None:
+                logger.info("resume: no checkpoint in %s yet; starting from scratch", self.output_dir)
+                return
+        else:
+            return
+        train_state, meta = load_checkpoint(ckpt, self.unwrapped_model, self._load_fn())
+        load_optimizer_state(self.model, self.optimizer, train_state["optimizer"], self.fsdp)
+        self.scheduler.load_state_dict(train_state["scheduler"])
+        if self.scaler is not None and train_state.get("scaler"):
+            self.scaler.load_state_dict(train_state["scaler"])
+        self.global_step = int(meta["global_step"])
+        self.period = int(meta["period"])
+        self.best_agg, self.best_step = meta.get("best_agg_metrics"), meta.get("best_step")
+        self.nan_streak = int(meta.get("nan_streak", 0))
+        if meta.get("sampler_seed") != stream.seed:
+            logger.warning("resume: run.seed changed since the checkpoint; the data order will differ")
+        stream.epoch, stream.consumed = int(meta["data_epoch"]), int(meta["consumed"])
+
+
+def _batch_len(batch: Any) -> int:
+    if isinstance(batch, dict):
+        for v in batch.values():
+            if hasattr(v, "shape") and getattr(v, "ndim", 0) > 0:
+                return int(v.shape[0])
+            if isinstance(v, list):
+                return len(v)
+    return 0

@@ -1,0 +1,42 @@
+"""Iteration-based runner: a fixed number of optimizer steps over (possibly streamed) data.
+
+Validation and checkpoints happen every ``iters_per_inner_epoch`` steps; the data
+iterator runs on across those boundaries and across passes over the data.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+from lavislike.errors import ConfigError
+from lavislike.registry import RUNNERS
+from lavislike.runners.data import TrainStream
+from lavislike.runners.runner_base import RunnerBase, RunnerConfig
+
+
+@dataclass
+class IterRunnerConfig(RunnerConfig):
+    """Keys of ``run`` read by ``runner_iter``: those of ``runner_base`` plus these two."""
+
+    runner: str = "runner_iter"
+    max_iters: Optional[int] = None  # total optimizer steps
+    iters_per_inner_epoch: Optional[int] = None  # steps between validations / checkpoints
+
+
+@RUNNERS.register("runner_iter", config=IterRunnerConfig)
+class RunnerIter(RunnerBase):
+    """Runs ``max_iters`` optimizer steps in inner epochs of ``iters_per_inner_epoch``."""
+
+    config_class = IterRunnerConfig
+    period_name = "inner epoch"
+
+    def plan(self, stream: TrainStream) -> tuple[int, int]:
+        total = self.run.max_iters
+        if not total or total <= 0:
+            raise ConfigError(f"run.max_iters must be a positive integer for runner_iter, got {total}")
+        per = self.run.iters_per_inner_epoch or total
+        if per <= 0:
+            raise ConfigError(f"run.iters_per_inner_epoch must be positive, got {per}")
+        return min(per, total), total
+
+    def end_period(self, stream: TrainStream) -> None:
+        """Inner epochs do not follow the data: keep reading where the stream is."""

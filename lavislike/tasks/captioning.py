@@ -1,0 +1,74 @@
+"""``captioning``: generate a caption per image, score with the COCO caption metrics."""
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from lavislike.common.io import write_json_atomic
+from lavislike.registry import TASKS
+from lavislike.tasks.base_task import BaseTask
+from lavislike.tasks.caption_metrics import coco_caption_eval, gt_from_dataset, write_coco_gt
+
+logger = logging.getLogger("lavislike")
+
+
+@dataclass
+class CaptionTaskConfig:
+    """Run keys read by ``captioning``."""
+
+    task: str = "captioning"
+    num_beams: int = 5
+    max_len: int = 30
+    min_len: int = 8
+    use_nucleus_sampling: bool = False
+    report_metric: bool = True
+    spice: bool = False  # also needs java and the Stanford CoreNLP jar
+    gt_files: dict[str, str] = field(default_factory=dict)  # split -> COCO-format ground truth
+    prompt: Optional[str] = None
+
+
+def caption_generate_kwargs(cfg) -> dict:
+    kw = {"use_nucleus_sampling": cfg.use_nucleus_sampling, "num_beams": cfg.num_beams,
+          "max_length": cfg.max_len, "min_length": cfg.min_len}
+    if cfg.get("prompt"):
+        kw["prompt"] = cfg.prompt
+    return kw
+
+
+def score_captions(results: list[dict], dataset: Any, split: str, gt_file: str | None,
+                   output_dir: Path | None, spice: bool) -> dict:
+    """COCO metrics for ``[{"image_id", "caption"}]``; ``agg_metrics`` = CIDEr + BLEU-4."""
+    work = Path(output_dir) / "result" if output_dir else Path(tempfile.mkdtemp(prefix="lavislike_cap_"))
+    if not gt_file:
+        gts = gt_from_dataset(dataset)
+        if gts is None:
+            logger.info("captioning %s: no ground truth (gt_files.%s or captions in the annotation); "
+                        "results written, metrics skipped", split, split)
+            return {}
+        gt_file = write_coco_gt(gts, work / f"{split}_coco_gt.json")
+    res_file = work / f"{split}_captions.json"
+    write_json_atomic(res_file, [{"image_id": r["image_id"], "caption": r["caption"]} for r in results])
+    metrics = coco_caption_eval(gt_file, res_file, spice=spice)
+    metrics["agg_metrics"] = metrics["CIDEr"] + metrics["Bleu_4"]
+    return metrics
+
+
+@TASKS.register("captioning", config=CaptionTaskConfig)
+class CaptionTask(BaseTask):
+    """Image captioning evaluated with BLEU / METEOR / ROUGE-L / CIDEr (/ SPICE)."""
+
+    config_class = CaptionTaskConfig
+    result_key = "image_id"
+
+    def valid_step(self, model, samples: dict) -> list[dict]:
+        captions = model.generate(samples, **caption_generate_kwargs(self.cfg))
+        ids = samples["image_id"]
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        return [{"image_id": i, "caption": c} for i, c in zip(ids, captions)]
+
+    def compute_metrics(self, results, dataset, split, output_dir) -> dict:
+        if not self.cfg.report_metric:
+            return {}
+        return score_captions(results, dataset, split, self.cfg.gt_files.get(split), output_dir, self.cfg.spice)

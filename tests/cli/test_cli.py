@@ -1,0 +1,56 @@
+"""The command line as a user meets it: one clear line for mistakes, non-zero exit."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def lavislike(*args, env=None, cwd=None):
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "lavislike", *args], capture_output=True, text=True, env=full_env, cwd=cwd or REPO,
+        timeout=300,
+    )
+
+
+def test_zoo_lists_every_kind():
+    out = lavislike("zoo")
+    assert out.returncode == 0, out.stderr
+    for section in ("models", "image_encoders", "llms", "datasets", "tasks", "processors"):
+        assert section in out.stdout
+    assert "blip2_opt" in out.stdout and "pretrain_opt2.7b" in out.stdout
+    assert "eva_clip_g" in out.stdout and "coco_caption" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["config", "model.arch=blip2_otp"], "Did you mean 'blip2_opt'?"),
+        (["config", "model.arch=blip2", "model.qformer.num_query_tokn=3"], "num_query_token"),
+        (["config", "model.arch=blip2", "model.model_type=pretrian"], "Did you mean 'pretrain'?"),
+        (["config", "--cfg-path", "no/such/file.yaml"], "config file not found"),
+        (["config", "run.task=captionin"], "Did you mean 'captioning'?"),
+        (["zoo", "modles"], "Did you mean 'models'?"),
+    ],
+)
+def test_mistakes_are_one_line_and_exit_2(args, expected):
+    out = lavislike(*args)
+    assert out.returncode == 2
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, out.stderr
+    assert expected in lines[0] and "Traceback" not in out.stderr
+
+
+def test_config_prints_the_resolved_config_with_options(tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(textwrap.dedent("""
+        model: {arch: blip2, model_type: pretrain}
+        run: {task: image_text_pretrain}
+    """))
+    out = lavislike("config", "--cfg-path", str(exp), "--options", "model.model_type=coco", "run.init_lr=3e-5")
+    assert out.returncode == 0, out.stderr
+    assert "model_type: coco" in out.stdout and "init_lr: 3.0e-05" in out.stdout

@@ -1,0 +1,44 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from lavislike.common import dist as D
+
+SCRIPT = Path(__file__).parent / "ddp_script.py"
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    return env
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    one = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "one"), "4"], env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
+                          str(SCRIPT), str(tmp_path / "two"), "2"],
+                         env=_env(), capture_output=True, text=True, timeout=120)
+    assert two.returncode == 0, two.stderr[-3000:]
+    w1, w2 = load_file(str(tmp_path / "one" / "final.safetensors")), load_file(str(tmp_path / "two" / "final.safetensors"))
+    assert set(w1) == set(w2)
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=1e-6)
+    assert not torch.equal(w1["head.weight"], torch.zeros_like(w1["head.weight"]))
+    assert "world size 2" in two.stderr
+
+
+def test_dist_helpers_are_safe_in_one_process():
+    assert D.init_distributed_mode() is False
+    assert D.broadcast_object({"a": 1}) == {"a": 1}
+    assert D.all_reduce_max(3.5) == 3.5
+    assert D.all_gather_object(5) == [5]
+    m = torch.nn.Linear(2, 2)
+    assert D.unwrap_model(m) is m
