@@ -181,6 +181,11 @@ def load_model(
             cfg.pretrained or cfg.hf_hub_id)
         if primary:
             sources.append(str(primary))
+    if device.type == "meta":
+        # a meta model has no memory to load weights into: build the architecture only
+        if cfg.get("image_encoder") is not None and cfg.image_encoder.get("pretrained"):
+            cfg.image_encoder.pretrained = ""
+        sources = []
     model = build_model(cfg, device, meta=bool(sources))
     if sources:
         state, fmt, partial = read_state(model, sources[0])

@@ -56,7 +56,13 @@ def _download(url: str) -> Path:
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         # download_url_to_file writes a temp file and renames it: no torn files
-        torch.hub.download_url_to_file(url, str(target), progress=True)
+        try:
+            torch.hub.download_url_to_file(url, str(target), progress=True)
+        except OSError as exc:  # URLError, HTTPError, connection resets
+            raise CheckpointError(
+                f"cannot download {url} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                f"download it to {target} or point the config at a local copy"
+            ) from None
     return target
 
 

@@ -125,7 +125,9 @@ def build_hf_config(cfg: Any):
     try:
         return AutoConfig.from_pretrained(str(cfg.path), **overrides)
     except OSError as exc:
-        raise CheckpointError(f"llm.path='{cfg.path}': cannot read its config.json ({exc})") from None
+        raise CheckpointError(
+            f"llm.path='{cfg.path}': cannot read its config.json ({' '.join(str(exc).split())})"
+        ) from None
 
 
 class LLMAdapter(nn.Module, abc.ABC):
