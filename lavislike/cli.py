@@ -64,22 +64,16 @@ def _convert(args: argparse.Namespace) -> None:
     convert_main(args)
 
 
-@command("download")
-def _download(args: argparse.Namespace) -> int:
-    from lavislike.datasets.download import download_main
-
-    return download_main(args.rest)
-
-
 @command("make-synthetic")
 def _make_synthetic(args: argparse.Namespace) -> None:
+    from lavislike.common.paths import cache_path
     from lavislike.datasets.synthetic import make_synthetic
 
     out = make_synthetic(
-        args.out, seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
+        args.out or cache_path("synthetic"), seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
         image_size=args.image_size, with_video=args.video,
     )
-    print(f"synthetic corpus written to {out}")
+    print(f"synthetic corpus written to {out['root']}: " + ", ".join(f"{k} {v}" for k, v in out["counts"].items()))
 
 
 def _with_config(p: argparse.ArgumentParser) -> None:
@@ -104,8 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="model name (needed for a LAVIS .pth)")
     p.add_argument("--model-type", dest="model_type", help="model type (for a LAVIS .pth)")
     p.add_argument("--to", choices=("lavislike", "hf"), default="lavislike", help="output format")
-    p = sub.add_parser("download", add_help=False, help="download a dataset (lavislike download --help)")
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    sub.add_parser("download", add_help=False, help="download a dataset (lavislike download --help)")
     p = sub.add_parser("make-synthetic", help="generate the synthetic corpus")
     p.add_argument("--out", default=None, help="folder (default: $LAVISLIKE_CACHE/synthetic)")
     p.add_argument("--seed", type=int, default=0)
@@ -119,10 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print as one line and exit with status 2."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     from lavislike.common.logging import setup_logging
 
     setup_logging()
+    if argv[:1] == ["download"]:  # its own parser, options and --help included
+        from lavislike.datasets.download import download_main
+
+        return download_main(argv[1:])
+    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args) or 0
     except LavislikeError as exc:

@@ -54,3 +54,18 @@ def test_config_prints_the_resolved_config_with_options(tmp_path):
     out = lavislike("config", "--cfg-path", str(exp), "--options", "model.model_type=coco", "run.init_lr=3e-5")
     assert out.returncode == 0, out.stderr
     assert "model_type: coco" in out.stdout and "init_lr: 3.0e-05" in out.stdout
+
+
+def test_make_synthetic_writes_the_corpus_under_the_cache(tmp_path):
+    out = lavislike("make-synthetic", "--n-train", "6", "--n-val", "2", "--n-test", "2", "--image-size", "32",
+                    env={"LAVISLIKE_CACHE": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "synthetic" / "manifest.json").is_file()
+    assert (tmp_path / "synthetic" / "annotations" / "caption_val_gt.json").is_file()
+
+
+def test_download_has_its_own_help_and_suggests_names():
+    out = lavislike("download", "--help")
+    assert out.returncode == 0 and "--splits" in out.stdout
+    out = lavislike("download", "coco_captio")
+    assert out.returncode == 2 and "Did you mean 'coco_caption'?" in out.stderr
