@@ -15,9 +15,15 @@ Example:
     >>> model = load_model("blip2_opt", "caption_coco_opt2.7b", is_eval=True, device="cuda")
     >>> model.generate({"image": images})                      # captions
     >>> model.predict_answers({"image": images, "text_input": ["what is it?"]})
+
+Question-aware queries (``qformer_text_input: true``, the paper's VQA fine-tuning; LAVIS
+InstructBLIP's name): the question (for captioning, the prompt) is tokenised with the
+Q-Former's BERT tokenizer and joins the queries in the Q-Former's self-attention; only the
+query positions go through ``llm_proj`` into the LLM.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
@@ -25,7 +31,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from lavislike.errors import ConfigError, DataError
+from lavislike.errors import CheckpointError, ConfigError, DataError
 from lavislike.models.base import Blip2Base, Blip2BaseConfig
 from lavislike.models.convert.hf import HF_DROP
 from lavislike.models.convert.hf_llm import HF_LLM
@@ -33,6 +39,13 @@ from lavislike.models.convert.lavis import LAVIS_DROP, convert_lavis_state
 from lavislike.models.convert.lavis_llm import LAVIS_LLM_ALLOW_MISSING, drop_unused, lavis_llm_table, tied_duplicates
 from lavislike.models.qformer import QFormerConfig
 from lavislike.registry import LLMS, MODELS
+
+
+# the Q-Former's text parts: what question-aware queries need and stage-2 LAVIS files lack
+QFORMER_TEXT_PARTS: tuple[str, ...] = (
+    r"qformer\.embeddings\.(word|position)_embeddings\..*",
+    r"qformer\.layers\.\d+\.text_ffn\..*",
+)
 
 
 def _query_only_qformer() -> QFormerConfig:
@@ -56,6 +69,14 @@ class Blip2LLMConfig(Blip2BaseConfig):
         prefix_lm_min_words: encoder-decoder training on plain captions (no
             ``text_output``, no prompt) splits each caption at a random word; the
             encoder gets at least this many words and the decoder at least one.
+        qformer_text_input: question-aware queries: the question (``text_input`` of a
+            batch with ``text_output``, and of ``predict_answers``; otherwise the prompt)
+            joins the queries in the Q-Former. Builds the Q-Former's text embeddings and
+            text FFNs whatever ``qformer.text_input`` says.
+        qformer_text_from: a checkpoint (LAVIS ``.pth`` or lavislike) to read the
+            Q-Former's text parts from when the loaded checkpoint lacks them, as LAVIS
+            stage-2 files do (they are stage 1's: stage 2 never trains them), e.g. the
+            stage-1 ``blip2_pretrained.pth``.
     """
 
     qformer: QFormerConfig = field(default_factory=_query_only_qformer)
@@ -63,6 +84,8 @@ class Blip2LLMConfig(Blip2BaseConfig):
     prompt: str = ""
     vqa_prompt: Optional[str] = None
     prefix_lm_min_words: int = 1
+    qformer_text_input: bool = False
+    qformer_text_from: Optional[str] = None
 
 
 class Blip2LLM(Blip2Base):
@@ -76,7 +99,14 @@ class Blip2LLM(Blip2Base):
     DEFAULT_MODEL_TYPE: Optional[str] = None
 
     def __init__(self, cfg: DictConfig):
+        if cfg.get("qformer_text_input", False) and not cfg.qformer.get("text_input", False):
+            # in place, so the saved config describes the Q-Former that was built
+            cfg.qformer.text_input = True
         super().__init__(cfg)
+        if self.question_aware:
+            # the last layer's text outputs are discarded (only queries reach the LLM): its
+            # text FFN never gets a gradient, which distributed training would reject
+            self.qformer.layers[-1].text_ffn.requires_grad_(False)
         block = cfg.llm
         if block is None or "name" not in block:
             raise ConfigError(f"model '{cfg.get('arch')}': model.llm needs a 'name' ({', '.join(LLMS.names())})")
@@ -86,6 +116,11 @@ class Blip2LLM(Blip2Base):
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "Blip2LLM":
         return cls(cfg)
+
+    @property
+    def question_aware(self) -> bool:
+        """True when the question (or prompt) joins the queries in the Q-Former."""
+        return bool(self.cfg.get("qformer_text_input", False))
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -108,6 +143,8 @@ class Blip2LLM(Blip2Base):
         """LAVIS files lack the frozen parts and (stage 1) the projection; every format
         stores tied LLM embeddings once."""
         allow = super().allowed_missing(fmt) + tied_duplicates(self.llm.model, "llm.model.")
+        if self.question_aware:
+            allow = allow + QFORMER_TEXT_PARTS  # filled by init_missing_ from qformer_text_from
         return allow + LAVIS_LLM_ALLOW_MISSING if fmt == "lavis" else allow
 
     def tie_weights(self) -> None:
@@ -115,6 +152,7 @@ class Blip2LLM(Blip2Base):
         self.llm.model.tie_weights()
 
     def init_missing_(self, names: set[str]) -> None:
+        names = self._load_missing_text_parts(names)
         super().init_missing_({n for n in names if not n.startswith(("llm.", "llm_proj."))})
         if "llm_proj.weight" in names:
             self.llm_proj.reset_parameters()
@@ -127,6 +165,56 @@ class Blip2LLM(Blip2Base):
                     self.llm.model._init_weights(module)
             self.llm.model.tie_weights()
 
+    def _load_missing_text_parts(self, names: set[str]) -> set[str]:
+        """Copy the missing Q-Former text parts from ``qformer_text_from``; returns the
+        names still to initialise (the unused last-layer text FFN may stay random)."""
+        pattern = re.compile("|".join(f"(?:{p})" for p in QFORMER_TEXT_PARTS))
+        unused = f"qformer.layers.{len(self.qformer.layers) - 1}.text_ffn."
+        wanted = {n for n in names if pattern.fullmatch(n) and not n.startswith(unused)}
+        if not wanted:
+            return names
+        source = self.cfg.get("qformer_text_from")
+        if not source:
+            raise CheckpointError(
+                f"the checkpoint has no Q-Former text parts ({sorted(wanted)[0]}, ...), which "
+                "model.qformer_text_input=true needs (LAVIS stage-2 files drop them); set "
+                "model.qformer_text_from to a checkpoint holding them, e.g. the stage-1 blip2_pretrained.pth"
+            )
+        state = self._read_text_parts(str(source))
+        lacking = sorted(wanted - set(state))
+        if lacking:
+            raise CheckpointError(f"model.qformer_text_from='{source}' has no {lacking[0]} either")
+        own = dict(self.named_parameters())
+        with torch.no_grad():
+            for name in wanted:
+                if state[name].shape != own[name].shape:
+                    raise CheckpointError(
+                        f"model.qformer_text_from='{source}': {name} has shape {tuple(state[name].shape)}, "
+                        f"the model needs {tuple(own[name].shape)}"
+                    )
+                own[name].copy_(state[name])
+        return names - wanted
+
+    def _read_text_parts(self, source: str) -> dict[str, torch.Tensor]:
+        """The Q-Former text parts of a LAVIS ``.pth`` or lavislike checkpoint, in our keys."""
+        from lavislike.models.loading import checkpoint_format, read_state
+
+        fmt = checkpoint_format(source)
+        if fmt == "lavis":
+            from lavislike.models.image_encoders.weights import load_weights
+
+            # only the Q-Former rows: converting a stage-1 file's image encoder is wasted work
+            raw = {k: v for k, v in load_weights(source).items() if k.startswith("Qformer.bert.")}
+            state = self.convert_lavis_state(raw, source)
+        elif fmt == "lavislike":
+            state, _, _ = read_state(self, source)
+        else:
+            raise ConfigError(
+                f"model.qformer_text_from='{source}' is a {fmt} checkpoint; give a LAVIS .pth "
+                "or a lavislike checkpoint"
+            )
+        return {k: v for k, v in state.items() if k.startswith("qformer.")}
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Trained parameters and buffers; nothing of a frozen LLM (it comes from ``llm.path``)."""
         out = super().trainable_state_dict()
@@ -135,9 +223,24 @@ class Blip2LLM(Blip2Base):
         return out
 
     # -- the visual prompt -------------------------------------------------------------
-    def soft_prompt(self, image: torch.Tensor) -> torch.Tensor:
-        """Projected query outputs ``(B, Q, D_llm)``: the visual prompt the LLM reads."""
-        return self.llm_proj(self.query_outputs(self.encode_image(image)))
+    def soft_prompt(self, image: torch.Tensor, texts: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """Projected query outputs ``(B, Q, D_llm)``: the visual prompt the LLM reads.
+
+        Args:
+            image: (B, 3, H, W).
+            texts: one question (or prompt) per image; with ``qformer_text_input`` it joins
+                the queries in the Q-Former (required then), otherwise it is ignored.
+        """
+        embeds = self.encode_image(image)
+        if not self.question_aware:
+            return self.llm_proj(self.query_outputs(embeds))
+        if texts is None:
+            raise DataError("model.qformer_text_input=true: soft_prompt needs the question (or prompt) texts")
+        texts = _as_list(texts)
+        if len(texts) != embeds.shape[0]:
+            raise DataError(f"{len(texts)} Q-Former texts for {embeds.shape[0]} images; give one per image")
+        ids, mask = self.tokenize(texts)
+        return self.llm_proj(self.query_outputs(embeds, ids, mask))
 
     # -- training -----------------------------------------------------------------------
     def forward(self, samples: dict) -> dict:
@@ -150,6 +253,8 @@ class Blip2LLM(Blip2Base):
         without ``text_output`` the prompt (if any) is the encoder text and ``text_input``
         the target, else each caption is split at a random word (prefix language
         modelling as in the paper).
+        With ``qformer_text_input`` the Q-Former also reads ``text_input`` when the batch has
+        ``text_output`` (the question) and the prompts otherwise (never the caption).
 
         Returns:
             ``{"loss", "loss_lm"}``.
@@ -162,7 +267,9 @@ class Blip2LLM(Blip2Base):
             prefixes, targets = self._seq2seq_texts(texts, prompts, outputs)
         else:
             prefixes, targets = self._causal_texts(texts, prompts, outputs)
-        loss = self.llm.lm_loss(self.soft_prompt(image), prefixes, targets, self.cfg.max_txt_len)
+        # the Q-Former reads the question, never the target: a caption's prompt instead
+        soft = self.soft_prompt(image, texts if outputs is not None else prompts)
+        loss = self.llm.lm_loss(soft, prefixes, targets, self.cfg.max_txt_len)
         return {"loss": loss, "loss_lm": loss}
 
     @staticmethod
@@ -242,7 +349,7 @@ class Blip2LLM(Blip2Base):
             min_length=min_length, top_p=top_p, repetition_penalty=repetition_penalty,
             length_penalty=length_penalty, num_captions=num_captions, temperature=temperature,
         )
-        ids = self.llm.generate_ids(self.soft_prompt(image), prompts, self.cfg.max_txt_len, **generation)
+        ids = self.llm.generate_ids(self.soft_prompt(image, prompts), prompts, self.cfg.max_txt_len, **generation)
         return self.llm.decode(ids)
 
     @torch.no_grad()
@@ -277,7 +384,7 @@ class Blip2LLM(Blip2Base):
         questions = _as_list(_require(samples, "text_input"))
         template = prompt if prompt is not None else (self.cfg.vqa_prompt or self.llm.DEFAULT_VQA_PROMPT)
         texts = [_fill(template, q) for q in questions]
-        soft = self.soft_prompt(image)
+        soft = self.soft_prompt(image, questions)
         if inference_method == "generate":
             generation = self.llm.generation_kwargs(
                 num_beams=num_beams, max_length=max_len, min_length=min_len, length_penalty=length_penalty
