@@ -204,6 +204,7 @@ def _model_section(arch: str, model_type: str | None, user_layers: list[tuple[Di
     base = _structured(schema, f"model '{arch}'")
     layers = [(base, f"model '{arch}' schema"), (_section(type_cfg, "model"), type_src)] + user_layers
     merged = _strip(base, PART_REGISTRIES)
+    OmegaConf.set_struct(merged, True)  # masked_copy drops the flag: unknown model keys must fail
     for layer, source in layers[1:]:
         merged = merge_layer(merged, _strip(layer, PART_REGISTRIES), source, "model")
     OmegaConf.set_struct(merged, False)
@@ -228,6 +229,11 @@ def preprocess_config(arch: str, model_type: str | None = None, overrides: Any =
 # -- datasets ----------------------------------------------------------------------------
 def dataset_config(name: str, user_block: Any = None, source: str = "overrides") -> DictConfig:
     """One ``datasets.<name>`` block: schema <- builder default YAML <- user block."""
+    if name not in DATASETS:
+        raise ConfigError(
+            f"{source}: datasets.{name}: unknown dataset '{name}'.{did_you_mean(name, DATASETS.names())} "
+            f"Known: {', '.join(DATASETS.names())}"
+        )
     builder = DATASETS.get(name)
     merged = _structured(DATASETS.get_config(name), f"dataset '{name}'")
     user = _as_cfg(user_block)

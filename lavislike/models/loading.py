@@ -89,9 +89,15 @@ def read_state(model: nn.Module, source: str) -> tuple[dict[str, torch.Tensor], 
     if not weights.is_file():
         raise CheckpointError(f"checkpoint '{source}': {weights} not found")
     with safe_open(str(weights), framework="pt") as fh:
-        partial = (fh.metadata() or {}).get(PARTIAL_KEY) == "1"
+        meta = fh.metadata() or {}
+        # runner-written weights (checkpoints, model_best) are trainable-only and say so
+        # by their global_step
+        partial = meta.get(PARTIAL_KEY, "1" if "global_step" in meta else "0") == "1"
         state = {k: fh.get_tensor(k) for k in fh.keys()}
-    return state, fmt, partial
+    from lavislike.models.convert.lavis_llm import drop_unused
+
+    # a stage-1 file initialising a stage-2 model: drop the heads it has no place for
+    return drop_unused(state, model.state_dict().keys()), fmt, partial
 
 
 # -- loading into a meta-built model ------------------------------------------------------
@@ -173,6 +179,30 @@ def load_model(
         for key in ("arch", "model_type"):
             layers.pop(key, None)
     cfg = model_config(name, model_type, layers)
+    return load_model_from_config(cfg, device, checkpoint=checkpoint, is_eval=is_eval)
+
+
+def load_model_from_config(
+    cfg: DictConfig,
+    device: str | torch.device = "cpu",
+    checkpoint: Optional[str | os.PathLike] = None,
+    is_eval: bool = False,
+) -> nn.Module:
+    """Build the model of a merged ``model`` config and load the weights it names.
+
+    What ``lavislike train`` / ``evaluate`` build: ``finetuned`` when ``load_finetuned``,
+    else ``pretrained`` (or ``hf_hub_id``) when ``load_pretrained``, else random weights.
+    A trainable-only lavislike file (``save_pretrained(trainable_only=True)`` or a
+    runner's ``model_best.safetensors`` / ``checkpoints/step_N/model.safetensors``) is
+    applied over ``pretrained`` when that is another file; a stage-1 file initialises a
+    stage-2 model (its stage-1 heads are dropped).
+
+    Args:
+        cfg: from :func:`lavislike.config.model_config` or ``load_config(...).model``.
+        device, checkpoint, is_eval: as in :func:`load_model`.
+    """
+    device = torch.device(device)
+    checkpoint = None if checkpoint is None else str(checkpoint)
     sources = []
     if checkpoint is not None:
         sources.append(checkpoint)
@@ -189,8 +219,9 @@ def load_model(
     model = build_model(cfg, device, meta=bool(sources))
     if sources:
         state, fmt, partial = read_state(model, sources[0])
-        if partial and cfg.load_pretrained and (cfg.pretrained or cfg.hf_hub_id):
-            base, _, _ = read_state(model, str(cfg.pretrained or cfg.hf_hub_id))
+        base_source = str(cfg.pretrained or cfg.hf_hub_id or "")
+        if partial and cfg.load_pretrained and base_source and base_source != sources[0]:
+            base, _, _ = read_state(model, base_source)
             state = {**base, **state}
         allow = model.allowed_missing(fmt)
         if partial:

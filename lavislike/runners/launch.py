@@ -30,8 +30,24 @@ def run(cfg: DictConfig, cfg_path: str | Path | None = None, evaluate_only: bool
         if not cfg.run.get("experiment") and cfg_path:
             cfg.run.experiment = Path(cfg_path).stem
     runner_cls = RUNNERS.get(cfg.run.runner)
+    # Seed before the model is built: randomly initialised parts (new Q-Former layers, a
+    # random frozen encoder) must be the same in every run of a config, or a resumed run
+    # (which reloads only the trained weights) would continue a different model.
+    seed_everything(int(cfg.run.get("seed", 42)))
     task = setup_task(cfg)
     runner = runner_cls.from_config(cfg, task=task)
     summary = runner.train()
     logger.info("outputs in %s", summary.get("output_dir"))
     return summary
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices) with ``seed``."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

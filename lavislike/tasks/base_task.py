@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from lavislike.common import dist as D
 from lavislike.common.io import write_json_atomic
 from lavislike.errors import ConfigError
-from lavislike.registry import DATASETS, MODELS, TASKS
+from lavislike.registry import DATASETS, TASKS
 
 logger = logging.getLogger("lavislike")
 
@@ -68,7 +68,10 @@ class BaseTask:
     def build_model(self, cfg: DictConfig) -> torch.nn.Module:
         if "model" not in cfg or cfg.model is None:
             raise ConfigError("config has no 'model' section; add model.arch (see `lavislike zoo`)")
-        return MODELS.get(cfg.model.arch).from_config(cfg.model)
+        from lavislike.models.loading import load_model_from_config
+
+        # the weights the config names (model.pretrained / finetuned), not a random model
+        return load_model_from_config(cfg.model)
 
     def build_datasets(self, cfg: DictConfig) -> dict[str, dict]:
         """``{dataset name: {split: Dataset}}`` from the ``datasets`` section's builders."""

@@ -69,3 +69,46 @@ def test_download_has_its_own_help_and_suggests_names():
     assert out.returncode == 0 and "--splits" in out.stdout
     out = lavislike("download", "coco_captio")
     assert out.returncode == 2 and "Did you mean 'coco_caption'?" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "yaml_text, args, expected",
+    [
+        # mistakes inside an experiment YAML name the file and the near match
+        ("model: {arch: blip2, model_type: tiny}\nrun: {task: retrieval, k_tset: 4}\n", [], "k_test"),
+        ("model: {arch: blip2, model_type: tiny, qformer: {num_hiden_layers: 2}}\n", [], "num_hidden_layers"),
+        ("model: {arch: blip2, image_encoder: {name: eva_clip_gg}}\n", [], "Did you mean 'eva_clip_g'?"),
+        ("datasets: {coco_captoin: {}}\n", [], "Did you mean 'coco_caption'?"),
+        ("datasets: {coco_caption: {vis_procesor: {}}}\n", [], "vis_processor"),
+        ("runn: {task: retrieval}\n", [], "Did you mean 'run'?"),
+        ("run: {runner: runner_itr}\n", [], "Did you mean 'runner_iter'?"),
+        ("run: {max_epoch: many}\n", [], "max_epoch"),
+        # and on the command line, for train as for config
+        ("model: {arch: blip2, model_type: tiny}\n", ["run.lr_shed=constant_lr"], "command line"),
+        ("model: {arch: blip2, model_type: tiny}\n", ["model.llm_proj=1", "--options", "run.seed=1"], "llm_proj"),
+        ("model: {arch: blip2, model_type: tiny}\n", ["run.init_lr"], "key.path=value"),
+    ],
+)
+@pytest.mark.parametrize("command", ["config", "train"])
+def test_mistakes_in_yaml_and_overrides_are_one_line(tmp_path, command, yaml_text, args, expected):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml_text)
+    out = lavislike(command, "--cfg-path", str(exp), *args, env={"LAVISLIKE_CACHE": str(tmp_path)})
+    assert out.returncode == 2, out.stderr
+    lines = [l for l in out.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert expected in lines[0]
+    if not args or "command line" not in expected:
+        assert ("exp.yaml" in lines[0]) == (not args), lines[0]  # names where the mistake is
+    assert not (tmp_path / "output").exists()  # nothing started
+
+
+def test_train_with_missing_data_is_one_line(tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("model: {arch: blip2, model_type: tiny, load_pretrained: false}\n"
+                   "datasets: {coco_caption: {}}\nrun: {device: cpu, output_dir: " + str(tmp_path / "o") + "}\n")
+    out = lavislike("train", "--cfg-path", str(exp), env={"LAVISLIKE_CACHE": str(tmp_path)})
+    assert out.returncode == 2
+    lines = [l for l in out.stderr.splitlines() if l.strip() and "INFO" not in l and "WARNING" not in l]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "coco_caption" in lines[0] and "lavislike download coco_caption" in lines[0]

@@ -1,0 +1,236 @@
+"""The command-line paths a user takes, end to end on the synthetic corpus at CPU size:
+train (outputs), kill -9 + resume (same weights as an uninterrupted run), evaluate,
+convert, and a run script under torchrun with two processes (gloo)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[2]
+N_TRAIN, N_VAL, N_TEST = 16, 8, 8
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """LAVISLIKE_CACHE holding a small synthetic corpus (generated once for the module)."""
+    from lavislike.datasets.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("cache")
+    make_synthetic(root / "synthetic", seed=0, n_train=N_TRAIN, n_val=N_VAL, n_test=N_TEST, image_size=32,
+                   with_video=False)
+    return root
+
+
+def env_for(cache: Path) -> dict:
+    return dict(os.environ, LAVISLIKE_CACHE=str(cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+                TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def lavislike(cache: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lavislike", *args], capture_output=True, text=True,
+                          env=env_for(cache), cwd=REPO, timeout=timeout)
+
+
+def synthetic_block(kind: str) -> dict:
+    # the options pin the corpus the fixture made (a mismatch would regenerate it)
+    return {f"synthetic_{kind}": {
+        "seed": 0, "n_train": N_TRAIN, "n_val": N_VAL, "n_test": N_TEST, "image_size": 32, "with_video": False,
+        "vis_processor": {"train": {"name": "blip_image_eval", "image_size": 32},
+                          "eval": {"name": "blip_image_eval", "image_size": 32}}}}
+
+
+def stage1_config(path: Path, output_dir: Path, **run) -> Path:
+    """A tiny stage-1 experiment YAML (32 captions, batch 8: 4 steps per epoch) written to ``path``."""
+    cfg = {
+        "model": {"arch": "blip2", "model_type": "tiny"},
+        "datasets": synthetic_block("retrieval"),
+        "run": {"task": "image_text_pretrain", "runner": "runner_base", "max_epoch": 1, "batch_size_train": 8,
+                "batch_size_eval": 8, "init_lr": 1e-3, "warmup_steps": 2, "k_test": 4,
+                "output_dir": str(output_dir), "device": "cpu", "progress_bar": False, "tensorboard": False,
+                "log_freq": 1, **run},
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
+    latest = (output_dir / "checkpoints" / "latest").read_text().strip()
+    return load_file(str(output_dir / "checkpoints" / latest / "model.safetensors"))
+
+
+def test_train_writes_the_output_folder(cache, tmp_path):
+    out = tmp_path / "run"
+    cfg = stage1_config(tmp_path / "exp.yaml", out)
+    res = lavislike(cache, "train", "--cfg-path", str(cfg), "run.init_lr=5e-4")
+    assert res.returncode == 0, res.stderr[-3000:]
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    # resolved: the command-line override, the schema defaults and the model type's keys
+    assert saved["run"]["init_lr"] == 5e-4 and saved["run"]["beta2"] == 0.999
+    assert saved["model"]["qformer"]["num_query_token"] == 4 and "${" not in (out / "config.yaml").read_text()
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert all({"loss", "loss_itc", "loss_itm", "loss_lm", "lr"} <= set(r) for r in train)
+    weights = final_weights(out)
+    assert "qformer.query_tokens" in weights and not any(k.startswith("image_encoder.") for k in weights)
+    assert (out / "checkpoints" / "step_000000004" / "meta.json").is_file()
+
+
+def test_killed_run_resumes_to_the_same_weights(cache, tmp_path):
+    """kill -9 after the first checkpoint (mid-epoch), resume in the same folder: the final
+    trainable weights equal an uninterrupted run's bit for bit."""
+    run = {"max_epoch": 2, "ckpt_every_steps": 1, "keep_last_checkpoints": 20}
+    full = tmp_path / "full"
+    res = lavislike(cache, "train", "--cfg-path", str(stage1_config(tmp_path / "full.yaml", full, **run)))
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    cut = tmp_path / "cut"
+    cfg = stage1_config(tmp_path / "cut.yaml", cut, **run)
+    proc = subprocess.Popen([sys.executable, "-m", "lavislike", "train", "--cfg-path", str(cfg)], cwd=REPO,
+                            env=env_for(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = cut / "checkpoints" / "latest"
+    deadline = time.monotonic() + 90
+    while not latest.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = int(latest.read_text().strip().split("_")[1])
+    assert 1 <= killed_at < 8  # 2 epochs x 4 steps: killed mid-run
+
+    res = lavislike(cache, "train", "--cfg-path", str(cfg), "run.resume=true")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"global step {killed_at}" in res.stderr or f"step_{killed_at:09d}" in res.stderr
+    a, b = final_weights(full), final_weights(cut)
+    assert (cut / "checkpoints" / "step_000000008").is_dir() and set(a) == set(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # and training did move the weights (a resume that reloads the same file proves nothing)
+    first = load_file(str(full / "checkpoints" / "step_000000001" / "model.safetensors"))
+    assert not torch.equal(first["qformer.query_tokens"], a["qformer.query_tokens"])
+
+
+def test_evaluate_retrieval_prints_and_writes_recall(cache, tmp_path):
+    out = tmp_path / "eval"
+    cfg = {
+        "model": {"arch": "blip2", "model_type": "tiny"},
+        "datasets": synthetic_block("retrieval"),
+        "run": {"task": "retrieval", "k_test": 4, "batch_size_eval": 8, "test_splits": ["test"],
+                "output_dir": str(out), "device": "cpu", "progress_bar": False, "tensorboard": False},
+    }
+    (tmp_path / "ret.yaml").write_text(yaml.safe_dump(cfg))
+    res = lavislike(cache, "evaluate", "--cfg-path", str(tmp_path / "ret.yaml"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "txt_r1" in res.stderr and "img_r10" in res.stderr
+    written = sorted((out / "result").glob("test*_retrieval.json"))
+    assert len(written) == 1
+    line = json.loads(written[0].read_text())
+    recalls = [line[f"{d}_r{k}"] for d in ("txt", "img") for k in (1, 5, 10)]
+    assert all(0 <= r <= 100 for r in recalls)
+    # 8 images / 16 captions: recall is a whole number of queries
+    assert all(abs(line[f"img_r{k}"] * 16 / 100 - round(line[f"img_r{k}"] * 16 / 100)) < 1e-6 for k in (1, 5, 10))
+    assert all(abs(line[f"txt_r{k}"] * 8 / 100 - round(line[f"txt_r{k}"] * 8 / 100)) < 1e-6 for k in (1, 5, 10))
+    assert line["r_mean"] == pytest.approx(sum(recalls) / 6)
+    assert line["txt_r1"] <= line["txt_r5"] <= line["txt_r10"] and line["img_r1"] <= line["img_r5"] <= line["img_r10"]
+    assert not (out / "checkpoints").exists()  # evaluation trains nothing
+
+
+def test_train_initialises_stage2_from_a_stage1_checkpoint(cache, tmp_path):
+    """`model.pretrained` names what `lavislike train` builds: a runner-written stage-1
+    file (trainable weights only) gives the stage-2 model its Q-Former."""
+    from omegaconf import OmegaConf
+
+    from lavislike.config import load_config
+    from lavislike.tasks import setup_task
+
+    stage1 = tmp_path / "s1"
+    res = lavislike(cache, "train", "--cfg-path", str(stage1_config(tmp_path / "s1.yaml", stage1)))
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = stage1 / "checkpoints" / "step_000000004" / "model.safetensors"
+    exp = {"model": {"arch": "blip2_opt", "model_type": "tiny", "load_pretrained": True, "pretrained": str(ckpt)},
+           "datasets": synthetic_block("caption"), "run": {"task": "image_text_pretrain"}}
+    (tmp_path / "s2.yaml").write_text(yaml.safe_dump(exp))
+    cfg = load_config(tmp_path / "s2.yaml", [])
+    model = setup_task(cfg).build_model(cfg)
+    saved, own = load_file(str(ckpt)), model.state_dict()
+    shared = [k for k in saved if k in own]
+    assert "qformer.query_tokens" in shared and len(shared) > 20
+    for key in shared:
+        assert torch.equal(own[key], saved[key]), key
+    assert "itm_head.weight" not in own  # the stage-1 heads were dropped, not loaded
+    assert OmegaConf.select(cfg, "model.pretrained") == str(ckpt)
+
+
+def test_convert_lavis_pth_to_ours_to_hf(cache, tmp_path):
+    from transformers import Blip2ForImageTextRetrieval
+
+    from lavislike.models import load_model
+    from lavislike.models.convert.lavis import to_lavis_state
+
+    torch.manual_seed(0)
+    model = load_model("blip2", "tiny", load_pretrained=False)
+    torch.save({"model": to_lavis_state(model)}, tmp_path / "blip2_tiny.pth")
+    res = lavislike(cache, "convert", str(tmp_path / "blip2_tiny.pth"), str(tmp_path / "ours"),
+                    "--arch", "blip2", "--model-type", "tiny")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "ours" / "model.safetensors").is_file()
+    res = lavislike(cache, "convert", str(tmp_path / "ours"), str(tmp_path / "hf"), "--to", "hf")
+    assert res.returncode == 0, res.stderr[-3000:]
+    hf = Blip2ForImageTextRetrieval.from_pretrained(str(tmp_path / "hf"))
+    ours = model.state_dict()
+    # transformers reads the tensors under its own names
+    torch.testing.assert_close(hf.query_tokens, ours["qformer.query_tokens"])
+    torch.testing.assert_close(hf.vision_projection.weight, ours["vision_proj.weight"])
+    torch.testing.assert_close(hf.text_projection.weight, ours["text_proj.weight"])
+    torch.testing.assert_close(hf.itm_head.weight, ours["itm_head.weight"])
+
+
+def test_convert_bad_input_is_one_line(cache, tmp_path):
+    (tmp_path / "x.pth").write_bytes(b"")
+    res = lavislike(cache, "convert", str(tmp_path / "x.pth"), str(tmp_path / "o"))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "--arch" in res.stderr
+
+
+def _fake_venv(tmp_path: Path) -> Path:
+    """A LAVISLIKE_VENV that forwards to the running interpreter, so the run script's own
+    set-up step finds everything installed and goes straight to torchrun."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    real_bin = Path(sys.executable).parent
+    py = venv / "bin" / "python"
+    py.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    py.chmod(0o755)
+    (venv / "bin" / "activate").write_text(f'export PATH="{real_bin}:$PATH"\n')
+    digest = hashlib.sha256((REPO / "setup.py").read_bytes()).hexdigest()
+    (venv / ".lavislike-install-stamp").write_text(digest + "\n")
+    return venv
+
+
+def test_pretrain_stage1_script_with_two_processes(cache, tmp_path):
+    """`NPROC=2 bash run_scripts/pretrain_stage1.sh <yaml> a.b=c`: torchrun, gloo on CPU,
+    the config argument and the overrides passed through."""
+    out = tmp_path / "ddp"
+    cfg = stage1_config(tmp_path / "ddp.yaml", out)
+    env = dict(env_for(cache), NPROC="2", MASTER_PORT=str(29600 + os.getpid() % 300),
+               LAVISLIKE_VENV=str(_fake_venv(tmp_path)))
+    res = subprocess.run(["bash", "run_scripts/pretrain_stage1.sh", str(cfg), "run.max_epoch=2"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=150)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "world size 2" in (out / "log.txt").read_text()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["run"]["max_epoch"] == 2
+    # 32 captions, 2 ranks x 8 per step: 2 steps per epoch, 2 epochs
+    assert (out / "checkpoints" / "step_000000004").is_dir()
+    train = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in train if r["split"] == "train"] == [1, 2, 3, 4]
