@@ -76,7 +76,8 @@ class DatasetConfig:
     strict: bool = False  # fail at the first bad sample, naming the file
     max_bad_samples: Optional[int] = None  # stop the run past this many skipped per epoch
     max_bad_fraction: Optional[float] = 0.1  # ... or past this fraction at epoch end
-    sample_ratio: float = 1.0  # weight of this corpus when several are mixed
+    # weight of this corpus when several are mixed; None: its size (a stream: 1), as LAVIS
+    sample_ratio: Optional[float] = None
 
 
 def _as_list(value: Any) -> list:

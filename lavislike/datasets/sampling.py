@@ -157,22 +157,28 @@ class MultiDatasetLoader:
     """Endless iterator over several loaders, picking one per step by ratio.
 
     Args:
-        loaders: iterables of batches (DataLoaders); exhausted ones restart (with
-            :func:`set_epoch` advanced, so reshuffled).
+        loaders: iterables of batches. Exhausted ones restart (a DataLoader with
+            :func:`set_epoch` advanced, so reshuffled); endless ones (the runner's
+            per-corpus streams) never need to.
         ratios: relative weights (``sample_ratio`` of each dataset block); None for
-            equal weights.
+            equal weights. A weight of 0 leaves its loader out.
         seed: seeds the choice of loader (identical on every rank).
+
+    The choice depends only on ``seed`` and the number of draws, so every rank picks the
+    same corpus at the same step; :meth:`state_dict` / :meth:`load_state_dict` carry the
+    chooser across a resume.
 
     Example:
         >>> mixed = MultiDatasetLoader([coco_loader, vg_loader], ratios=[2, 1])
         >>> batch = next(mixed)
+        >>> mixed.last_index          # 0 (coco) or 1 (vg)
     """
 
     def __init__(self, loaders: Sequence[Iterable], ratios: Sequence[float] | None = None, seed: int = 0):
         if not loaders:
             raise ConfigError("MultiDatasetLoader needs at least one loader")
         ratios = [1.0] * len(loaders) if ratios is None else [float(r) for r in ratios]
-        if len(ratios) != len(loaders) or any(r < 0 for r in ratios) or sum(ratios) <= 0:
+        if len(ratios) != len(loaders) or any(not r >= 0 for r in ratios) or sum(ratios) <= 0:
             raise ConfigError(f"sample ratios {ratios} must be one non-negative number per loader, not all 0")
         self.loaders = list(loaders)
         self.probs = torch.tensor(ratios, dtype=torch.double) / sum(ratios)
@@ -180,6 +186,7 @@ class MultiDatasetLoader:
         self.epochs = [0] * len(self.loaders)
         self.iters = [iter(ld) for ld in self.loaders]
         self.last_index = -1
+        self.draws = 0
 
     def __iter__(self) -> "MultiDatasetLoader":
         return self
@@ -187,6 +194,20 @@ class MultiDatasetLoader:
     def __next__(self) -> dict:
         i = int(torch.multinomial(self.probs, 1, generator=self.generator))
         self.last_index = i
+        self.draws += 1
+        return self._read(i)
+
+    def repeat(self) -> dict:
+        """Another batch from the loader of the last step, without drawing again.
+
+        For replacing an unusable batch (every sample bad) while keeping the sequence of
+        choices - and so the ranks - in step.
+        """
+        if self.last_index < 0:
+            return next(self)
+        return self._read(self.last_index)
+
+    def _read(self, i: int) -> dict:
         try:
             return next(self.iters[i])
         except StopIteration:
@@ -195,3 +216,26 @@ class MultiDatasetLoader:
                 set_epoch(self.loaders[i], self.epochs[i])
             self.iters[i] = iter(self.loaders[i])
             return next(self.iters[i])
+
+    def state_dict(self) -> dict:
+        """The chooser's position: generator state, draws, restarts per loader.
+
+        The loaders' own positions are not included (a DataLoader cannot be resumed
+        mid-epoch); the runner's streams save theirs.
+        """
+        return {"generator": self.generator.get_state(), "draws": self.draws,
+                "epochs": list(self.epochs), "last_index": self.last_index}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the choices from a :meth:`state_dict`."""
+        if len(state.get("epochs", [])) != len(self.loaders):
+            raise ConfigError(f"mixer state is for {len(state.get('epochs', []))} loaders, "
+                              f"this one has {len(self.loaders)}")
+        self.generator.set_state(state["generator"])
+        self.draws = int(state.get("draws", 0))
+        self.epochs = [int(e) for e in state["epochs"]]
+        self.last_index = int(state.get("last_index", -1))
+        for i, loader in enumerate(self.loaders):
+            if isinstance(loader, DataLoader) and self.epochs[i]:
+                set_epoch(loader, self.epochs[i])
+                self.iters[i] = iter(loader)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from lavislike.common.dist import all_gather_nograd, all_gather_with_grad
+from lavislike.common.dist import all_gather_nograd, all_gather_with_grad, get_world_size
 from lavislike.errors import ConfigError, DataError
 from lavislike.models import losses
 from lavislike.models.base import Blip2Base, Blip2BaseConfig
@@ -101,20 +101,32 @@ class Blip2Qformer(Blip2Base):
                 self.temp.fill_(float(self.cfg.temp))
 
     # -- features -------------------------------------------------------------------
-    def _image_pass(self, image_embeds: torch.Tensor, use_cache: bool = False):
+    def _image_pass(self, image_embeds: torch.Tensor, use_cache: bool = False, image_kv: Optional[list] = None):
         queries = self.qformer.query_tokens.expand(image_embeds.shape[0], -1, -1)
-        out = self.qformer(query_embeds=queries, image_embeds=image_embeds, use_cache=use_cache)
+        out = self.qformer(query_embeds=queries, image_embeds=image_embeds, use_cache=use_cache, image_kv=image_kv)
         return out, F.normalize(self.vision_proj(out.last_hidden_state), dim=-1)
 
-    def _text_pass(self, input_ids: torch.Tensor, text_mask: torch.Tensor):
-        out = self.qformer(input_ids=input_ids, text_mask=text_mask)
+    def _text_pass(self, input_ids: torch.Tensor, text_mask: torch.Tensor, word_embeds: Optional[torch.Tensor] = None):
+        out = self.qformer(input_ids=input_ids, text_mask=text_mask, word_embeds=word_embeds)
         return out.last_hidden_state, F.normalize(self.text_proj(out.last_hidden_state[:, 0]), dim=-1)
 
     def itm_logits(
-        self, image_embeds: torch.Tensor, input_ids: torch.Tensor, text_mask: torch.Tensor
+        self,
+        image_embeds: Optional[torch.Tensor],
+        input_ids: torch.Tensor,
+        text_mask: torch.Tensor,
+        image_kv: Optional[list] = None,
+        image_index: Optional[torch.Tensor] = None,
+        word_embeds: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """ITM logits (K, 2): queries + text bidirectional, head on each query, mean."""
-        hidden = self.qformer.query_outputs(image_embeds, input_ids, text_mask)
+        """ITM logits (K, 2): queries + text bidirectional, head on each query, mean.
+
+        ``image_kv`` (:meth:`QFormer.cross_kv`) and ``image_index`` (K,) let the K pairs read
+        fewer distinct images whose cross-attention keys/values are projected once;
+        ``word_embeds`` (K, L, H) reuses a word-embedding lookup of ``input_ids``.
+        """
+        hidden = self.qformer.query_outputs(image_embeds, input_ids, text_mask, image_kv=image_kv,
+                                            image_index=image_index, word_embeds=word_embeds)
         return self.itm_head(hidden).mean(1)
 
     # -- training -------------------------------------------------------------------
@@ -129,9 +141,16 @@ class Blip2Qformer(Blip2Base):
             self.temp.clamp_(0.001, 0.5)
         image_embeds = self.encode_image(image)
         bs = image_embeds.shape[0]
-        query_out, image_feats = self._image_pass(image_embeds, use_cache=True)
+        # the cross-attention keys/values of the images are projected once, for ITC and ITM
+        image_kv = self.qformer.cross_kv(image_embeds)
+        query_out, image_feats = self._image_pass(image_embeds, use_cache=True, image_kv=image_kv)
         input_ids, text_mask = self.tokenize(texts)
-        _, text_feat = self._text_pass(input_ids, text_mask)
+        # one word-embedding lookup serves the ITC, ITM and ITG passes: every lookup's
+        # backward would allocate its own dense vocabulary-sized gradient
+        bos = torch.full_like(input_ids[:, :1], self.tokenizer.bos_token_id)
+        words = self.qformer.embeddings.word_embeddings(torch.cat([input_ids, bos], 1))
+        words, bos_word = words[:, :-1], words[:, -1:]
+        _, text_feat = self._text_pass(input_ids, text_mask, words)
         image_ids = samples.get("image_id")
         if image_ids is not None:
             image_ids = torch.as_tensor(image_ids, device=self.device)
@@ -142,11 +161,23 @@ class Blip2Qformer(Blip2Base):
         # ITM: texts [pos, pos, neg] against images [pos, neg, pos]
         neg_text, neg_image = losses.hard_negative_indices(sim_i2t, sim_t2i, image_ids)
         ids_world, mask_world = all_gather_nograd(input_ids), all_gather_nograd(text_mask)
-        embeds_world = all_gather_with_grad(image_embeds)
+        local = torch.arange(bs, device=image_embeds.device)
+        if get_world_size() == 1:
+            itm_kv, neg_rows = image_kv, neg_image
+            neg_words = words[neg_text]
+        else:  # negatives from other ranks: project those B images, reuse the local ones
+            neg_kv = self.qformer.cross_kv(all_gather_with_grad(image_embeds)[neg_image])
+            itm_kv = [None if a is None else (torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]))
+                      for a, b in zip(image_kv, neg_kv)]
+            neg_rows = local + bs
+            neg_words = self.qformer.embeddings.word_embeddings(ids_world[neg_text])
         logits = self.itm_logits(
-            torch.cat([image_embeds, embeds_world[neg_image], image_embeds]),
+            None,
             torch.cat([input_ids, input_ids, ids_world[neg_text]]),
             torch.cat([text_mask, text_mask, mask_world[neg_text]]),
+            image_kv=itm_kv,
+            image_index=torch.cat([local, neg_rows, local]),
+            word_embeds=torch.cat([words, words, neg_words]),
         )
         loss_itm = losses.itm_loss(logits, bs)
 
@@ -155,7 +186,8 @@ class Blip2Qformer(Blip2Base):
         dec_ids[:, 0] = self.tokenizer.bos_token_id
         labels = dec_ids.masked_fill(dec_ids == self.tokenizer.pad_token_id, -100)
         lm_out = self.qformer(
-            input_ids=dec_ids, text_mask=text_mask, causal=True, past_key_values=query_out.past_key_values
+            input_ids=dec_ids, text_mask=text_mask, causal=True, past_key_values=query_out.past_key_values,
+            word_embeds=torch.cat([bos_word, words[:, 1:]], 1),
         )
         loss_lm = losses.lm_loss(self.qformer.lm_logits(lm_out.last_hidden_state), labels, ls)
         return {
@@ -260,11 +292,28 @@ class Blip2Qformer(Blip2Base):
 
     @torch.no_grad()
     def itm_scores(
-        self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        image_embeds: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_index: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Positive-class ITM logit per (image, text) pair: (K,)."""
-        return self.itm_logits(image_embeds.to(self.device), input_ids.to(self.device),
-                               attention_mask.to(self.device))[:, 1]
+        """Positive-class ITM logit per (image, text) pair: (K,).
+
+        Args:
+            image_embeds: (K, P, C) one image per pair, or (U, P, C) distinct images when
+                ``image_index`` is given.
+            input_ids / attention_mask: (K, L) the texts.
+            image_index: (K,) row of ``image_embeds`` for each pair; each distinct image's
+                cross-attention keys/values are then computed once (re-ranking scores one
+                image against many texts).
+        """
+        image_embeds = image_embeds.to(self.device)
+        ids, mask = input_ids.to(self.device), attention_mask.to(self.device)
+        if image_index is None:
+            return self.itm_logits(image_embeds, ids, mask)[:, 1]
+        image_kv = self.qformer.cross_kv(image_embeds)
+        return self.itm_logits(None, ids, mask, image_kv=image_kv, image_index=image_index.to(self.device))[:, 1]
 
     @staticmethod
     def itc_similarity(image_feat: torch.Tensor, text_feat: torch.Tensor) -> torch.Tensor:

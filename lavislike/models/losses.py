@@ -18,17 +18,27 @@ from lavislike.common.dist import all_gather_nograd, all_gather_with_grad, get_r
 NEG_INF = -10000.0  # the reference's mask value: exp() of it is exactly 0 in fp32
 
 
-def itc_similarity(image_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
+def itc_similarity(
+    image_feats: torch.Tensor, text_feats: torch.Tensor, max_elements: int = 1 << 26
+) -> torch.Tensor:
     """Image-text similarity: max over queries of query . text.
 
     Args:
         image_feats: (N, Q, D) normalised query features.
         text_feats: (M, D) normalised text features.
+        max_elements: the (n, Q, M) query-text products are formed for as many images at a
+            time as keep them under this size (a 5k x 25k x 32 retrieval matrix would take
+            16 GB at once).
 
     Returns:
         (N, M) similarities.
     """
-    return torch.einsum("nqd,md->nmq", image_feats, text_feats).amax(-1)
+    n, q = image_feats.shape[:2]
+    text_t = text_feats.t()
+    step = max(1, max_elements // max(q * text_feats.shape[0], 1))
+    if step >= n:
+        return (image_feats @ text_t).amax(1)
+    return torch.cat([(image_feats[s : s + step] @ text_t).amax(1) for s in range(0, n, step)])
 
 
 def itc_loss(

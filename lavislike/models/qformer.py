@@ -63,7 +63,8 @@ class QFormerConfig:
             models that only read queries).
         lm_head: build the BERT LM head (``cls.predictions``) used by ITG and captioning.
         tie_lm_head: share the LM decoder weight with the word embeddings (LAVIS does).
-        init_from: a BERT checkpoint folder (or hub id) to initialise the text parts from;
+        init_from: a BERT checkpoint folder, hub id or ``pkg:<module>/<dir>`` (a folder inside
+            an installed package) to initialise the text parts from;
             the query FFNs are copied from the text FFNs. None = random init.
         gradient_checkpointing: recompute layer activations in backward.
     """
@@ -172,18 +173,34 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.num_heads, -1).transpose(1, 2)
 
+    def project_kv(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(key, value) of ``source`` (B, N, kv_width) in head layout (B, heads, N, d)."""
+        return self._heads(self.key(source)), self._heads(self.value(source))
+
     def forward(
         self,
         hidden: torch.Tensor,
         kv_input: Optional[torch.Tensor] = None,
         mask: Optional[torch.Tensor] = None,
         past: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        kv_index: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Returns the block output and this call's full (key, value) in head layout."""
-        source = hidden if kv_input is None else kv_input
+        """Returns the block output and this call's full (key, value) in head layout.
+
+        ``kv`` replaces the key/value projection of ``kv_input`` (computed once by
+        :meth:`project_kv` and shared); ``kv_index`` (B,) picks each row's key/value from
+        them (or from the projection of ``kv_input``), so that features shared by many rows
+        are projected once.
+        """
         q = self._heads(self.query(hidden))
-        k = self._heads(self.key(source))
-        v = self._heads(self.value(source))
+        if kv is None:
+            kv = self.project_kv(hidden if kv_input is None else kv_input)
+        k, v = kv
+        if kv_index is not None and k.shape[0] == 1:  # one image for all rows: a view, no copy
+            k, v = k.expand(kv_index.shape[0], -1, -1, -1), v.expand(kv_index.shape[0], -1, -1, -1)
+        elif kv_index is not None:
+            k, v = k.index_select(0, kv_index), v.index_select(0, kv_index)
         if past is not None:
             k = torch.cat([past[0], k], 2)
             v = torch.cat([past[1], v], 2)
@@ -233,15 +250,17 @@ class QFormerLayer(nn.Module):
         image_embeds: Optional[torch.Tensor],
         image_mask: Optional[torch.Tensor],
         past: Optional[tuple[torch.Tensor, torch.Tensor]],
+        image_kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        image_index: Optional[torch.Tensor] = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         hidden, kv = self.self_attn(hidden, mask=mask, past=past)
         if num_query == 0:
             return self._text_ffn(hidden), kv
         queries = hidden[:, :num_query]
         if self.has_cross:
-            if image_embeds is None:
+            if image_embeds is None and image_kv is None:
                 raise ValueError("the Q-Former queries need image_embeds for cross-attention")
-            queries, _ = self.cross_attn(queries, image_embeds, mask=image_mask)
+            queries, _ = self.cross_attn(queries, image_embeds, mask=image_mask, kv=image_kv, kv_index=image_index)
         queries = self.query_ffn(queries)
         if hidden.shape[1] == num_query:
             return queries, kv
@@ -271,13 +290,15 @@ class Embeddings(nn.Module):
         input_ids: Optional[torch.Tensor],
         query_embeds: Optional[torch.Tensor],
         position_offset: int = 0,
+        word_embeds: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         parts = [] if query_embeds is None else [query_embeds]
         if input_ids is not None:
             if self.word_embeddings is None:
                 raise ConfigError("this Q-Former was built with qformer.text_input=false; it reads no text")
             pos = torch.arange(position_offset, position_offset + input_ids.shape[1], device=input_ids.device)
-            text = self.word_embeddings(input_ids) + self.position_embeddings(pos)[None]
+            words = self.word_embeddings(input_ids) if word_embeds is None else word_embeds
+            text = words + self.position_embeddings(pos)[None]
             parts.append(text.to(parts[0].dtype) if parts else text)
         return self.dropout(self.norm(torch.cat(parts, 1) if len(parts) > 1 else parts[0]))
 
@@ -400,6 +421,9 @@ class QFormer(nn.Module):
         causal: bool = False,
         past_key_values: Optional[KVCache] = None,
         use_cache: bool = False,
+        image_kv: Optional[list[Optional[tuple[torch.Tensor, torch.Tensor]]]] = None,
+        image_index: Optional[torch.Tensor] = None,
+        word_embeds: Optional[torch.Tensor] = None,
     ) -> QFormerOutput:
         """Run queries and/or text through the Q-Former.
 
@@ -413,13 +437,20 @@ class QFormer(nn.Module):
             past_key_values: cached self-attention (key, value) per layer (B, heads, N, d);
                 they act as a prefix every position can see.
             use_cache: also return this call's (key, value) per layer, past included.
+            image_kv: :meth:`cross_kv` of the image features, instead of ``image_embeds``:
+                passes that read the same images share one key/value projection.
+            image_index: (B,) row of ``image_embeds`` / ``image_kv`` (and ``image_mask``)
+                each sample reads; None = one image per sample, in order.
+            word_embeds: (B, T, H) ``word_embeddings(input_ids)`` computed by the caller:
+                passes over the same tokens share one lookup (each lookup's backward
+                allocates a dense vocabulary-sized gradient).
         """
         num_query = 0 if query_embeds is None else query_embeds.shape[1]
         past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         # text positions restart at 0 after a query-only prefix (LAVIS subtracts the query
         # length from the cache length); with decoded text in the cache they continue
         offset = max(past_len - self.cfg.num_query_token, 0) if past_key_values is not None else 0
-        hidden = self.embeddings(input_ids, query_embeds, position_offset=offset)
+        hidden = self.embeddings(input_ids, query_embeds, position_offset=offset, word_embeds=word_embeds)
         if causal and input_ids is not None and text_mask is None:
             text_mask = torch.ones_like(input_ids)
         mask = self_attention_mask(num_query, text_mask, causal, past_len, hidden.shape[0], hidden.device)
@@ -428,32 +459,60 @@ class QFormer(nn.Module):
         cross_mask = None
         if image_mask is not None and not bool(image_mask.all()):
             cross_mask = image_mask.bool()[:, None, None, :]
+            if image_index is not None:
+                cross_mask = cross_mask.index_select(0, image_index)
         cache: KVCache = []
         for i, layer in enumerate(self.layers):
             past = None if past_key_values is None else past_key_values[i]
+            layer_kv = None if image_kv is None else image_kv[i]
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 hidden, kv = checkpoint(
-                    layer, hidden, mask, num_query, image_embeds, cross_mask, past, use_reentrant=False
+                    layer, hidden, mask, num_query, image_embeds, cross_mask, past, layer_kv, image_index,
+                    use_reentrant=False,
                 )
             else:
-                hidden, kv = layer(hidden, mask, num_query, image_embeds, cross_mask, past)
+                hidden, kv = layer(hidden, mask, num_query, image_embeds, cross_mask, past, layer_kv, image_index)
             if use_cache:
                 cache.append(kv)
         return QFormerOutput(hidden, cache if use_cache else None)
 
+    def cross_kv(self, image_embeds: torch.Tensor) -> list[Optional[tuple[torch.Tensor, torch.Tensor]]]:
+        """Cross-attention (key, value) of ``image_embeds`` (B, P, C) per layer (None where a
+        layer has no cross-attention), to pass as ``image_kv`` to several passes.
+
+        At ViT-g width these projections are about a third of the Q-Former's work per
+        image; passes over the same images (ITC, ITM, retrieval re-ranking) share them.
+        """
+        image_embeds = image_embeds.to(self.query_tokens.dtype)
+        return [layer.cross_attn.project_kv(image_embeds) if layer.has_cross else None for layer in self.layers]
+
     def query_outputs(
         self,
-        image_embeds: torch.Tensor,
+        image_embeds: Optional[torch.Tensor],
         input_ids: Optional[torch.Tensor] = None,
         text_mask: Optional[torch.Tensor] = None,
         image_mask: Optional[torch.Tensor] = None,
+        image_kv: Optional[list] = None,
+        image_index: Optional[torch.Tensor] = None,
+        word_embeds: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Query outputs (B, Q, H); with ``input_ids`` the text (e.g. a question) joins the
-        queries in bidirectional self-attention and makes them text-aware."""
-        queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        queries in bidirectional self-attention and makes them text-aware.
+
+        ``image_kv`` / ``image_index`` / ``word_embeds``: see :meth:`forward` (with
+        ``image_kv``, ``image_embeds`` may be None).
+        """
+        if image_index is not None:
+            batch = image_index.shape[0]
+        elif image_embeds is not None:
+            batch = image_embeds.shape[0]
+        else:
+            batch = next(kv for kv in image_kv if kv is not None)[0].shape[0]
+        queries = self.query_tokens.expand(batch, -1, -1)
         out = self(
             query_embeds=queries, input_ids=input_ids, text_mask=text_mask,
-            image_embeds=image_embeds, image_mask=image_mask,
+            image_embeds=image_embeds, image_mask=image_mask, image_kv=image_kv, image_index=image_index,
+            word_embeds=word_embeds,
         )
         return out.last_hidden_state[:, : queries.shape[1]]
 

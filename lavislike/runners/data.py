@@ -3,16 +3,23 @@
 The training order of a map-style dataset is a pure function of (seed, data epoch), so a
 resumed run re-creates it and starts at the saved position instead of replaying batches.
 Streamed (iterable) datasets are skipped ahead by reading and dropping batches.
+
+One training corpus is read by a :class:`TrainStream`. Several are mixed by
+:class:`MixedTrainStream` as LAVIS's ``MultiIterLoader`` does: each micro-batch comes
+from one corpus, drawn with probability proportional to its ``sample_ratio`` by a
+generator seeded alike on every rank; each corpus keeps its own shuffled, rank-sharded,
+endlessly cycling stream.
 """
 from __future__ import annotations
 
 import itertools
 import logging
 import math
+import zlib
 from typing import Any, Callable, Iterator
 
 import torch
-from lavislike.errors import DataError
+from lavislike.errors import ConfigError, DataError
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Sampler
 
 logger = logging.getLogger("lavislike")
@@ -76,7 +83,10 @@ class RoundRobin(IterableDataset):
 
 
 def combine(datasets: list[Dataset]) -> Dataset:
-    """One training dataset from several: concatenated (map-style) or interleaved (streams)."""
+    """One dataset from the splits of one corpus: concatenated (map-style) or interleaved (streams).
+
+    Different corpora are not combined: :class:`MixedTrainStream` mixes them by ratio.
+    """
     if len(datasets) == 1:
         return datasets[0]
     if all(not isinstance(d, IterableDataset) for d in datasets):
@@ -136,6 +146,12 @@ class TrainStream:
         self.epoch, self.consumed = epoch, consumed
         self._it: Iterator | None = None
 
+    def __iter__(self) -> "TrainStream":
+        return self
+
+    def __next__(self) -> Any:
+        return self.next()
+
     def batches_per_epoch(self) -> int | None:
         """Micro-batches per data epoch on this rank (None for streams)."""
         if self.streamed:
@@ -171,8 +187,10 @@ class TrainStream:
                 if self.consumed == 0:
                     break
                 self.new_epoch()
-        raise DataError(f"the training dataset ({len(self.dataset) if not self.streamed else 'stream'} samples) "
-                        f"yields no full batch of {self.batch_size}; lower run.batch_size_train")
+        raise DataError(f"the training dataset {_describe(self.dataset)} ({len(self.dataset) if not self.streamed else 'stream'} "
+                        f"samples) yields no full batch of {self.batch_size}; lower run.batch_size_train")
+
+    retry = next  # one corpus: a replacement for an unusable batch is simply the next one
 
     def new_epoch(self) -> None:
         """Start the next data epoch now (the rest of the current one is dropped)."""
@@ -181,4 +199,154 @@ class TrainStream:
         self._it = None
 
     def position(self) -> dict:
+        """JSON-ready data position (kept in the checkpoint's ``meta.json``)."""
         return {"data_epoch": self.epoch, "consumed": self.consumed, "sampler_seed": self.seed}
+
+    def state_dict(self) -> dict:
+        """What a resume needs (kept in the checkpoint's train state under ``data``)."""
+        return self.position()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a :meth:`state_dict` (or a ``meta.json`` of an older checkpoint)."""
+        if "corpora" in state:
+            logger.warning("resume: the checkpoint mixed %d corpora, this run trains on one; "
+                           "its data order starts afresh", len(state["corpora"]))
+            return
+        if state.get("sampler_seed", self.seed) != self.seed:
+            logger.warning("resume: run.seed changed since the checkpoint; the data order will differ")
+        self.epoch, self.consumed = int(state["data_epoch"]), int(state["consumed"])
+        self._it = None
+
+
+def _describe(dataset: Dataset) -> str:
+    return repr(getattr(dataset, "name", type(dataset).__name__))
+
+
+def default_sample_ratio(dataset: Dataset) -> float:
+    """LAVIS's default weight of a corpus: its size; a stream (size unknown) weighs 1."""
+    if isinstance(dataset, IterableDataset):
+        return 1.0
+    return float(len(dataset))
+
+
+def corpus_seed(seed: int, name: str) -> int:
+    """Order seed of one corpus in a mix: ``seed`` and the corpus name, the same on all ranks.
+
+    Derived from the name, not the position in the list, so a corpus keeps its order when
+    others are added or removed.
+    """
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31
+
+
+class MixedTrainStream:
+    """Several training corpora; each micro-batch comes from one, drawn by ``sample_ratio``.
+
+    The draw is :class:`~lavislike.datasets.sampling.MultiDatasetLoader`'s, seeded with
+    ``seed`` on every rank, so all ranks train on the same corpus at the same step (and a
+    batch never mixes corpora, whose items may carry different keys). Each corpus is a
+    :class:`TrainStream` of its own: a map-style corpus is shuffled per data epoch, sharded
+    over ranks and starts its next epoch when it runs out, independently of the others;
+    a streamed one is read on.
+
+    Args:
+        corpora: ``(name, dataset, sample_ratio)`` per corpus; names must be distinct.
+        batch_size, seed, rank, world_size, num_workers, pin_memory: as for
+            :class:`TrainStream` (each corpus's order seed is :func:`corpus_seed`).
+        collate_fn: used for corpora whose dataset has no ``collater``.
+
+    Example:
+        >>> mixed = MixedTrainStream([("coco", coco, 113.0), ("vg", vg, 108.0)], batch_size=8,
+        ...                          seed=42, rank=0, world_size=1, num_workers=0, collate_fn=None)
+        >>> batch = mixed.next(); mixed.last_name
+        'coco'
+    """
+
+    def __init__(self, corpora: list[tuple[str, Dataset, float]], *, batch_size: int, seed: int, rank: int,
+                 world_size: int, num_workers: int, collate_fn: Callable | None, pin_memory: bool = False):
+        from lavislike.datasets.sampling import MultiDatasetLoader
+
+        names = [name for name, _, _ in corpora]
+        if len(set(names)) != len(names):
+            raise DataError(f"training corpora must have distinct names, got {names}")
+        for name, _, ratio in corpora:
+            if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio >= 0:
+                raise ConfigError(f"datasets.{name}.sample_ratio: {ratio!r} is not a non-negative number")
+        if sum(r for _, _, r in corpora) <= 0:
+            raise ConfigError(f"datasets.*.sample_ratio: every training corpus has ratio 0 ({', '.join(names)}); "
+                              "give at least one a positive ratio")
+        self.names, self.seed, self.batch_size = names, seed, batch_size
+        self.ratios = [float(r) for _, _, r in corpora]
+        self.streams = [
+            TrainStream(ds, batch_size=batch_size, seed=corpus_seed(seed, name), rank=rank, world_size=world_size,
+                        num_workers=num_workers, collate_fn=collate_fn_for(ds, collate_fn), pin_memory=pin_memory)
+            for name, ds, _ in corpora
+        ]
+        self.mixer = MultiDatasetLoader(self.streams, self.ratios, seed=seed)
+        self.picks = [0] * len(self.streams)  # micro-batches read per corpus (log / tests)
+
+    @property
+    def probabilities(self) -> dict[str, float]:
+        """Chance of each corpus at a step."""
+        return dict(zip(self.names, self.mixer.probs.tolist()))
+
+    @property
+    def last_name(self) -> str | None:
+        """Name of the corpus the last batch came from."""
+        i = self.mixer.last_index
+        return self.names[i] if i >= 0 else None
+
+    def next(self) -> Any:
+        """Draw a corpus and return its next micro-batch."""
+        batch = next(self.mixer)
+        self.picks[self.mixer.last_index] += 1
+        return batch
+
+    def retry(self) -> Any:
+        """Another batch from the corpus of the last step, without a new draw."""
+        batch = self.mixer.repeat()
+        self.picks[self.mixer.last_index] += 1
+        return batch
+
+    def batches_per_epoch(self) -> int | None:
+        """Micro-batches of one pass over every drawn corpus (None when one is a stream)."""
+        counts = [s.batches_per_epoch() for s, r in zip(self.streams, self.ratios) if r > 0]
+        return None if any(c is None for c in counts) else sum(counts)
+
+    def new_epoch(self) -> None:
+        """Nothing to do: each corpus starts its next data epoch when it runs out."""
+
+    def position(self) -> dict:
+        """JSON-ready data position (kept in the checkpoint's ``meta.json``)."""
+        return {"sampler_seed": self.seed, "mixer_draws": self.mixer.draws,
+                "corpora": {n: {"data_epoch": s.epoch, "consumed": s.consumed, "picks": p}
+                            for n, s, p in zip(self.names, self.streams, self.picks)}}
+
+    def state_dict(self) -> dict:
+        """What a resume needs (kept in the checkpoint's train state under ``data``)."""
+        return {"sampler_seed": self.seed, "mixer": self.mixer.state_dict(), "ratios": list(self.ratios),
+                "corpora": [{"name": n, "data_epoch": s.epoch, "consumed": s.consumed, "picks": p}
+                            for n, s, p in zip(self.names, self.streams, self.picks)]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a :meth:`state_dict`; corpora are matched by name."""
+        if "corpora" not in state or "mixer" not in state:
+            logger.warning("resume: the checkpoint trained on one corpus, this run mixes %d; "
+                           "the data order starts afresh", len(self.names))
+            return
+        if state.get("sampler_seed", self.seed) != self.seed:
+            logger.warning("resume: run.seed changed since the checkpoint; the data order will differ")
+        saved = {str(c["name"]): c for c in state["corpora"]}
+        if list(saved) != self.names:
+            logger.warning("resume: training corpora changed since the checkpoint (%s -> %s); corpora are "
+                           "matched by name and the choice of corpus per step starts afresh",
+                           list(saved), self.names)
+        else:
+            if [float(r) for r in state.get("ratios", self.ratios)] != self.ratios:
+                logger.warning("resume: sample ratios changed since the checkpoint (%s -> %s)",
+                               state.get("ratios"), self.ratios)
+            self.mixer.load_state_dict(state["mixer"])
+        for i, (name, stream) in enumerate(zip(self.names, self.streams)):
+            if name in saved:
+                stream.epoch, stream.consumed = int(saved[name]["data_epoch"]), int(saved[name]["consumed"])
+                stream._it = None
+                self.picks[i] = int(saved[name].get("picks", 0))

@@ -5,6 +5,10 @@ an epoch of the data for ``runner_base``, ``iters_per_inner_epoch`` steps for
 ``runner_iter``; after each period the runner evaluates the validation splits, keeps the
 best weights by the task's ``agg_metrics`` and writes a resumable checkpoint.
 
+Training data is one corpus read in a shuffled, rank-sharded order, or several corpora
+mixed per micro-batch by ``datasets.<name>.sample_ratio`` (default: the corpus size);
+see :mod:`lavislike.runners.data`. The data position is part of every checkpoint.
+
 Runners never know which model they train: they call ``task.train_step(model, samples)``
 (which returns a dict with ``"loss"``), ``task.evaluate(...)`` and the model's
 ``trainable_state_dict()``.
@@ -38,7 +42,16 @@ from lavislike.common.io import write_json_atomic
 from lavislike.common.logging import MetricsWriter, plot_curves, setup_logging
 from lavislike.errors import ConfigError, LavislikeError
 from lavislike.registry import LR_SCHEDULERS, RUNNERS
-from lavislike.runners.data import ShardedSampler, TrainStream, collate_fn_for, combine, make_loader, move_to_device
+from lavislike.runners.data import (
+    MixedTrainStream,
+    ShardedSampler,
+    TrainStream,
+    collate_fn_for,
+    combine,
+    default_sample_ratio,
+    make_loader,
+    move_to_device,
+)
 from lavislike.runners.distributed import wrap_model
 from lavislike.runners.optim import build_optimizer
 
@@ -257,13 +270,48 @@ class RunnerBase:
     def _split(self, split: str) -> list[tuple[str, Dataset]]:
         return [(name, splits[split]) for name, splits in self.datasets.items() if split in splits]
 
-    def train_dataset(self) -> Dataset:
-        found = [ds for split in self.run.train_splits for _, ds in self._split(split)]
+    def train_corpora(self) -> dict[str, Dataset]:
+        """``{dataset name: training dataset}``; the train splits of one corpus are combined."""
+        found: dict[str, list[Dataset]] = {}
+        for split in self.run.train_splits:
+            for name, ds in self._split(split):
+                found.setdefault(name, []).append(ds)
         if not found:
             have = sorted({s for splits in self.datasets.values() for s in splits})
             raise ConfigError(f"run.train_splits {list(self.run.train_splits)}: no dataset has these splits; "
                               f"available: {have}")
-        return combine(found)
+        return {name: combine(parts) for name, parts in found.items()}
+
+    def sample_ratio(self, name: str, dataset: Dataset) -> float:
+        """``datasets.<name>.sample_ratio``, else the corpus size (map-style) or 1 (stream)."""
+        blocks = self.cfg.get("datasets") if isinstance(self.cfg, DictConfig) else None
+        block = blocks.get(name) if blocks else None
+        ratio = block.get("sample_ratio") if isinstance(block, DictConfig) else None
+        if ratio is None:
+            return default_sample_ratio(dataset)
+        try:
+            value = float(ratio)
+        except (TypeError, ValueError):
+            raise ConfigError(f"datasets.{name}.sample_ratio: {ratio!r} is not a number") from None
+        if not value >= 0:
+            raise ConfigError(f"datasets.{name}.sample_ratio: {ratio!r} must be >= 0")
+        return value
+
+    def train_stream(self) -> TrainStream | MixedTrainStream:
+        """The training micro-batches: one corpus read in order, or several mixed by ratio."""
+        run = self.run
+        corpora = self.train_corpora()
+        common = dict(batch_size=run.batch_size_train, seed=run.seed, rank=D.get_rank(),
+                      world_size=D.get_world_size(), num_workers=run.num_workers,
+                      pin_memory=getattr(self, "device", torch.device("cpu")).type == "cuda")
+        if len(corpora) == 1:
+            (dataset,) = corpora.values()
+            return TrainStream(dataset, collate_fn=collate_fn_for(dataset, self.collate_fn), **common)
+        mixed = MixedTrainStream([(name, ds, self.sample_ratio(name, ds)) for name, ds in corpora.items()],
+                                 collate_fn=self.collate_fn, **common)
+        logger.info("mixing %d training corpora, chance per step: %s", len(corpora),
+                    ", ".join(f"{n} {p:.4f}" for n, p in mixed.probabilities.items()))
+        return mixed
 
     def eval_loader(self, dataset: Dataset) -> torch.utils.data.DataLoader:
         """This rank's shard of ``dataset`` in order (every sample on exactly one rank)."""
@@ -276,8 +324,11 @@ class RunnerBase:
                            drop_last=False, seed=0, pin_memory=self.device.type == "cuda")
 
     # -- schedule ------------------------------------------------------------------------
-    def plan(self, stream: TrainStream) -> tuple[int, int]:
-        """(steps per period, total steps) for an epoch-based run."""
+    def plan(self, stream: TrainStream | MixedTrainStream) -> tuple[int, int]:
+        """(steps per period, total steps) for an epoch-based run.
+
+        With several corpora an epoch is as many micro-batches as one pass over each.
+        """
         per_epoch = stream.batches_per_epoch()
         if per_epoch is None:
             raise ConfigError("run.runner: runner_base needs a map-style dataset (it counts epochs); "
@@ -288,7 +339,7 @@ class RunnerBase:
                               f"{per_epoch} micro-batches of one epoch")
         return steps, steps * self.run.max_epoch
 
-    def end_period(self, stream: TrainStream) -> None:
+    def end_period(self, stream: TrainStream | MixedTrainStream) -> None:
         stream.new_epoch()  # epochs follow the data: drop the partial accumulation group
 
     # -- the loop ------------------------------------------------------------------------
@@ -310,7 +361,7 @@ class RunnerBase:
         return {k: v.detach().float() for k, v in out.items()
                 if isinstance(v, torch.Tensor) and v.ndim == 0 and k.startswith("loss")}
 
-    def train_step(self, stream: TrainStream, step: int) -> dict[str, float] | None:
+    def train_step(self, stream: TrainStream | MixedTrainStream, step: int) -> dict[str, float] | None:
         """One optimizer step; returns the logged values, or None when it was skipped."""
         lr = self.scheduler.step(step)
         self.optimizer.zero_grad(set_to_none=True)
@@ -320,7 +371,7 @@ class RunnerBase:
         for i in range(accum):
             batch = stream.next()
             while not self.bad_samples.consume(batch):  # a batch of only unreadable samples
-                batch = stream.next()
+                batch = stream.retry()  # same corpus: the per-step choice stays in step across ranks
             batch = move_to_device(batch, self.device)
             n_samples += _batch_len(batch)
             for k, v in self._micro_step(batch, sync=i == accum - 1).items():
@@ -362,11 +413,7 @@ class RunnerBase:
             return {"test": self.evaluate_splits(self.run.test_splits or self.run.valid_splits, "test"),
                     "output_dir": str(self.output_dir)}
         run = self.run
-        train_ds = self.train_dataset()
-        stream = TrainStream(train_ds, batch_size=run.batch_size_train, seed=run.seed,
-                             rank=D.get_rank(), world_size=D.get_world_size(), num_workers=run.num_workers,
-                             collate_fn=collate_fn_for(train_ds, self.collate_fn),
-                             pin_memory=self.device.type == "cuda")
+        stream = self.train_stream()
         self.steps_per_period, self.total_steps = self.plan(stream)
         sched_cls = LR_SCHEDULERS.get(run.lr_sched)
         self.scheduler = sched_cls.from_config(run, self.optimizer, self.total_steps, self.steps_per_period)
@@ -394,7 +441,7 @@ class RunnerBase:
 
     period_name = "epoch"
 
-    def _train_period(self, stream: TrainStream) -> None:
+    def _train_period(self, stream: TrainStream | MixedTrainStream) -> None:
         from tqdm.auto import tqdm
 
         run = self.run
@@ -485,18 +532,19 @@ class RunnerBase:
 
         return (lambda state: load_full_state(self.model, state)) if self.fsdp else None
 
-    def save_checkpoint(self, stream: TrainStream) -> Path:
+    def save_checkpoint(self, stream: TrainStream | MixedTrainStream) -> Path:
         from lavislike.runners.distributed import optimizer_state
 
         train_state = {"optimizer": optimizer_state(self.model, self.optimizer, self.fsdp),
                        "scheduler": self.scheduler.state_dict(),
-                       "scaler": self.scaler.state_dict() if self.scaler is not None else {}}
+                       "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+                       "data": stream.state_dict()}
         meta = {**stream.position(), "period": self.period, "best_agg_metrics": self.best_agg,
                 "best_step": self.best_step, "nan_streak": self.nan_streak, "runner": self.run.runner}
         return save_checkpoint(self.output_dir, self.global_step, model_state=self.model_state(),
                                train_state=train_state, meta=meta, keep_last=self.run.keep_last_checkpoints)
 
-    def _maybe_resume(self, stream: TrainStream) -> None:
+    def _maybe_resume(self, stream: TrainStream | MixedTrainStream) -> None:
         from lavislike.runners.distributed import load_optimizer_state
 
         run = self.run
@@ -521,9 +569,8 @@ class RunnerBase:
         self.period = int(meta["period"])
         self.best_agg, self.best_step = meta.get("best_agg_metrics"), meta.get("best_step")
         self.nan_streak = int(meta.get("nan_streak", 0))
-        if meta.get("sampler_seed") != stream.seed:
-            logger.warning("resume: run.seed changed since the checkpoint; the data order will differ")
-        stream.epoch, stream.consumed = int(meta["data_epoch"]), int(meta["consumed"])
+        # older checkpoints kept the (single-corpus) data position only in meta.json
+        stream.load_state_dict(train_state.get("data") or meta)
 
 
 def _batch_len(batch: Any) -> int:

@@ -1,7 +1,8 @@
 """Iteration-based runner: a fixed number of optimizer steps over (possibly streamed) data.
 
 Validation and checkpoints happen every ``iters_per_inner_epoch`` steps; the data
-iterator runs on across those boundaries and across passes over the data.
+iterator runs on across those boundaries and across passes over the data (with several
+corpora, each starts its next pass when it runs out).
 """
 
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from typing import Optional
 
 from lavislike.errors import ConfigError
 from lavislike.registry import RUNNERS
-from lavislike.runners.data import TrainStream
+from lavislike.runners.data import MixedTrainStream, TrainStream
 from lavislike.runners.runner_base import RunnerBase, RunnerConfig
 
 
@@ -29,7 +30,7 @@ class RunnerIter(RunnerBase):
     config_class = IterRunnerConfig
     period_name = "inner epoch"
 
-    def plan(self, stream: TrainStream) -> tuple[int, int]:
+    def plan(self, stream: TrainStream | MixedTrainStream) -> tuple[int, int]:
         total = self.run.max_iters
         if not total or total <= 0:
             raise ConfigError(f"run.max_iters must be a positive integer for runner_iter, got {total}")
@@ -38,5 +39,5 @@ class RunnerIter(RunnerBase):
             raise ConfigError(f"run.iters_per_inner_epoch must be positive, got {per}")
         return min(per, total), total
 
-    def end_period(self, stream: TrainStream) -> None:
+    def end_period(self, stream: TrainStream | MixedTrainStream) -> None:
         """Inner epochs do not follow the data: keep reading where the stream is."""

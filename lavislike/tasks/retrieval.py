@@ -1,10 +1,12 @@
 """``retrieval``: ITC similarity for all pairs, the top-k candidates re-ranked with ITM.
 
-The re-ranking is batched over (query, candidate) pairs, ``itm_batch_size`` at a time, with
-the query rows sharded across ranks. Fusion: ``itm`` (the paper: the ITM score alone) or
+The re-ranking is batched over (query, candidate) pairs, ``itm_batch_size`` at a time and
+grouped by image (each image's cross-attention keys/values are projected once per batch),
+with the query rows sharded across ranks. Fusion: ``itm`` (the paper: the ITM score alone) or
 ``itm+itc`` (LAVIS: ITM score + ITC similarity). Candidates outside the top-k score -100.
 """
 
+import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +91,41 @@ def embed_texts(model, texts: list[str], batch_size: int) -> dict[str, torch.Ten
             "attention_mask": torch.cat([pad(p["attention_mask"]) for _, p in parts])}
 
 
+def _takes_image_index(model) -> bool:
+    try:
+        return "image_index" in inspect.signature(model.itm_scores).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@torch.no_grad()
+def itm_pair_scores(model, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    img: torch.Tensor, txt: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """ITM score of each pair (``image_embeds[img[j]]``, text ``txt[j]``), ``batch_size`` at a time.
+
+    Pairs are scored grouped by image, so a batch reads few distinct images; a model whose
+    ``itm_scores`` takes ``image_index`` then projects each image's cross-attention
+    keys/values once per batch instead of once per pair. Trailing columns that are padding
+    in every text of a batch are cut (they are masked out anyway).
+    """
+    order = torch.argsort(img, stable=True)
+    shared = _takes_image_index(model)
+    out = torch.empty(img.numel())
+    for s in range(0, order.numel(), batch_size):
+        sel = order[s : s + batch_size]
+        mask = attention_mask[txt[sel]]
+        used = mask.any(0).nonzero()
+        width = int(used.max()) + 1 if used.numel() else 1
+        ids, mask = input_ids[txt[sel], :width].to(device), mask[:, :width].to(device)
+        if shared:
+            uniq, inverse = torch.unique(img[sel], return_inverse=True)
+            scores = model.itm_scores(image_embeds[uniq].to(device), ids, mask, image_index=inverse.to(device))
+        else:
+            scores = model.itm_scores(image_embeds[img[sel]].to(device), ids, mask)
+        out[sel] = scores.float().cpu()
+    return out
+
+
 @torch.no_grad()
 def rerank(model, sim: torch.Tensor, image_embeds: torch.Tensor, input_ids: torch.Tensor,
            attention_mask: torch.Tensor, *, queries_are_images: bool, k: int, itm_batch_size: int,
@@ -104,11 +141,7 @@ def rerank(model, sim: torch.Tensor, image_embeds: torch.Tensor, input_ids: torc
         q = rows[:, None].expand(-1, k).reshape(-1)
         c = top_idx.reshape(-1)
         img, txt = (q, c) if queries_are_images else (c, q)
-        itm = torch.empty(q.numel())
-        for s in range(0, q.numel(), itm_batch_size):
-            sl = slice(s, s + itm_batch_size)
-            itm[sl] = model.itm_scores(image_embeds[img[sl]].to(device), input_ids[txt[sl]].to(device),
-                                       attention_mask[txt[sl]].to(device)).float().cpu()
+        itm = itm_pair_scores(model, image_embeds, input_ids, attention_mask, img, txt, itm_batch_size, device)
         fused = itm.view(-1, k) + (top_sim.float() if fusion == "itm+itc" else 0.0)
         scores[rows[:, None], top_idx] = fused
     if D.get_world_size() > 1:
@@ -134,18 +167,18 @@ class RetrievalTask(BaseTask):
         return retrieval_evaluate(model, data_loader, self.cfg, split=split, epoch=epoch, output_dir=output_dir)
 
 
-def retrieval_evaluate(model, data_loader, cfg, *, split: str, epoch: int | None, output_dir) -> dict:
-    """Score matrices both ways, then recall (same dict on every rank)."""
-    ds = data_loader.dataset
-    for attr in ("text", "txt2img", "img2txt"):
-        if not hasattr(ds, attr):
-            raise DataError(f"retrieval split '{split}': dataset {type(ds).__name__} has no '{attr}' "
-                            f"(use a retrieval eval dataset)")
+@torch.no_grad()
+def retrieval_scores(model, data_loader, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(i2t (N images x M texts), t2i (M x N))`` score matrices of the loader's dataset.
+
+    ITC similarity for every pair, then each query's top ``cfg.k_test`` candidates re-scored
+    by ITM (fused with ITC per ``cfg.fusion``); -100 outside the top-k.
+    """
     if not supports_retrieval(model):
         missing = [m for m in RETRIEVAL_METHODS if not hasattr(model, m)]
         raise ConfigError(f"retrieval needs a stage-1 model; {type(model).__name__} lacks {missing}")
     images = embed_images(model, data_loader)
-    texts = embed_texts(model, list(ds.text), cfg.text_batch_size)
+    texts = embed_texts(model, list(data_loader.dataset.text), cfg.text_batch_size)
     device = model_device(model)
     sim = model.itc_similarity(images["feat"].to(device), texts["feat"].to(device)).float().cpu()
     common = dict(k=cfg.k_test, itm_batch_size=cfg.itm_batch_size, fusion=cfg.fusion)
@@ -153,6 +186,17 @@ def retrieval_evaluate(model, data_loader, cfg, *, split: str, epoch: int | None
                  queries_are_images=True, **common)
     t2i = rerank(model, sim.t().contiguous(), images["embeds"], texts["input_ids"], texts["attention_mask"],
                  queries_are_images=False, **common)
+    return i2t, t2i
+
+
+def retrieval_evaluate(model, data_loader, cfg, *, split: str, epoch: int | None, output_dir) -> dict:
+    """Score matrices both ways, then recall (same dict on every rank)."""
+    ds = data_loader.dataset
+    for attr in ("text", "txt2img", "img2txt"):
+        if not hasattr(ds, attr):
+            raise DataError(f"retrieval split '{split}': dataset {type(ds).__name__} has no '{attr}' "
+                            f"(use a retrieval eval dataset)")
+    i2t, t2i = retrieval_scores(model, data_loader, cfg)
     metrics = None
     if D.is_main_process():
         metrics = retrieval_recall(i2t.numpy(), t2i.numpy(), ds.img2txt, ds.txt2img)

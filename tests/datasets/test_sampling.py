@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from lavislike.datasets.sampling import ImageIdBatchSampler, MultiDatasetLoader, build_dataloader, make_sampler
+from lavislike.errors import ConfigError
 
 
 class Toy(torch.utils.data.Dataset):
@@ -75,3 +76,23 @@ def test_multi_dataset_ratios_and_restart():
     a = MultiDatasetLoader(loaders, ratios=[1, 1], seed=5)
     b = MultiDatasetLoader(loaders, ratios=[1, 1], seed=5)
     assert [next(a)["text_input"][0] for _ in range(20)] == [next(b)["text_input"][0] for _ in range(20)]
+
+
+def test_multi_dataset_state_dict_resumes_choices_and_repeat_does_not_draw():
+    loaders = [build_dataloader(Toy(6, tag=t), batch_size=2) for t in range(3)]
+    straight = MultiDatasetLoader(loaders, ratios=[1, 2, 3], seed=9)
+    want = [straight.last_index for _ in range(30) if next(straight) is not None]
+    first = MultiDatasetLoader(loaders, ratios=[1, 2, 3], seed=9)
+    head = [first.last_index for _ in range(11) if next(first) is not None]
+    state = first.state_dict()
+    assert state["draws"] == 11 and sum(state["epochs"]) > 0  # some loaders restarted
+    resumed = MultiDatasetLoader(loaders, ratios=[1, 2, 3], seed=9)
+    resumed.load_state_dict(state)
+    tail = []
+    for _ in range(19):
+        batch = next(resumed)
+        assert resumed.repeat()["text_input"][0] == batch["text_input"][0]  # same corpus, no new draw
+        tail.append(resumed.last_index)
+    assert head + tail == want
+    with pytest.raises(ConfigError, match="for 3 loaders"):
+        MultiDatasetLoader(loaders[:2], seed=9).load_state_dict(state)

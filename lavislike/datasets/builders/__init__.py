@@ -11,6 +11,7 @@ ok_vqa                   train / test                 zero-shot VQA eval
 gqa                      train / val / test           zero-shot VQA eval (val = test-dev)
 nocaps                   val / test                   zero-shot caption eval
 vg_caption               train                        pre-training
+vg_vqa                   train                        VQAv2 fine-tune (added QA pairs)
 conceptual_caption_3m    train                        pre-training
 conceptual_caption_12m   train                        pre-training
 sbu_caption              train                        pre-training

@@ -10,6 +10,8 @@ Row formats (LAVIS's annotation files):
 * ``nocaps`` ``{"image": "val/0013ea2087020901.jpg", "caption": [...], "img_id": 0}``.
 * ``vg_caption`` / ``sbu_caption`` / ``conceptual_caption_*``
   ``{"image": <path under the images folder, or absolute>, "caption": "...", ...}``.
+
+Visual Genome QA (``vg_vqa``) shares the VG images and lives in :mod:`.vqa`.
 """
 from __future__ import annotations
 
@@ -48,11 +50,12 @@ class NoCapsEvalDataset(CaptionEvalDataset):
         return super().eval_image_id(ann, index)
 
 
-class VGCaptionDataset(CaptionDataset):
-    """Visual Genome region captions.
+class VGImagePaths:
+    """Where Visual Genome rows find their images (mixed into VG dataset classes).
 
-    The two image archives unpack into ``VG_100K/`` and ``VG_100K_2/``; rows that name a
-    bare file (``"1.jpg"``) are looked up in both.
+    The two image archives unpack into ``VG_100K/`` and ``VG_100K_2/``; a row path that is
+    not found as given (a bare ``"1.jpg"``, or another folder prefix) is looked up by file
+    name in both.
     """
 
     SUBDIRS = ("VG_100K", "VG_100K_2")
@@ -67,6 +70,10 @@ class VGCaptionDataset(CaptionDataset):
             if os.path.isfile(candidate):
                 return candidate
         return path  # missing: the bad-data policy reports the configured path
+
+
+class VGCaptionDataset(VGImagePaths, CaptionDataset):
+    """Visual Genome region captions."""
 
 
 class RowsThenExtrasBuilder(BaseDatasetBuilder):

@@ -1,4 +1,4 @@
-"""Visual question answering corpora: VQAv2 (``coco_vqa``), OK-VQA and GQA.
+"""Visual question answering corpora: VQAv2 (``coco_vqa``), OK-VQA, GQA and Visual Genome QA.
 
 Rows (LAVIS's files):
 
@@ -8,6 +8,9 @@ Rows (LAVIS's files):
   (answers optional).
 * GQA ``{"image": "n161313.jpg", "question": "Is it overcast?", "answer": "no",
   "question_id": "201307251"}`` (one answer string).
+* Visual Genome QA (``vg_qa.json``, train only) ``{"dataset": "vg", "question": "What
+  color is the sky?", "answer": "blue", "image": <file under the VG images folder>,
+  "question_id": ...}`` (one answer string; images found as for ``vg_caption``).
 
 Eval splits list, after the rows file, an answer list (``answer_list.json``: the
 candidate answers for rank-based inference) and for VQAv2 / OK-VQA the official question
@@ -21,8 +24,8 @@ import json
 from pathlib import Path
 
 from lavislike.datasets.base import VQADataset, VQAEvalDataset
-from lavislike.datasets.builder import DatasetConfig
-from lavislike.datasets.builders.captions import RowsThenExtrasBuilder
+from lavislike.datasets.builder import BaseDatasetBuilder, DatasetConfig
+from lavislike.datasets.builders.captions import RowsThenExtrasBuilder, VGImagePaths
 from lavislike.errors import DataError
 from lavislike.registry import DATASETS
 
@@ -70,3 +73,19 @@ class GQABuilder(_VQABuilder):
     """GQA balanced: BLIP-2 reports zero-shot accuracy on test-dev (``val`` here)."""
 
     DEFAULT_CONFIGS = {"default": "gqa.yaml", "balanced_val": "gqa_balanced_val.yaml"}
+
+
+class VGVQADataset(VGImagePaths, VQADataset):
+    """Visual Genome question-answer pairs: one answer per question.
+
+    The answer gets weight 1 (the batch contract: weights sum to 1 per question); LAVIS
+    gives it 0.2, which only its BLIP-1 answer-ranking loss reads.
+    """
+
+
+@DATASETS.register("vg_vqa", config=DatasetConfig)
+class VGVQABuilder(BaseDatasetBuilder):
+    """Visual Genome QA: added to VQAv2 for BLIP-2's VQA fine-tuning (train only)."""
+
+    train_dataset_cls = VGVQADataset
+    DEFAULT_CONFIGS = {"default": "vg_vqa.yaml"}

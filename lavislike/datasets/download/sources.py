@@ -85,6 +85,14 @@ _COCO_VAL = Resource("images", f"{_COCO}/val2014.zip", "coco/download/val2014.zi
 _COCO_TEST2015 = Resource("images", f"{_COCO}/test2015.zip", "coco/download/test2015.zip", ("test",),
                           extract_to="coco/images")
 
+# Visual Genome images (both VG corpora read them; downloaded and unpacked once)
+_VG_IMAGES = (
+    Resource("images", "https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip",
+             "vg/download/images.zip", extract_to="vg/images"),
+    Resource("images", "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip",
+             "vg/download/images2.zip", extract_to="vg/images"),
+)
+
 _CRAWL = """\
 {title} is distributed as a list of image URLs, not as images: crawl it with img2dataset
 (pip install img2dataset), then turn the result into the LAVIS annotation file:
@@ -136,11 +144,8 @@ CORPORA: dict[str, Corpus] = {
                     "nocaps/download/nocaps_val_4500_captions.json", "nocaps/images/val", ("val",)),
             UrlList("images", "https://s3.amazonaws.com/nocaps/nocaps_test_image_info.json",
                     "nocaps/download/nocaps_test_image_info.json", "nocaps/images/test", ("test",)))),
-        Corpus("vg_caption", "vg_caption.yaml", (
-            Resource("images", "https://cs.stanford.edu/people/rak248/VG_100K_2/images.zip",
-                     "vg/download/images.zip", extract_to="vg/images"),
-            Resource("images", "https://cs.stanford.edu/people/rak248/VG_100K_2/images2.zip",
-                     "vg/download/images2.zip", extract_to="vg/images"))),
+        Corpus("vg_caption", "vg_caption.yaml", _VG_IMAGES),
+        Corpus("vg_vqa", "vg_vqa.yaml", _VG_IMAGES),
         Corpus("conceptual_caption_3m", "conceptual_caption_3m.yaml", (Manual(
             "images", "conceptual_caption/images",
             _CRAWL.format(title="Conceptual Captions 3M", list_file="Train_GCC-training.tsv", fmt="tsv",

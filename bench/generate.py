@@ -1,0 +1,62 @@
+"""Caption generation: lavislike ``blip2_opt.generate`` vs ``Blip2ForConditionalGeneration.generate``.
+
+Greedy and beam search (5 beams), the same ``max_new_tokens`` and stop token (``"\\n"``,
+as BLIP-2's OPT captioners use), no prompt. Parity: the generated token ids must be
+identical (the reported difference is the number of differing tokens).
+
+Run: ``.venv/bin/python bench/generate.py [--size small|base] [--threads N]``
+"""
+from __future__ import annotations
+
+import torch
+
+import common
+from common import Row
+from stage2_step import hf_batch, load_pair
+
+
+def run(args) -> list[Row]:
+    common.header("generation", args)
+    s = args.sizes
+    hf, ours, tok = load_pair(args)
+    bs, new = s["gen_batch"], s["max_new_tokens"]
+    pixels = common.images(bs, s["vision"]["image_size"], args.seed + 1)
+    ids, mask = hf_batch(hf, tok, [""] * bs, suffix="", side="left")
+    eos = tok("\n", add_special_tokens=False).input_ids[-1]
+    rows = []
+    for beams in (1, 5):
+        def ours_ids():
+            soft = ours.soft_prompt(pixels)
+            gen = ours.llm.generation_kwargs(num_beams=beams, max_length=new, min_length=1)
+            return ours.llm.generate_ids(soft, [""] * bs, **gen)
+
+        def ours_captions():
+            return ours.generate({"image": pixels}, num_beams=beams, max_length=new, min_length=1)
+
+        def ref_captions():
+            with torch.no_grad():
+                out = hf.generate(pixel_values=pixels, input_ids=ids, attention_mask=mask, num_beams=beams,
+                                  max_new_tokens=new, min_new_tokens=1, eos_token_id=eos,
+                                  pad_token_id=tok.pad_token_id)
+            return tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+
+        with torch.no_grad():
+            got = ours_ids()
+            expected = hf.generate(pixel_values=pixels, input_ids=ids, attention_mask=mask, num_beams=beams,
+                                   max_new_tokens=new, min_new_tokens=1, eos_token_id=eos,
+                                   pad_token_id=tok.pad_token_id)[:, ids.shape[1]:]
+        if got.shape != expected.shape:
+            raise SystemExit(f"parity check failed: generated shapes {tuple(got.shape)} vs {tuple(expected.shape)}")
+        differing = float((got != expected).sum())
+        name = "greedy" if beams == 1 else f"beam-{beams}"
+        common.check_parity(f"{name} token ids (differing tokens)", differing, 0.0)
+        if ours_captions() != [t.strip() for t in ref_captions()]:
+            raise SystemExit(f"parity check failed: {name} captions differ")
+        t_ours, t_ref = common.time_pair(ours_captions, ref_captions, args.repeats, args.warmup)
+        rows.append(Row(f"generate {name} ({new} new tokens)", t_ours, t_ref, differing,
+                        f"{bs} images, {got.shape[1]} tokens out"))
+    return rows
+
+
+if __name__ == "__main__":
+    common.main_wrapper(run, __doc__)

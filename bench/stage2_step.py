@@ -1,0 +1,94 @@
+"""Stage-2 training step: lavislike ``blip2_opt`` vs transformers' ``Blip2ForConditionalGeneration``.
+
+Both get the same frozen settings: ``requires_grad=False`` and eval mode on the vision
+tower and on OPT; the Q-Former, the query tokens and the projection train. The step is
+the LM loss (the caption after the visual prompt, queries masked with -100) and its
+backward. transformers takes ``input_ids`` with one ``<image>`` placeholder per query
+and ``labels``; ours takes the captions (its tokenization is inside the timed step).
+
+Run: ``.venv/bin/python bench/stage2_step.py [--size small|base] [--threads N]``
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+import common
+from common import Row
+
+
+def hf_batch(hf, tok, texts: list[str], suffix: str = "\n", side: str = "right"):
+    """``input_ids`` / ``attention_mask`` with the ``<image>`` placeholders in front of each text."""
+    nq = hf.config.num_query_tokens
+    rows = [[hf.config.image_token_index] * nq + tok(t + suffix).input_ids for t in texts]
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), tok.pad_token_id)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        sl = slice(length - len(r), length) if side == "left" else slice(0, len(r))
+        ids[i, sl] = torch.tensor(r)
+        mask[i, sl] = 1
+    return ids, mask
+
+
+def load_pair(args):
+    """``(hf, ours, tok)`` on the same random weights."""
+    from lavislike.models import from_hf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        hf, tok = common.build_stage2(Path(tmp), args.sizes, args.seed)
+        ours = from_hf(tmp)
+        ours.llm.tokenizer  # read while the folder exists
+    return hf, ours, tok
+
+
+def run(args) -> list[Row]:
+    common.header("stage-2 step", args)
+    s = args.sizes
+    hf, ours, tok = load_pair(args)
+    hf.vision_model.requires_grad_(False)
+    hf.language_model.requires_grad_(False)
+    hf.train()
+    hf.vision_model.eval()
+    hf.language_model.eval()
+    ours.train()
+    bs = s["batch"]
+    pixels = common.images(bs, s["vision"]["image_size"], args.seed)
+    texts = common.captions(bs)
+    ids, mask = hf_batch(hf, tok, texts)
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, : hf.config.num_query_tokens] = -100
+    samples = {"image": pixels, "text_input": texts}
+
+    def ours_loss():
+        return ours(samples)["loss"]
+
+    def ref_loss():
+        return hf(pixel_values=pixels, input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    grads = {}
+    for name, model, fn, params in (
+        ("ours", ours, ours_loss, lambda m: (m.llm_proj.weight.grad, m.qformer.query_tokens.grad)),
+        ("ref", hf, ref_loss, lambda m: (m.language_projection.weight.grad, m.query_tokens.grad)),
+    ):
+        model.zero_grad(set_to_none=True)
+        loss = fn()
+        loss.backward()
+        grads[name] = (loss.detach(), *[g.clone() for g in params(model)])
+    diff = common.check_parity("LM loss", common.max_abs_diff(grads["ours"][0], grads["ref"][0]))
+    common.check_parity("gradients (projection, queries)", common.max_abs_diff(grads["ours"][1:], grads["ref"][1:]))
+
+    def step(model, fn):
+        def go():
+            model.zero_grad(set_to_none=True)
+            fn().backward()
+        return go
+
+    t_ours, t_ref = common.time_pair(step(ours, ours_loss), step(hf, ref_loss), args.repeats, args.warmup)
+    return [Row("stage-2 step (LM loss fwd+bwd)", t_ours, t_ref, diff, f"batch {bs}, OPT frozen")]
+
+
+if __name__ == "__main__":
+    common.main_wrapper(run, __doc__)
