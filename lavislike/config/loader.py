@@ -33,7 +33,6 @@ from lavislike.registry import (
     LLMS,
     LR_SCHEDULERS,
     MODELS,
-    PROCESSORS,
     RUNNERS,
     TASKS,
     import_strict,
@@ -41,6 +40,7 @@ from lavislike.registry import (
 
 # Model-config keys that pick a registry entry by their ``name`` and pass it the rest.
 PART_REGISTRIES = {"image_encoder": IMAGE_ENCODERS, "llm": LLMS}
+
 
 def _cache_resolver(*parts: Any) -> str:
     return str(cache_path(*map(str, parts)))

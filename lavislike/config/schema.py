@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from omegaconf import DictConfig, OmegaConf
+
 
 @dataclass
 class ModelConfig:
@@ -56,18 +58,18 @@ class RunConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     max_epoch: int = 1
-    max_iters: Optional[int] = None
-    iters_per_inner_epoch: Optional[int] = None
-    batch_size_train: int = 8
+    max_iters: Optional[int] = None  # runner_iter: total optimizer steps
+    iters_per_inner_epoch: Optional[int] = None  # runner_iter: steps between validations
+    batch_size_train: int = 8  # per process
     batch_size_eval: int = 8
     num_workers: int = 0
     accum_grad_iters: int = 1
     max_grad_norm: Optional[float] = None
     seed: int = 42
     experiment: Optional[str] = None
-    output_dir: Optional[str] = None
+    output_dir: Optional[str] = None  # default: ./output/<experiment>/<timestamp>
     amp: bool = False
-    amp_dtype: Optional[str] = None
+    amp_dtype: Optional[str] = None  # bf16 | fp16; default bf16 (fp16 on GPUs without bf16)
     resume: bool = False
     resume_ckpt_path: Optional[str] = None
     evaluate: bool = False
@@ -79,9 +81,21 @@ class RunConfig:
     world_size: int = 1
     dist_url: str = "env://"
     log_freq: int = 10
-    save_freq: int = 1
+    save_freq: int = 1  # periods (epochs / inner epochs) between resumable checkpoints
     max_consecutive_nan: int = 5
-    layer_decay: Optional[float] = None
+    layer_decay: Optional[float] = None  # layer-wise lr decay for layered encoders; None/1 = off
 
 
 TOP_LEVEL_KEYS = ("run", "model", "datasets", "imports", "preprocess")
+
+
+def with_schema_defaults(section: Any, schema: type) -> DictConfig:
+    """``section`` (DictConfig, mapping or None) over ``schema``'s defaults.
+
+    Keys the schema lacks are kept, not rejected: a task or runner reads its own keys from
+    a ``run`` section that also holds everyone else's.
+    """
+    base = OmegaConf.structured(schema)
+    OmegaConf.set_struct(base, False)
+    plain = OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section or {})
+    return OmegaConf.merge(base, plain)

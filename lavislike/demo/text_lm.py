@@ -49,9 +49,17 @@ def pretrain_tiny_opt(
     layers: int = 2,
     heads: int = 4,
     lr: float = 3e-3,
+    max_length: int = 128,
     seed: int = 0,
 ) -> Path:
     """Train a tiny ``OPTForCausalLM`` on ``texts`` (each ending in ``"\\n"``) and save it.
+
+    Args:
+        texts: documents (see :mod:`lavislike.demo.text_corpus`).
+        out_dir: the Hugging Face folder to write (config, weights, tokenizer).
+        steps / batch_size / lr: the optimisation (AdamW, warm-up then cosine).
+        hidden / layers / heads: the OPT sizes.
+        max_length: tokens kept per document; the model gets room for a soft prompt too.
 
     Returns:
         The folder, loadable with ``AutoModelForCausalLM.from_pretrained``.
@@ -64,7 +72,7 @@ def pretrain_tiny_opt(
     tok = train_tokenizer(texts, out_dir)
     config = OPTConfig(
         vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, ffn_dim=4 * hidden,
-        num_attention_heads=heads, max_position_embeddings=128, word_embed_proj_dim=hidden,
+        num_attention_heads=heads, max_position_embeddings=max_length + 64, word_embed_proj_dim=hidden,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         dropout=0.0, attention_dropout=0.0,
     )
@@ -77,7 +85,7 @@ def pretrain_tiny_opt(
     model.train()
     for step in range(steps):
         batch = tok(rng.sample(texts, min(batch_size, len(texts))), return_tensors="pt", padding=True,
-                    truncation=True, max_length=64)
+                    truncation=True, max_length=max_length)
         labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
         loss = model(**batch, labels=labels).loss
         loss.backward()
@@ -90,3 +98,14 @@ def pretrain_tiny_opt(
     model.eval()
     model.save_pretrained(str(out_dir))
     return out_dir
+
+
+def final_loss(model_dir: str | Path, texts: Sequence[str], max_length: int = 128) -> float:
+    """Mean token loss of the saved model on ``texts`` (a quick check that it learned)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    batch = tok(list(texts), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    with torch.no_grad():
+        return float(model(**batch, labels=batch.input_ids.masked_fill(batch.attention_mask == 0, -100)).loss)

@@ -152,7 +152,8 @@ class Blip2Base(nn.Module):
         qcfg = qformer_config(cfg.qformer)
         self.qformer = QFormer(qcfg, qcfg.encoder_width or width)
         if qcfg.init_from and not _building_on_meta(self.qformer):
-            self.qformer.load_bert(qcfg.init_from)
+            # ``pkg:<module>/<dir>`` names a BERT folder shipped inside a Python package
+            self.qformer.load_bert(resolve_tokenizer_path(qcfg.init_from))
         self._tokenizer = None
 
     # -- parts ------------------------------------------------------------------------

@@ -3,6 +3,10 @@
 Every schedule is a pure function of the global optimizer step, so resuming only needs
 the step count, and the value at any step can be checked by hand. Param groups may carry
 an ``lr_scale`` (layer-wise lr decay); the group's lr is ``schedule(step) * lr_scale``.
+
+The keys every schedule reads (``init_lr``, ``min_lr``, ``warmup_lr``, ``warmup_steps``)
+belong to :class:`lavislike.config.schema.RunConfig`; a schedule's config dataclass lists
+only the keys it adds.
 """
 
 import math
@@ -29,6 +33,12 @@ class StepLRSchedule(ABC):
         self.init_lr = float(init_lr)
         self.min_lr = float(min_lr)
         self.last_step = -1
+
+    @staticmethod
+    def run_args(run_cfg) -> dict:
+        """The shared constructor arguments, read from the ``run`` section."""
+        return dict(warmup_steps=run_cfg.warmup_steps, warmup_lr=run_cfg.warmup_lr,
+                    init_lr=run_cfg.init_lr, min_lr=run_cfg.get("min_lr", 0.0))
 
     def _warmup(self, step: int) -> float | None:
         if step < self.warmup_steps:
@@ -61,13 +71,9 @@ class StepLRSchedule(ABC):
 
 @dataclass
 class LinearWarmupCosineConfig:
-    """Run keys read by ``linear_warmup_cosine_lr``."""
+    """Run keys ``linear_warmup_cosine_lr`` adds (none beyond RunConfig's)."""
 
     lr_sched: str = "linear_warmup_cosine_lr"
-    init_lr: float = 1e-4
-    min_lr: float = 0.0
-    warmup_lr: float = 1e-6
-    warmup_steps: int = 0
 
 
 @LR_SCHEDULERS.register("linear_warmup_cosine_lr", config=LinearWarmupCosineConfig)
@@ -91,19 +97,14 @@ class LinearWarmupCosineLR(StepLRSchedule):
 
     @classmethod
     def from_config(cls, run_cfg, optimizer, total_steps: int, steps_per_epoch: int) -> "LinearWarmupCosineLR":
-        return cls(optimizer, total_steps, run_cfg.warmup_steps, run_cfg.warmup_lr,
-                   run_cfg.init_lr, run_cfg.min_lr)
+        return cls(optimizer, total_steps, **cls.run_args(run_cfg))
 
 
 @dataclass
 class LinearWarmupStepConfig:
-    """Run keys read by ``linear_warmup_step_lr``."""
+    """Run keys ``linear_warmup_step_lr`` adds to RunConfig's."""
 
     lr_sched: str = "linear_warmup_step_lr"
-    init_lr: float = 1e-4
-    min_lr: float = 0.0
-    warmup_lr: float = 1e-6
-    warmup_steps: int = 0
     lr_decay_rate: float = 0.9
     lr_step_size: int = 0  # steps between decays; 0 = one epoch
 
@@ -127,18 +128,15 @@ class LinearWarmupStepLR(StepLRSchedule):
     @classmethod
     def from_config(cls, run_cfg, optimizer, total_steps: int, steps_per_epoch: int) -> "LinearWarmupStepLR":
         size = run_cfg.get("lr_step_size", 0) or steps_per_epoch
-        return cls(optimizer, total_steps, run_cfg.warmup_steps, run_cfg.warmup_lr, run_cfg.init_lr,
-                   run_cfg.min_lr, run_cfg.get("lr_decay_rate", 0.9), size)
+        return cls(optimizer, total_steps, **cls.run_args(run_cfg),
+                   decay_rate=run_cfg.get("lr_decay_rate", 0.9), step_size=size)
 
 
 @dataclass
 class ConstantConfig:
-    """Run keys read by ``constant_lr``."""
+    """Run keys ``constant_lr`` adds (none beyond RunConfig's; ``min_lr`` is unused)."""
 
     lr_sched: str = "constant_lr"
-    init_lr: float = 1e-4
-    warmup_lr: float = 1e-6
-    warmup_steps: int = 0
 
 
 @LR_SCHEDULERS.register("constant_lr", config=ConstantConfig)
@@ -151,5 +149,4 @@ class ConstantLR(StepLRSchedule):
 
     @classmethod
     def from_config(cls, run_cfg, optimizer, total_steps: int, steps_per_epoch: int) -> "ConstantLR":
-        return cls(optimizer, total_steps, run_cfg.warmup_steps, run_cfg.warmup_lr,
-                   run_cfg.init_lr, run_cfg.get("min_lr", 0.0))
+        return cls(optimizer, total_steps, **cls.run_args(run_cfg))

@@ -15,18 +15,17 @@ Runners never know which model they train: they call ``task.train_step(model, sa
 """
 
 import logging
-import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
 from lavislike.common import dist as D
@@ -40,6 +39,7 @@ from lavislike.common.checkpoint import (
 )
 from lavislike.common.io import write_json_atomic
 from lavislike.common.logging import MetricsWriter, plot_curves, setup_logging
+from lavislike.config.schema import RunConfig, with_schema_defaults
 from lavislike.errors import ConfigError, LavislikeError
 from lavislike.registry import LR_SCHEDULERS, RUNNERS
 from lavislike.runners.data import (
@@ -65,55 +65,20 @@ class NonFiniteLossError(LavislikeError, FloatingPointError):
 
 
 @dataclass
-class RunnerConfig:
-    """Keys of ``run`` read by ``runner_base`` (types and defaults)."""
+class RunnerConfig(RunConfig):
+    """Keys of ``run`` read by ``runner_base``: the shared :class:`RunConfig` keys (learning
+    rates, batch sizes, splits, seed, output folder, amp, resume ...) plus these.
 
-    runner: str = "runner_base"
-    lr_sched: str = "linear_warmup_cosine_lr"
-    init_lr: float = 1e-4
-    min_lr: float = 0.0
-    warmup_lr: float = 0.0
-    warmup_steps: int = 0
-    weight_decay: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.999
-    layer_decay: Optional[float] = None  # layer-wise lr decay for layered encoders; None/1 = off
-    max_epoch: int = 1
-    batch_size_train: int = 8  # per process
-    batch_size_eval: int = 8
-    num_workers: int = 0
-    accum_grad_iters: int = 1
-    max_grad_norm: Optional[float] = None
-    seed: int = 42
-    experiment: Optional[str] = None
-    output_dir: Optional[str] = None  # default: ./output/<experiment>/<timestamp>
-    amp: bool = False
-    amp_dtype: Optional[str] = None  # bf16 | fp16; default bf16 (fp16 on GPUs without bf16)
-    resume: bool = False
-    resume_ckpt_path: Optional[str] = None
-    evaluate: bool = False
-    train_splits: list[str] = field(default_factory=lambda: ["train"])
-    valid_splits: list[str] = field(default_factory=list)
-    test_splits: list[str] = field(default_factory=list)
-    device: str = "auto"
-    distributed: bool = True
-    log_freq: int = 10
-    save_freq: int = 1  # periods (epochs / inner epochs) between resumable checkpoints
+    The loader's run schema already holds RunConfig; the subclass gives a runner built
+    directly from a plain ``run`` mapping the same defaults.
+    """
+
     ckpt_every_steps: int = 0  # also checkpoint every N optimizer steps (0 = off)
     keep_last_checkpoints: int = 2
-    max_consecutive_nan: int = 5
     find_unused_parameters: bool = False
     fsdp: bool = False
     progress_bar: bool = True
     tensorboard: bool = True
-
-
-def with_defaults(run_cfg: Any, schema: type) -> DictConfig:
-    """``run_cfg`` over the schema's defaults; keys the schema lacks are kept as they are."""
-    base = OmegaConf.structured(schema)
-    OmegaConf.set_struct(base, False)
-    plain = OmegaConf.to_container(run_cfg, resolve=True) if isinstance(run_cfg, DictConfig) else dict(run_cfg or {})
-    return OmegaConf.merge(base, plain)
 
 
 def _flatten_datasets(datasets: dict) -> dict[str, dict[str, Dataset]]:
@@ -143,7 +108,7 @@ class RunnerBase:
                  job_id: str | None = None, *, collate_fn: Callable | None = None,
                  save_config: Callable | None = None):
         self.cfg = cfg
-        self.run = with_defaults(cfg.run if "run" in cfg else cfg, self.config_class)
+        self.run = with_schema_defaults(cfg.run if "run" in cfg else cfg, self.config_class)
         self.task = task
         self._model = model
         self.datasets = _flatten_datasets(datasets)
@@ -259,11 +224,8 @@ class RunnerBase:
         if self._save_config is not None:
             self._save_config(self.cfg, self.output_dir)
             return
-        try:
-            from lavislike.config.loader import save_config
-        except ImportError:  # config package unavailable: plain OmegaConf dump
-            OmegaConf.save(self.cfg, self.output_dir / "config.yaml", resolve=True)
-            return
+        from lavislike.config.loader import save_config
+
         save_config(self.cfg, self.output_dir)
 
     # -- data ----------------------------------------------------------------------------

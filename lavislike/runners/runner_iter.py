@@ -6,7 +6,6 @@ corpora, each starts its next pass when it runs out).
 """
 
 from dataclasses import dataclass
-from typing import Optional
 
 from lavislike.errors import ConfigError
 from lavislike.registry import RUNNERS
@@ -16,11 +15,10 @@ from lavislike.runners.runner_base import RunnerBase, RunnerConfig
 
 @dataclass
 class IterRunnerConfig(RunnerConfig):
-    """Keys of ``run`` read by ``runner_iter``: those of ``runner_base`` plus these two."""
+    """Keys of ``run`` read by ``runner_iter``: those of ``runner_base``, where
+    ``max_iters`` and ``iters_per_inner_epoch`` (from :class:`RunConfig`) now matter."""
 
     runner: str = "runner_iter"
-    max_iters: Optional[int] = None  # total optimizer steps
-    iters_per_inner_epoch: Optional[int] = None  # steps between validations / checkpoints
 
 
 @RUNNERS.register("runner_iter", config=IterRunnerConfig)

@@ -9,24 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lavislike.common import dist as D
 from lavislike.common.io import write_json_atomic
+from lavislike.config.schema import with_schema_defaults
 from lavislike.errors import ConfigError
 from lavislike.registry import DATASETS, TASKS
 
 logger = logging.getLogger("lavislike")
-
-
-def task_settings(run_cfg: Any, schema: type) -> DictConfig:
-    """``run_cfg`` over the schema defaults (extra run keys are kept, not rejected)."""
-    base = OmegaConf.structured(schema)
-    OmegaConf.set_struct(base, False)
-    if run_cfg is None:
-        return base
-    plain = OmegaConf.to_container(run_cfg, resolve=True) if isinstance(run_cfg, DictConfig) else dict(run_cfg)
-    return OmegaConf.merge(base, plain)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -57,7 +48,7 @@ class BaseTask:
     result_key: str | None = None  # results are de-duplicated on this key after gathering
 
     def __init__(self, settings: DictConfig | None = None):
-        self.cfg = task_settings(settings, self.config_class)
+        self.cfg = with_schema_defaults(settings, self.config_class)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "BaseTask":

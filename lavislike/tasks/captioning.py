@@ -15,18 +15,25 @@ logger = logging.getLogger("lavislike")
 
 
 @dataclass
-class CaptionTaskConfig:
-    """Run keys read by ``captioning``."""
+class CaptionEvalConfig:
+    """Run keys of caption generation and scoring (``captioning``, and the stage-2
+    validation of ``image_text_pretrain``)."""
 
-    task: str = "captioning"
     num_beams: int = 5
     max_len: int = 30
     min_len: int = 8
     use_nucleus_sampling: bool = False
-    report_metric: bool = True
     spice: bool = False  # also needs java and the Stanford CoreNLP jar
     gt_files: dict[str, str] = field(default_factory=dict)  # split -> COCO-format ground truth
     prompt: Optional[str] = None
+
+
+@dataclass
+class CaptionTaskConfig(CaptionEvalConfig):
+    """Run keys read by ``captioning``."""
+
+    task: str = "captioning"
+    report_metric: bool = True
 
 
 def caption_generate_kwargs(cfg) -> dict:
@@ -35,6 +42,14 @@ def caption_generate_kwargs(cfg) -> dict:
     if cfg.get("prompt"):
         kw["prompt"] = cfg.prompt
     return kw
+
+
+def caption_results(model, samples: dict, cfg) -> list[dict]:
+    """``[{"image_id", "caption"}]`` for one batch, generated with ``cfg``'s settings."""
+    captions = model.generate(samples, **caption_generate_kwargs(cfg))
+    ids = samples["image_id"]
+    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    return [{"image_id": i, "caption": c} for i, c in zip(ids, captions)]
 
 
 def score_captions(results: list[dict], dataset: Any, split: str, gt_file: str | None,
@@ -63,10 +78,7 @@ class CaptionTask(BaseTask):
     result_key = "image_id"
 
     def valid_step(self, model, samples: dict) -> list[dict]:
-        captions = model.generate(samples, **caption_generate_kwargs(self.cfg))
-        ids = samples["image_id"]
-        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-        return [{"image_id": i, "caption": c} for i, c in zip(ids, captions)]
+        return caption_results(model, samples, self.cfg)
 
     def compute_metrics(self, results, dataset, split, output_dir) -> dict:
         if not self.cfg.report_metric:

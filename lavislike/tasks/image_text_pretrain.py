@@ -10,7 +10,6 @@ caption metrics when the dataset is a caption eval set and the model can ``gener
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -18,8 +17,13 @@ from lavislike.common import dist as D
 from lavislike.errors import ConfigError
 from lavislike.registry import TASKS
 from lavislike.tasks.base_task import BaseTask, model_device, to_device
-from lavislike.tasks.captioning import caption_generate_kwargs, score_captions
-from lavislike.tasks.retrieval import check_fusion, retrieval_evaluate, supports_retrieval
+from lavislike.tasks.captioning import CaptionEvalConfig, caption_results, score_captions
+from lavislike.tasks.retrieval import (
+    RetrievalEvalConfig,
+    check_fusion,
+    retrieval_evaluate,
+    supports_retrieval,
+)
 
 logger = logging.getLogger("lavislike")
 
@@ -27,24 +31,12 @@ VALID_METRICS = ("auto", "loss", "retrieval", "caption")
 
 
 @dataclass
-class PretrainTaskConfig:
-    """Run keys read by ``image_text_pretrain``."""
+class PretrainTaskConfig(RetrievalEvalConfig, CaptionEvalConfig):
+    """Run keys read by ``image_text_pretrain``: zero-shot retrieval (stage 1) and caption
+    (stage 2) validation settings, plus these."""
 
     task: str = "image_text_pretrain"
     valid_metrics: list[str] = field(default_factory=lambda: ["auto"])  # auto | loss | retrieval | caption
-    # zero-shot retrieval (stage 1)
-    k_test: int = 128
-    itm_batch_size: int = 128
-    text_batch_size: int = 256
-    fusion: str = "itm"
-    # captioning (stage 2)
-    num_beams: int = 5
-    max_len: int = 30
-    min_len: int = 8
-    use_nucleus_sampling: bool = False
-    spice: bool = False
-    gt_files: dict[str, str] = field(default_factory=dict)
-    prompt: Optional[str] = None
 
 
 @TASKS.register("image_text_pretrain", config=PretrainTaskConfig)
@@ -118,9 +110,7 @@ class ImageTextPretrainTask(BaseTask):
         results = []
         for batch in data_loader:
             batch.pop("bad_samples", None)
-            caps = model.generate(to_device(batch, device), **caption_generate_kwargs(self.cfg))
-            ids = batch["image_id"].tolist() if hasattr(batch["image_id"], "tolist") else list(batch["image_id"])
-            results += [{"image_id": i, "caption": c} for i, c in zip(ids, caps)]
+            results += caption_results(model, to_device(batch, device), self.cfg)
         merged = {r["image_id"]: r for part in D.all_gather_object(results) for r in part}
         metrics = None
         if D.is_main_process():

@@ -29,14 +29,21 @@ RETRIEVAL_METHODS = ("retrieval_image_embeds", "retrieval_text_embeds", "itm_sco
 
 
 @dataclass
-class RetrievalTaskConfig:
-    """Run keys read by ``retrieval``."""
+class RetrievalEvalConfig:
+    """Run keys of zero-shot retrieval scoring (``retrieval``, and the stage-1 validation
+    of ``image_text_pretrain``)."""
 
-    task: str = "retrieval"
     k_test: int = 128  # ITC candidates re-ranked by ITM per query
     itm_batch_size: int = 128  # (query, candidate) pairs per ITM forward
     text_batch_size: int = 256
     fusion: str = "itm"  # itm (paper) | itm+itc (LAVIS)
+
+
+@dataclass
+class RetrievalTaskConfig(RetrievalEvalConfig):
+    """Run keys read by ``retrieval``."""
+
+    task: str = "retrieval"
 
 
 def check_fusion(fusion: str) -> None:
@@ -204,5 +211,3 @@ def retrieval_evaluate(model, data_loader, cfg, *, split: str, epoch: int | None
             name = f"{split}_epoch{epoch}_retrieval.json" if epoch is not None else f"{split}_retrieval.json"
             write_json_atomic(Path(output_dir) / "result" / name, metrics)
     return D.broadcast_object(metrics)
-
-

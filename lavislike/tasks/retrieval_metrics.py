@@ -6,7 +6,7 @@ ordered by descending score, ties broken by lower index first.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 

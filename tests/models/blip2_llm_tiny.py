@@ -12,6 +12,23 @@ import torch
 from llm_tiny import tiny_text_config, train_tokenizer
 
 NUM_QUERY = 4
+# the tiny vision tower of every test BLIP-2 / InstructBLIP
+VISION_CONFIG = dict(
+    hidden_size=32, intermediate_size=56, num_hidden_layers=2, num_attention_heads=4,
+    image_size=32, patch_size=8, layer_norm_eps=1e-5, qkv_bias=True,
+)
+
+
+def spread_weights_(model, vectors: bool = False) -> None:
+    """Redraw matrices (and the query tokens) wider than the tiny default init (std 0.02),
+    which makes every LLM distribution flat; wider weights make generations depend on the
+    image and the prompt. ``vectors``: also shift LayerNorm scales / biases by N(0, 0.1)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1 or name == "query_tokens":
+                p.normal_(0, 0.25 if name.startswith("language_model") else 0.1)
+            elif vectors:
+                p.add_(torch.randn_like(p) * 0.1)
 
 
 def build_hf_blip2(kind: str, seed: int = 0):
@@ -23,10 +40,7 @@ def build_hf_blip2(kind: str, seed: int = 0):
     image_id = tok.convert_tokens_to_ids("<image>")
     text = tiny_text_config(kind, vocab_size=len(tok) + 7, width=24, seed_shift=seed)
     config = Blip2Config(
-        vision_config=dict(
-            hidden_size=32, intermediate_size=56, num_hidden_layers=2, num_attention_heads=4,
-            image_size=32, patch_size=8, layer_norm_eps=1e-5, qkv_bias=True,
-        ),
+        vision_config=VISION_CONFIG,
         qformer_config=dict(
             hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=40,
             vocab_size=64, cross_attention_frequency=2, hidden_dropout_prob=0.0,
@@ -38,12 +52,7 @@ def build_hf_blip2(kind: str, seed: int = 0):
     )
     torch.manual_seed(seed)
     model = Blip2ForConditionalGeneration(config)
-    with torch.no_grad():
-        # default init (std 0.02) makes every LLM distribution flat; wider weights make
-        # generations depend on the image and the prompt
-        for name, p in model.named_parameters():
-            if p.dim() > 1 or name == "query_tokens":
-                p.normal_(0, 0.25 if name.startswith("language_model") else 0.1)
+    spread_weights_(model)
     return model.eval(), tok
 
 
@@ -53,6 +62,53 @@ def save_hf_blip2(folder: Path, kind: str, seed: int = 0):
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return Path(folder), model, tok
+
+
+def save_llm(hf, tok, kind: str, folder: Path) -> dict:
+    """Save the HF model's LLM and tokenizer into ``folder``; returns our ``llm`` block
+    loading them from there (as a LAVIS stage-2 ``.pth``, which lacks the LLM, needs)."""
+    hf.language_model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    llm = {"path": str(folder), "tokenizer": None, "hf_config": None, "load_weights": True}
+    if kind == "t5":
+        llm["config_overrides"] = {"dense_act_fn": hf.config.text_config.dense_act_fn}
+    else:
+        llm["end_of_text"] = "\n"
+    return llm
+
+
+def lavis_state(hf_state: dict, proj: str) -> dict:
+    """HF BLIP-2 / InstructBLIP keys -> LAVIS keys (hand-written, independent of our tables).
+
+    The vision tower and the LLM are left out, as LAVIS's runner saves frozen parts;
+    ``proj`` names the LLM projection (``opt_proj`` / ``t5_proj``).
+    """
+    out = {}
+    for key, value in hf_state.items():
+        if key.startswith(("language_model.", "vision_model.")) and not key.startswith("vision_model.post_layernorm."):
+            continue
+        new = (
+            key.replace("qformer.encoder.layer.", "Qformer.bert.encoder.layer.")
+            .replace(".attention.attention.", ".attention.self.")
+            .replace(".crossattention.attention.", ".crossattention.self.")
+            .replace("qformer.layernorm.", "Qformer.bert.embeddings.LayerNorm.")  # BLIP-2
+            .replace("qformer.embeddings.layernorm.", "Qformer.bert.embeddings.LayerNorm.")  # InstructBLIP
+            .replace("qformer.embeddings.", "Qformer.bert.embeddings.")
+            .replace("language_projection.", f"{proj}.")
+            .replace("vision_model.post_layernorm.", "ln_vision.")
+        )
+        out[new] = value.clone()
+    return out
+
+
+def assert_generation_matches(ours, tok, img, prompts, expected, **generation) -> None:
+    """Our token ids (``llm.generate_ids``) and captions (``generate``) equal ``expected``,
+    the new tokens transformers generated with the same LAVIS-style ``generation`` args."""
+    gen = ours.llm.generation_kwargs(**generation)
+    got = ours.llm.generate_ids(ours.soft_prompt(img), prompts, **gen)
+    assert got.tolist() == expected.tolist()
+    captions = ours.generate({"image": img, "prompt": prompts}, **generation)
+    assert captions == [t.strip() for t in tok.batch_decode(expected, skip_special_tokens=True)]
 
 
 def hf_inputs(tok, texts, side: str, image_id: int, suffix: str = ""):

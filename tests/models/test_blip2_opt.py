@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Blip2ForConditionalGeneration
 
-from blip2_llm_tiny import NUM_QUERY, hf_inputs, images, save_hf_blip2
+from blip2_llm_tiny import NUM_QUERY, assert_generation_matches, hf_inputs, images, save_hf_blip2
 from lavislike.models.blip2_llm import Blip2OPT
 from lavislike.models.convert.hf_llm import from_hf_llm
 
@@ -83,11 +83,7 @@ def test_generation_matches_transformers(pair, num_beams):
     img = images(seed=1)
     kw = dict(num_beams=num_beams, max_new_tokens=7, min_new_tokens=3, eos_token_id=newline_id(tok), length_penalty=1.0)
     expected = _hf_new_tokens(hf, tok, img, PROMPTS, **kw)
-    gen = ours.llm.generation_kwargs(num_beams=num_beams, max_length=7, min_length=3)
-    got = ours.llm.generate_ids(ours.soft_prompt(img), PROMPTS, **gen)
-    assert got.tolist() == expected.tolist()
-    captions = ours.generate({"image": img, "prompt": PROMPTS}, num_beams=num_beams, max_length=7, min_length=3)
-    assert captions == [t.strip() for t in tok.batch_decode(expected, skip_special_tokens=True)]
+    assert_generation_matches(ours, tok, img, PROMPTS, expected, num_beams=num_beams, max_length=7, min_length=3)
 
 
 def test_predict_answers_generate_matches_transformers(pair):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from blip2_llm_tiny import NUM_QUERY, hf_inputs, images, save_hf_blip2
+from blip2_llm_tiny import NUM_QUERY, hf_inputs, images, lavis_state, save_hf_blip2, save_llm
 from lavislike.errors import CheckpointError
 from lavislike.models import load_model
 from lavislike.models.convert.hf import qformer_block, vision_block
@@ -19,21 +19,10 @@ from lavislike.models.convert.hf_llm import from_hf_llm
 TEXTS = ["a dog on a couch", "two cats laying on a red blanket"]
 
 
-def lavis_state(hf_state: dict, proj: str, encoder_state: dict) -> dict:
-    """HF BLIP-2 keys -> LAVIS keys (hand-written, independent of our tables)."""
-    out = {}
-    for key, value in hf_state.items():
-        if key.startswith(("language_model.", "vision_model.")) and not key.startswith("vision_model.post_layernorm."):
-            continue
-        new = (
-            key.replace("qformer.encoder.layer.", "Qformer.bert.encoder.layer.")
-            .replace(".attention.attention.", ".attention.self.")
-            .replace(".crossattention.attention.", ".crossattention.self.")
-            .replace("qformer.layernorm.", "Qformer.bert.embeddings.LayerNorm.")
-            .replace("language_projection.", f"{proj}.")
-            .replace("vision_model.post_layernorm.", "ln_vision.")
-        )
-        out[new] = value.clone()
+def stage2_lavis_state(hf_state: dict, proj: str, encoder_state: dict) -> dict:
+    """A LAVIS stage-2 ``.pth`` state: the HF weights under LAVIS names, the encoder's, and
+    stage-1 leftovers."""
+    out = lavis_state(hf_state, proj)
     out.update(encoder_state)
     # stage-1 leftovers a stage-2 model has no place for (a stage-1 checkpoint holds them)
     out["vision_proj.weight"] = torch.zeros(7, 32)
@@ -47,19 +36,12 @@ def lavis_state(hf_state: dict, proj: str, encoder_state: dict) -> dict:
 @pytest.mark.parametrize("kind", ["opt", "t5"])
 def test_lavis_pth_with_llm_from_path(kind, tmp_path):
     folder, hf, tok = save_hf_blip2(tmp_path / "hf", kind, seed=2)
-    llm_dir = tmp_path / "llm"
-    hf.language_model.save_pretrained(llm_dir)
-    tok.save_pretrained(llm_dir)
+    llm = save_llm(hf, tok, kind, tmp_path / "llm")
     encoder_state = from_hf_llm(folder).image_encoder.to_lavis_state_dict(prefix="visual_encoder.")
     pth = tmp_path / "blip2_stage2.pth"
     proj = "t5_proj" if kind == "t5" else "opt_proj"
-    torch.save({"model": lavis_state(hf.state_dict(), proj, encoder_state)}, pth)
+    torch.save({"model": stage2_lavis_state(hf.state_dict(), proj, encoder_state)}, pth)
 
-    llm = {"path": str(llm_dir), "tokenizer": None, "hf_config": None, "load_weights": True}
-    if kind == "t5":
-        llm["config_overrides"] = {"dense_act_fn": hf.config.text_config.dense_act_fn}
-    else:
-        llm["end_of_text"] = "\n"
     arch = "blip2_t5" if kind == "t5" else "blip2_opt"
     model = load_model(
         arch, "tiny", checkpoint=str(pth), image_encoder=vision_block(hf.config.vision_config),

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import Blip2ForConditionalGeneration
 
-from blip2_llm_tiny import hf_inputs, images, save_hf_blip2
+from blip2_llm_tiny import assert_generation_matches, hf_inputs, images, save_hf_blip2
 from lavislike.models.blip2_llm import Blip2T5
 from lavislike.models.convert.hf_llm import from_hf_llm
 
@@ -85,11 +85,7 @@ def test_generation_matches_transformers(pair, num_beams):
     ours, hf, tok = pair
     img = images(seed=3)
     expected = _hf_generate(hf, tok, img, PROMPTS, num_beams=num_beams, max_new_tokens=6, min_new_tokens=2)
-    gen = ours.llm.generation_kwargs(num_beams=num_beams, max_length=6, min_length=2)
-    got = ours.llm.generate_ids(ours.soft_prompt(img), PROMPTS, **gen)
-    assert got.tolist() == expected.tolist()
-    captions = ours.generate({"image": img, "prompt": PROMPTS}, num_beams=num_beams, max_length=6, min_length=2)
-    assert captions == [t.strip() for t in tok.batch_decode(expected, skip_special_tokens=True)]
+    assert_generation_matches(ours, tok, img, PROMPTS, expected, num_beams=num_beams, max_length=6, min_length=2)
 
 
 def test_predict_answers_generate_matches_transformers(pair):

@@ -1,7 +1,6 @@
 """Loading LAVIS .pth files, our own format, and the public API around them."""
 from __future__ import annotations
 
-import re
 
 import pytest
 import torch

@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from blip2_llm_tiny import NUM_QUERY, hf_inputs, images
+from blip2_llm_tiny import NUM_QUERY, VISION_CONFIG, hf_inputs, images, lavis_state, save_llm, spread_weights_
 from llm_tiny import tiny_text_config, train_tokenizer
 from lavislike.errors import CheckpointError
 from lavislike.models import load_model
@@ -38,8 +38,7 @@ def build_instructblip(kind: str, qformer_vocab: int, seed: int = 0):
     tok.add_tokens(["<image>"], special_tokens=True)
     text = tiny_text_config(kind, vocab_size=len(tok) + 7, width=24)
     config = InstructBlipConfig(
-        vision_config=dict(hidden_size=32, intermediate_size=56, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8, layer_norm_eps=1e-5, qkv_bias=True),
+        vision_config=VISION_CONFIG,
         qformer_config=dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=40,
                             vocab_size=qformer_vocab, cross_attention_frequency=2, max_position_embeddings=40,
                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0),
@@ -49,12 +48,7 @@ def build_instructblip(kind: str, qformer_vocab: int, seed: int = 0):
     )
     torch.manual_seed(seed)
     model = InstructBlipForConditionalGeneration(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() > 1 or name == "query_tokens":
-                p.normal_(0, 0.25 if name.startswith("language_model") else 0.1)
-            else:  # LayerNorm scales around 1, biases around 0
-                p.add_(torch.randn_like(p) * 0.1)
+    spread_weights_(model, vectors=True)
     return model.eval(), tok
 
 
@@ -276,26 +270,6 @@ def test_soft_prompt_needs_the_texts(setup):
 
 
 # -- LAVIS checkpoints ---------------------------------------------------------------------
-def lavis_state(hf_state: dict, proj: str) -> dict:
-    """InstructBLIP keys -> LAVIS keys (hand-written, independent of our tables); the
-    vision tower and the LLM are left out, as LAVIS's runner saves frozen parts."""
-    out = {}
-    for key, value in hf_state.items():
-        if key.startswith(("language_model.", "vision_model.")) and not key.startswith("vision_model.post_layernorm."):
-            continue
-        new = (
-            key.replace("qformer.encoder.layer.", "Qformer.bert.encoder.layer.")
-            .replace(".attention.attention.", ".attention.self.")
-            .replace(".crossattention.attention.", ".crossattention.self.")
-            .replace("qformer.embeddings.layernorm.", "Qformer.bert.embeddings.LayerNorm.")
-            .replace("qformer.embeddings.", "Qformer.bert.embeddings.")
-            .replace("language_projection.", f"{proj}.")
-            .replace("vision_model.post_layernorm.", "ln_vision.")
-        )
-        out[new] = value.clone()
-    return out
-
-
 def is_text_part(lavis_key: str) -> bool:
     """Word/position embeddings and text FFNs: what LAVIS stage-2 files lack."""
     return lavis_key.startswith(("Qformer.bert.embeddings.word_", "Qformer.bert.embeddings.position_")) or bool(
@@ -305,9 +279,7 @@ def is_text_part(lavis_key: str) -> bool:
 
 def test_lavis_checkpoints_load_the_qformer_text_parts(setup, tmp_path):
     kind, hf, tok, qtok, ours, _ = setup
-    llm_dir = tmp_path / "llm"
-    hf.language_model.save_pretrained(llm_dir)
-    tok.save_pretrained(llm_dir)
+    llm = save_llm(hf, tok, kind, tmp_path / "llm")
     full = lavis_state(hf.state_dict(), "t5_proj" if kind == "t5" else "opt_proj")
     encoder = ours.image_encoder.to_lavis_state_dict(prefix="visual_encoder.")
     stage2 = {k: v for k, v in full.items() if not is_text_part(k)}
@@ -316,12 +288,6 @@ def test_lavis_checkpoints_load_the_qformer_text_parts(setup, tmp_path):
     for name, state in (("full", full), ("stage2", stage2), ("stage1_text", full)):
         paths[name] = tmp_path / f"{name}.pth"
         torch.save({"model": {**state, **encoder}}, paths[name])
-
-    llm = {"path": str(llm_dir), "tokenizer": None, "hf_config": None, "load_weights": True}
-    if kind == "t5":
-        llm["config_overrides"] = {"dense_act_fn": hf.config.text_config.dense_act_fn}
-    else:
-        llm["end_of_text"] = "\n"
 
     def load(checkpoint, **extra):
         return load_model(

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import Dataset, DistributedSampler, IterableDataset, default_collate
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_parts import ToyData, ToyModel, run_cfg  # noqa: E402
+from toy_parts import ToyData, ToyModel, run_cfg, train_until_killed  # noqa: E402
 
 from lavislike.common.checkpoint import find_latest_checkpoint  # noqa: E402
 from lavislike.errors import ConfigError  # noqa: E402
@@ -183,17 +183,7 @@ def test_mixed_runner_killed_and_resumed_matches_uninterrupted(tmp_path):
     straight.train()
 
     first = make_mixed_runner(tmp_path / "cut", ratios, **kw)
-    real_step = first.train_step
-
-    def dying_step(stream, step):  # killed after the checkpoint at step 8
-        if step == 9:
-            raise KeyboardInterrupt
-        return real_step(stream, step)
-
-    first.train_step = dying_step
-    with pytest.raises(KeyboardInterrupt):
-        first.train()
-    ckpt = find_latest_checkpoint(tmp_path / "cut")
+    ckpt = train_until_killed(first, step=9)  # after the checkpoint at step 8
     assert ckpt.name == "step_000000008"
     meta = json.loads((ckpt / "meta.json").read_text())
     corpora = meta["corpora"]

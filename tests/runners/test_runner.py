@@ -6,7 +6,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from toy_parts import ToyData, ToyModel, make_runner  # noqa: E402
+from toy_parts import ToyData, ToyModel, make_runner, train_until_killed  # noqa: E402
 
 from lavislike.common.checkpoint import find_latest_checkpoint  # noqa: E402
 from lavislike.runners import NonFiniteLossError  # noqa: E402
@@ -40,17 +40,7 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(tmp_path):
     straight.train()
 
     first = make_runner(tmp_path / "cut", model=_model(), **kw)
-    real_step = first.train_step
-
-    def dying_step(stream, step):  # killed after the mid-epoch-2 checkpoint at step 8
-        if step == 9:
-            raise KeyboardInterrupt
-        return real_step(stream, step)
-
-    first.train_step = dying_step
-    with pytest.raises(KeyboardInterrupt):
-        first.train()
-    ckpt = find_latest_checkpoint(tmp_path / "cut")
+    ckpt = train_until_killed(first, step=9)  # after the mid-epoch-2 checkpoint at step 8
     assert ckpt.name == "step_000000008"
     meta = json.loads((ckpt / "meta.json").read_text())
     assert (meta["data_epoch"], meta["consumed"]) == (1, 2)

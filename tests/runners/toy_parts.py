@@ -53,6 +53,26 @@ class ToyData(Dataset):
         return item
 
 
+def train_until_killed(runner, step: int):
+    """Train ``runner`` until it is killed (``KeyboardInterrupt``) as it starts optimizer
+    step ``step``; returns the latest checkpoint folder it wrote."""
+    import pytest
+
+    from lavislike.common.checkpoint import find_latest_checkpoint
+
+    real_step = runner.train_step
+
+    def dying_step(stream, at):
+        if at == step:
+            raise KeyboardInterrupt
+        return real_step(stream, at)
+
+    runner.train_step = dying_step
+    with pytest.raises(KeyboardInterrupt):
+        runner.train()
+    return find_latest_checkpoint(runner.output_dir)
+
+
 def run_cfg(tmp, **run):
     from omegaconf import OmegaConf
 

@@ -104,6 +104,16 @@ _CRAWL = """\
       f('{root}/{images}', '{root}/{ann}')"
 Expect 5-30% of the URLs to be dead; the annotation file lists only the images that arrived."""
 
+
+def _crawl(title: str, images: str, list_file: str, fmt: str, fetch_list: str, ann: str,
+           after: str = "") -> Manual:
+    """A corpus published as a URL + caption list, crawled by hand into ``images``;
+    ``after`` is appended to the printed steps."""
+    steps = _CRAWL.format(title=title, list_file=list_file, fmt=fmt, fetch_list=fetch_list,
+                          url_col="url", cap_col="caption", root="{root}", images=images, ann=ann)
+    return Manual("images", images, steps + after)
+
+
 _LAION = """\
 LAION-400M cannot be downloaded as images: BLIP-2 used 115M of its images, re-captioned with
 CapFilt, stored as webdataset shards (each sample: .jpg + .json with "caption", or a list of
@@ -146,29 +156,22 @@ CORPORA: dict[str, Corpus] = {
                     "nocaps/download/nocaps_test_image_info.json", "nocaps/images/test", ("test",)))),
         Corpus("vg_caption", "vg_caption.yaml", _VG_IMAGES),
         Corpus("vg_vqa", "vg_vqa.yaml", _VG_IMAGES),
-        Corpus("conceptual_caption_3m", "conceptual_caption_3m.yaml", (Manual(
-            "images", "conceptual_caption/images",
-            _CRAWL.format(title="Conceptual Captions 3M", list_file="Train_GCC-training.tsv", fmt="tsv",
-                          fetch_list="# Train_GCC-training.tsv from https://ai.google.com/research/ConceptualCaptions/download"
-                          " (add the header line 'caption\\turl')",
-                          url_col="url", cap_col="caption", root="{root}", images="conceptual_caption/images",
-                          ann="conceptual_caption/annotations/cc3m.json")),)),
-        Corpus("conceptual_caption_12m", "conceptual_caption_12m.yaml", (Manual(
-            "images", "conceptual_caption/images_12m",
-            _CRAWL.format(title="Conceptual 12M", list_file="cc12m.tsv", fmt="tsv",
-                          fetch_list="wget https://storage.googleapis.com/conceptual_12m/cc12m.tsv"
-                          "  # then add the header line 'url\\tcaption'",
-                          url_col="url", cap_col="caption", root="{root}", images="conceptual_caption/images_12m",
-                          ann="conceptual_caption/annotations/cc12m.json")),)),
-        Corpus("sbu_caption", "sbu_caption.yaml", (Manual(
-            "images", "sbu_captions/images",
-            _CRAWL.format(title="SBU Captions", list_file="sbu.parquet", fmt="parquet",
-                          fetch_list="# sbu.parquet: python -c \"import pandas as pd, json; d=json.load(open("
-                          "'{root}/sbu_captions/annotations/sbu.json')); pd.DataFrame(d).to_parquet('sbu.parquet')\"",
-                          url_col="url", cap_col="caption", root="{root}", images="sbu_captions/images",
-                          ann="sbu_captions/annotations/sbu_crawled.json")
-            + "\nOr keep LAVIS's file names: the rows of sbu.json carry 'url' and 'image'; save each url to "
-            "{root}/sbu_captions/images/<image>.",),)),
+        Corpus("conceptual_caption_3m", "conceptual_caption_3m.yaml", (_crawl(
+            "Conceptual Captions 3M", "conceptual_caption/images", "Train_GCC-training.tsv", "tsv",
+            "# Train_GCC-training.tsv from https://ai.google.com/research/ConceptualCaptions/download"
+            " (add the header line 'caption\\turl')",
+            "conceptual_caption/annotations/cc3m.json"),)),
+        Corpus("conceptual_caption_12m", "conceptual_caption_12m.yaml", (_crawl(
+            "Conceptual 12M", "conceptual_caption/images_12m", "cc12m.tsv", "tsv",
+            "wget https://storage.googleapis.com/conceptual_12m/cc12m.tsv  # then add the header line 'url\\tcaption'",
+            "conceptual_caption/annotations/cc12m.json"),)),
+        Corpus("sbu_caption", "sbu_caption.yaml", (_crawl(
+            "SBU Captions", "sbu_captions/images", "sbu.parquet", "parquet",
+            "# sbu.parquet: python -c \"import pandas as pd, json; d=json.load(open("
+            "'{root}/sbu_captions/annotations/sbu.json')); pd.DataFrame(d).to_parquet('sbu.parquet')\"",
+            "sbu_captions/annotations/sbu_crawled.json",
+            after="\nOr keep LAVIS's file names: the rows of sbu.json carry 'url' and 'image'; save each url to "
+            "{root}/sbu_captions/images/<image>."),)),
         Corpus("laion", "laion.yaml", (Manual("images", "laion/shards", _LAION),)),
         Corpus("msrvtt_caption", "msrvtt_caption.yaml", (
             Resource("videos", "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip",

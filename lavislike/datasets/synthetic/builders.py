@@ -60,36 +60,22 @@ class SyntheticBuilder(BaseDatasetBuilder):
         return super().build_datasets()
 
 
-@DATASETS.register("synthetic_caption", config=SyntheticConfig)
-class SyntheticCaptionBuilder(SyntheticBuilder):
-    train_dataset_cls = base.CaptionDataset
-    eval_dataset_cls = base.CaptionEvalDataset
-    DEFAULT_CONFIGS = {"default": "caption.yaml"}
+def _register(kind: str, train_cls: type, eval_cls: type) -> type:
+    """Register ``synthetic_<kind>``: ``train_cls`` / ``eval_cls`` over the generated
+    corpus, defaults from ``configs/<kind>.yaml``."""
+    title = "".join(part.upper() if part in ("qa", "vqa") else part.capitalize() for part in kind.split("_"))
+    cls = type(f"Synthetic{title}Builder", (SyntheticBuilder,), {
+        "__module__": __name__,
+        "__doc__": f"The synthetic ``{kind}`` corpus ({train_cls.__name__} / {eval_cls.__name__}).",
+        "train_dataset_cls": train_cls,
+        "eval_dataset_cls": eval_cls,
+        "DEFAULT_CONFIGS": {"default": f"{kind}.yaml"},
+    })
+    return DATASETS.register(f"synthetic_{kind}", config=SyntheticConfig)(cls)
 
 
-@DATASETS.register("synthetic_retrieval", config=SyntheticConfig)
-class SyntheticRetrievalBuilder(SyntheticBuilder):
-    train_dataset_cls = base.RetrievalDataset
-    eval_dataset_cls = base.RetrievalEvalDataset
-    DEFAULT_CONFIGS = {"default": "retrieval.yaml"}
-
-
-@DATASETS.register("synthetic_vqa", config=SyntheticConfig)
-class SyntheticVQABuilder(SyntheticBuilder):
-    train_dataset_cls = base.VQADataset
-    eval_dataset_cls = base.VQAEvalDataset
-    DEFAULT_CONFIGS = {"default": "vqa.yaml"}
-
-
-@DATASETS.register("synthetic_video_caption", config=SyntheticConfig)
-class SyntheticVideoCaptionBuilder(SyntheticBuilder):
-    train_dataset_cls = base.VideoCaptionDataset
-    eval_dataset_cls = base.VideoCaptionEvalDataset
-    DEFAULT_CONFIGS = {"default": "video_caption.yaml"}
-
-
-@DATASETS.register("synthetic_video_qa", config=SyntheticConfig)
-class SyntheticVideoQABuilder(SyntheticBuilder):
-    train_dataset_cls = base.VideoQADataset
-    eval_dataset_cls = base.VideoQAEvalDataset
-    DEFAULT_CONFIGS = {"default": "video_qa.yaml"}
+SyntheticCaptionBuilder = _register("caption", base.CaptionDataset, base.CaptionEvalDataset)
+SyntheticRetrievalBuilder = _register("retrieval", base.RetrievalDataset, base.RetrievalEvalDataset)
+SyntheticVQABuilder = _register("vqa", base.VQADataset, base.VQAEvalDataset)
+SyntheticVideoCaptionBuilder = _register("video_caption", base.VideoCaptionDataset, base.VideoCaptionEvalDataset)
+SyntheticVideoQABuilder = _register("video_qa", base.VideoQADataset, base.VideoQAEvalDataset)

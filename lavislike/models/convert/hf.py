@@ -20,7 +20,12 @@ import torch
 from torch import nn
 
 from lavislike.errors import CheckpointError
-from lavislike.models.convert.keymap import KeyMap, check_unmatched, split_prefix
+from lavislike.models.convert.keymap import (
+    KeyMap,
+    convert_model_state,
+    export_model_state,
+    split_prefix,
+)
 from lavislike.models.convert.lavis import qformer_rules
 
 logger = logging.getLogger(__name__)
@@ -101,50 +106,65 @@ def convert_hf_state(
     vision, rest = split_prefix({k: v for k, v in state.items() if not k.startswith(post_ln)},
                                 HF_ENCODER_PREFIX)
     rest.update({k: v for k, v in state.items() if k.startswith(post_ln)})
-    out, unmatched = table.convert(rest)
-    check_unmatched(source, unmatched, drop)
-    if vision:
-        converted = image_encoder.convert_hf_state_dict({HF_ENCODER_PREFIX + k: v for k, v in vision.items()})
-        out.update({f"image_encoder.{k}": v for k, v in converted.items()})
-    return out
+    # the encoder converters take keys with or without the prefix
+    return convert_model_state(rest, table, drop, source, vision, image_encoder.convert_hf_state_dict)
 
 
 def export_hf_state(model: nn.Module, table: KeyMap = HF_RETRIEVAL) -> dict[str, torch.Tensor]:
     """Our weights under transformers names; parts without an HF place are left out."""
-    inverse = table.inverse()
-    out = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("image_encoder."):
-            continue
-        new = inverse.rename(key)
-        if new is not None:
-            out[new] = value.detach()
-    out.update(model.image_encoder.to_hf_state_dict(prefix=HF_ENCODER_PREFIX))
-    return out
+    return export_model_state(model, table, model.image_encoder.to_hf_state_dict(prefix=HF_ENCODER_PREFIX))
+
+
+def read_hf_config(source: str | os.PathLike) -> tuple[Path, Any, list[str]]:
+    """``(local folder, its transformers config, the config's architectures)``."""
+    from transformers import AutoConfig
+
+    folder = local_folder(source)
+    try:
+        hf = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{folder}: cannot read config.json ({str(exc).splitlines()[0]})") from None
+    return folder, hf, list(getattr(hf, "architectures", None) or [])
+
+
+def write_hf_weights(folder: str | os.PathLike, state: Mapping[str, torch.Tensor]) -> Path:
+    """Create ``folder`` and write ``state`` (floats as fp32) to its ``model.safetensors``."""
+    from lavislike.common.checkpoint import save_weights
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(folder / "model.safetensors", {k: v.float() if v.is_floating_point() else v
+                                                for k, v in state.items()}, metadata={"format": "pt"})
+    return folder
 
 
 # -- configs -----------------------------------------------------------------------------
 def vision_block(vision_config: Any) -> dict[str, Any]:
     """Our ``image_encoder`` block for a ``Blip2VisionConfig``."""
-    if getattr(vision_config, "hidden_act", "gelu") != "gelu":
-        raise CheckpointError(
-            f"vision_config.hidden_act='{vision_config.hidden_act}' has no lavislike encoder; "
-            "eva_vit uses exact 'gelu'"
-        )
+    from lavislike.models.image_encoders.eva_vit import EvaViT
+
     return {
         "name": "eva_vit",
-        "image_size": vision_config.image_size,
-        "patch_size": vision_config.patch_size,
-        "width": vision_config.hidden_size,
-        "depth": vision_config.num_hidden_layers,
-        "heads": vision_config.num_attention_heads,
-        "mlp_dim": vision_config.intermediate_size,
-        "layer_norm_eps": vision_config.layer_norm_eps,
-        "qkv_bias": vision_config.qkv_bias,
+        **EvaViT.arch_from_hf(vision_config),
         "precision": "fp32",
         "freeze": True,
         "pretrained": "",
     }
+
+
+# keys our ``qformer`` block and ``Blip2QFormerConfig`` name alike
+_QFORMER_SAME_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_act",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "layer_norm_eps",
+)
 
 
 def qformer_block(hf_config: Any, text_input: bool = True, lm_head: bool = True) -> dict[str, Any]:
@@ -153,16 +173,7 @@ def qformer_block(hf_config: Any, text_input: bool = True, lm_head: bool = True)
     return {
         "num_query_token": hf_config.num_query_tokens,
         "cross_attention_freq": q.cross_attention_frequency,
-        "hidden_size": q.hidden_size,
-        "num_hidden_layers": q.num_hidden_layers,
-        "num_attention_heads": q.num_attention_heads,
-        "intermediate_size": q.intermediate_size,
-        "hidden_act": q.hidden_act,
-        "hidden_dropout_prob": q.hidden_dropout_prob,
-        "attention_probs_dropout_prob": q.attention_probs_dropout_prob,
-        "max_position_embeddings": q.max_position_embeddings,
-        "layer_norm_eps": q.layer_norm_eps,
-        "vocab_size": q.vocab_size,
+        **{k: getattr(q, k) for k in _QFORMER_SAME_KEYS},
         "pad_token_id": q.pad_token_id if q.pad_token_id is not None else 0,
         "encoder_width": None,
         "text_input": text_input,
@@ -171,20 +182,23 @@ def qformer_block(hf_config: Any, text_input: bool = True, lm_head: bool = True)
     }
 
 
+def hf_vision_config(model: nn.Module) -> dict[str, Any]:
+    """``Blip2VisionConfig`` kwargs for the model's encoder; warns when ``ln_vision`` has
+    another eps (transformers has one for both)."""
+    vision = model.image_encoder.hf_vision_config()
+    if abs(model.ln_vision.eps - vision["layer_norm_eps"]) > 1e-12:
+        logger.warning(
+            "save_hf: ln_vision eps %g differs from the encoder's %g; transformers uses one eps "
+            "for both, so outputs will differ slightly", model.ln_vision.eps, vision["layer_norm_eps"]
+        )
+    return vision
+
+
 def hf_qformer_config(model: nn.Module, text_input: bool) -> dict[str, Any]:
     """``Blip2QFormerConfig`` kwargs for our Q-Former."""
     q = model.qformer.cfg
     return {
-        "vocab_size": q.vocab_size,
-        "hidden_size": q.hidden_size,
-        "num_hidden_layers": q.num_hidden_layers,
-        "num_attention_heads": q.num_attention_heads,
-        "intermediate_size": q.intermediate_size,
-        "hidden_act": q.hidden_act,
-        "hidden_dropout_prob": q.hidden_dropout_prob,
-        "attention_probs_dropout_prob": q.attention_probs_dropout_prob,
-        "max_position_embeddings": q.max_position_embeddings,
-        "layer_norm_eps": q.layer_norm_eps,
+        **{k: getattr(q, k) for k in _QFORMER_SAME_KEYS},
         "pad_token_id": q.pad_token_id,
         "cross_attention_frequency": q.cross_attention_freq,
         "encoder_hidden_size": q.encoder_width or model.image_encoder.num_features,
@@ -206,16 +220,9 @@ def from_hf(source: str | os.PathLike, device: str | torch.device = "cpu", is_ev
         is_eval: eval mode.
         **overrides: merged into the derived model config.
     """
-    from transformers import AutoConfig
-
     from lavislike.models.loading import load_model
 
-    folder = local_folder(source)
-    try:
-        hf = AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{folder}: cannot read config.json ({str(exc).splitlines()[0]})") from None
-    archs = list(getattr(hf, "architectures", None) or [])
+    folder, hf, archs = read_hf_config(source)
     if "Blip2ForConditionalGeneration" in archs:
         from lavislike.models.convert.hf_llm import from_hf_llm
 
@@ -245,27 +252,15 @@ def save_hf(model: nn.Module, folder: str | os.PathLike) -> None:
     """
     from transformers import Blip2Config
 
-    from lavislike.common.checkpoint import save_weights
-
     if not model.qformer.cfg.text_input:
         raise CheckpointError("save_hf: Blip2ForImageTextRetrieval needs a Q-Former with text input")
-    vision = model.image_encoder.hf_vision_config()
-    if abs(model.ln_vision.eps - vision["layer_norm_eps"]) > 1e-12:
-        logger.warning(
-            "save_hf: ln_vision eps %g differs from the encoder's %g; transformers uses one eps "
-            "for both, so outputs will differ slightly", model.ln_vision.eps, vision["layer_norm_eps"]
-        )
     config = Blip2Config(
-        vision_config=vision,
+        vision_config=hf_vision_config(model),
         qformer_config=hf_qformer_config(model, text_input=True),
         num_query_tokens=model.qformer.cfg.num_query_token,
         image_text_hidden_size=int(model.cfg.embed_dim),
     )
     config.architectures = ["Blip2ForImageTextRetrieval"]
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = export_hf_state(model)
-    save_weights(folder / "model.safetensors", {k: v.float() if v.is_floating_point() else v
-                                                for k, v in state.items()}, metadata={"format": "pt"})
+    folder = write_hf_weights(folder, export_hf_state(model))
     config.save_pretrained(folder)
     model.tokenizer.save_pretrained(folder)

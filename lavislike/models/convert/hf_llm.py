@@ -14,10 +14,8 @@
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,13 +26,13 @@ from lavislike.models.convert.hf import (
     HF_QFORMER,
     export_hf_state,
     hf_qformer_config,
-    local_folder,
+    hf_vision_config,
     qformer_block,
+    read_hf_config,
     vision_block,
+    write_hf_weights,
 )
 from lavislike.models.convert.keymap import KeyMap
-
-logger = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
 HF_LLM = HF_QFORMER + KeyMap([("language_projection.", "llm_proj."), ("language_model.", "llm.model.")])
@@ -71,16 +69,9 @@ def from_hf_llm(
         is_eval: eval mode.
         **overrides: merged into the derived model config (e.g. ``prompt="a photo of"``).
     """
-    from transformers import AutoConfig
-
     from lavislike.models.loading import load_model
 
-    folder = local_folder(source)
-    try:
-        hf = AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{folder}: cannot read config.json ({str(exc).splitlines()[0]})") from None
-    archs = list(getattr(hf, "architectures", None) or [])
+    folder, hf, archs = read_hf_config(source)
     if getattr(hf, "model_type", None) != "blip-2" or (archs and "Blip2ForConditionalGeneration" not in archs):
         raise CheckpointError(
             f"{folder}: expected a Blip2ForConditionalGeneration folder; this one is "
@@ -126,21 +117,14 @@ def save_hf_llm(model: nn.Module, folder: str | os.PathLike) -> None:
     """
     from transformers import Blip2Config
 
-    from lavislike.common.checkpoint import save_weights
     from lavislike.models.convert.lavis_llm import tied_duplicates
 
     if model.qformer.cfg.text_input:
         raise CheckpointError("save_hf: Blip2ForConditionalGeneration has no Q-Former text input")
     tok, image_id = _image_token(model)
-    vision = model.image_encoder.hf_vision_config()
-    if abs(model.ln_vision.eps - vision["layer_norm_eps"]) > 1e-12:
-        logger.warning(
-            "save_hf: ln_vision eps %g differs from the encoder's %g; transformers uses one eps "
-            "for both, so outputs will differ slightly", model.ln_vision.eps, vision["layer_norm_eps"]
-        )
     text_config = model.llm.model.config.to_dict()
     config = Blip2Config(
-        vision_config=vision,
+        vision_config=hf_vision_config(model),
         qformer_config=hf_qformer_config(model, text_input=False),
         text_config=text_config,
         num_query_tokens=model.qformer.cfg.num_query_token,
@@ -150,12 +134,6 @@ def save_hf_llm(model: nn.Module, folder: str | os.PathLike) -> None:
     state = export_hf_state(model, HF_LLM)
     dups = tied_duplicates(model.llm.model, "language_model.")
     state = {k: v for k, v in state.items() if not any(re.fullmatch(d, k) for d in dups)}
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_weights(
-        folder / "model.safetensors",
-        {k: v.float() if v.is_floating_point() else v for k, v in state.items()},
-        metadata={"format": "pt"},
-    )
+    folder = write_hf_weights(folder, state)
     config.save_pretrained(folder)
     tok.save_pretrained(folder)

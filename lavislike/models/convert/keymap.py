@@ -16,9 +16,10 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
+from torch import nn
 
 from lavislike.errors import CheckpointError
 
@@ -130,3 +131,42 @@ def check_unmatched(source: str, unmatched: Sequence[str], allow: Sequence[str])
     bad = [k for k in unmatched if not matches_any(k, allow)]
     if bad:
         raise CheckpointError(f"{source}: keys with no mapping (unexpected): {_names(bad)}")
+
+
+def convert_model_state(
+    rest: Mapping[str, torch.Tensor],
+    table: KeyMap,
+    drop: Sequence[str],
+    source: str,
+    encoder_state: Mapping[str, torch.Tensor],
+    convert_encoder: Callable[[dict], Mapping[str, torch.Tensor]],
+) -> dict[str, torch.Tensor]:
+    """A checkpoint's keys -> our model's: ``rest`` by ``table``, the image encoder's part
+    (``encoder_state``, prefix stripped) by the encoder's own converter.
+
+    Raises:
+        CheckpointError: a key of ``rest`` no row maps and ``drop`` does not cover.
+    """
+    out, unmatched = table.convert(rest)
+    check_unmatched(source, unmatched, drop)
+    if encoder_state:
+        converted = convert_encoder(dict(encoder_state))
+        out.update({f"image_encoder.{k}": v for k, v in converted.items()})
+    return out
+
+
+def export_model_state(
+    model: nn.Module, table: KeyMap, encoder_state: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Our weights renamed by ``table`` read backwards (rows it lacks are left out), the
+    image encoder's replaced by ``encoder_state`` (already in the target layout)."""
+    inverse = table.inverse()
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("image_encoder."):
+            continue
+        new = inverse.rename(key)
+        if new is not None:
+            out[new] = value.detach()
+    out.update(encoder_state)
+    return out

@@ -15,7 +15,13 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from lavislike.models.convert.keymap import KeyMap, check_unmatched, split_prefix
+from lavislike.models.convert.keymap import (
+    KeyMap,
+    check_unmatched,
+    convert_model_state,
+    export_model_state,
+    split_prefix,
+)
 
 
 def qformer_rules(
@@ -120,23 +126,10 @@ def convert_lavis_state(
         CheckpointError: a key no row maps and ``drop`` does not cover.
     """
     encoder_state, rest = split_prefix(state, LAVIS_ENCODER_PREFIX)
-    out, unmatched = table.convert(rest)
-    check_unmatched(source, unmatched, drop)
-    if encoder_state:
-        converted = image_encoder.convert_lavis_state_dict(encoder_state)
-        out.update({f"image_encoder.{k}": v for k, v in converted.items()})
-    return out
+    return convert_model_state(rest, table, drop, source, encoder_state,
+                               image_encoder.convert_lavis_state_dict)
 
 
 def to_lavis_state(model: nn.Module, table: KeyMap = LAVIS_STAGE1) -> dict[str, torch.Tensor]:
     """Our model's weights under LAVIS names (for tools that only read LAVIS files)."""
-    inverse = table.inverse()
-    out = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("image_encoder."):
-            continue
-        new = inverse.rename(key)
-        if new is not None:
-            out[new] = value.detach()
-    out.update(model.image_encoder.to_lavis_state_dict(prefix=LAVIS_ENCODER_PREFIX))
-    return out
+    return export_model_state(model, table, model.image_encoder.to_lavis_state_dict(prefix=LAVIS_ENCODER_PREFIX))

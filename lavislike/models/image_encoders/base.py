@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Mapping
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from torch.utils.checkpoint import checkpoint

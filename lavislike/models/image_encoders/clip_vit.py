@@ -17,12 +17,8 @@ import torch
 from torch import nn
 
 from lavislike.errors import CheckpointError
-from lavislike.models.image_encoders.base import (
-    ImageEncoder,
-    ImageEncoderConfig,
-    resize_pos_embed,
-    strip_prefix,
-)
+from lavislike.models.image_encoders.base import ImageEncoderConfig, strip_prefix
+from lavislike.models.image_encoders.vit import TINY_SIZES, ViTEncoder, ViTPresetConfig
 from lavislike.registry import IMAGE_ENCODERS
 
 __all__ = ["ClipL", "ClipViT", "ClipViTConfig"]
@@ -48,23 +44,16 @@ class ClipViTConfig(ImageEncoderConfig):
 
 
 @dataclass
-class ClipPresetConfig(ImageEncoderConfig):
-    drop_path_rate: float = 0.0
-
-
-@dataclass
-class ClipLConfig(ClipPresetConfig):
+class ClipLConfig(ViTPresetConfig):
     name: str = "clip_L"
     precision: str = "fp16"
 
 
 @dataclass
-class ClipViTTinyConfig(ClipPresetConfig):
+class ClipViTTinyConfig(ViTPresetConfig):
     name: str = "clip_vit_tiny"
     image_size: int = 32
 
-
-_ARCH_KEYS = ("patch_size", "width", "depth", "heads", "mlp_ratio", "layer_norm_eps")
 
 # LAVIS / OpenAI block names -> timm block names
 _LAVIS_BLOCK = {
@@ -87,11 +76,13 @@ _HF_BLOCK = {
 
 
 @IMAGE_ENCODERS.register("clip_vit", config=ClipViTConfig)
-class ClipViT(ImageEncoder):
+class ClipViT(ViTEncoder):
     """CLIP vision tower returning all ``1 + grid^2`` tokens, before any final norm."""
 
     Config: ClassVar[type] = ClipViTConfig
-    ARCH: ClassVar[dict[str, Any]] = {}
+    ARCH_KEYS: ClassVar[tuple[str, ...]] = (
+        "patch_size", "width", "depth", "heads", "mlp_ratio", "layer_norm_eps"
+    )
     # LAVIS's CLIP interpolate_pos_embed resamples with align_corners=True
     POS_EMBED_ALIGN_CORNERS: ClassVar[bool] = True
 
@@ -107,12 +98,9 @@ class ClipViT(ImageEncoder):
         layer_norm_eps: float = 1e-5,
         drop_path_rate: float = 0.0,
     ):
-        super().__init__()
+        super().__init__(image_size, patch_size, width, depth, heads)
         from timm.models.vision_transformer import VisionTransformer
 
-        self.image_size, self.patch_size = image_size, patch_size
-        self.width, self.depth, self.heads = width, depth, heads
-        self.num_features = width
         vit = VisionTransformer(
             img_size=image_size,
             patch_size=patch_size,
@@ -135,34 +123,14 @@ class ClipViT(ImageEncoder):
         self.norm_pre = vit.norm_pre
         self.blocks = vit.blocks
 
-    @classmethod
-    def build(cls, conf: Any) -> "ClipViT":
-        arch = {k: getattr(conf, k) for k in _ARCH_KEYS if hasattr(conf, k)}
-        arch.update(cls.ARCH)
-        return cls(image_size=conf.image_size, drop_path_rate=conf.drop_path_rate, **arch)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return tuple(self.patch_embed.grid_size)  # type: ignore[return-value]
-
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(images)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        return self.run_blocks(self.blocks, self.norm_pre(x))
+        return self.run_blocks(self.blocks, self.norm_pre(self.embed(images)))
 
     # -- checkpoints ------------------------------------------------------------------
     def _finish(self, sd: dict[str, torch.Tensor], fmt: str) -> dict[str, torch.Tensor]:
-        if "pos_embed" in sd and sd["pos_embed"].shape != self.pos_embed.shape:
-            sd["pos_embed"] = resize_pos_embed(
-                sd["pos_embed"], self.grid, 1, self.POS_EMBED_ALIGN_CORNERS
-            )
-        unknown = sorted(set(sd) - set(self.state_dict()))
-        if unknown:
-            raise CheckpointError(f"{fmt} CLIP checkpoint has unknown keys: {unknown[:8]}")
+        sd = self.fit_pos_embed(sd)
+        self.reject_unknown(sd, f"{fmt} CLIP")
         return sd
-
-    def adapt_native_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self._finish(dict(state_dict), "lavislike")
 
     def convert_lavis_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """LAVIS / OpenAI ``clip_vit.py`` keys -> ours.
@@ -170,7 +138,7 @@ class ClipViT(ImageEncoder):
         Allowed to be dropped: blocks past ``depth`` (BLIP-2 removes the last one) and
         CLIP's head (``ln_post``, ``proj``).
         """
-        sd = strip_prefix(state_dict, "visual_encoder.")
+        sd = self.drop_extra_blocks(strip_prefix(state_dict, "visual_encoder."), "transformer.resblocks.")
         out: dict[str, torch.Tensor] = {}
         for key, value in sd.items():
             if key == "conv1.weight":
@@ -185,8 +153,6 @@ class ClipViT(ImageEncoder):
                 continue
             elif key.startswith("transformer.resblocks."):
                 index, rest = key[len("transformer.resblocks."):].split(".", 1)
-                if int(index) >= self.depth:
-                    continue
                 out[f"blocks.{index}.{_rename(rest, _LAVIS_BLOCK)}"] = value
             else:
                 out[key] = value  # reported as unknown below
@@ -214,7 +180,7 @@ class ClipViT(ImageEncoder):
 
         BLIP-2's transformers port has no CLIP tower, so there is no reverse export.
         """
-        sd = strip_prefix(state_dict, "vision_model.")
+        sd = self.drop_extra_blocks(strip_prefix(state_dict, "vision_model."), "encoder.layers.")
         out: dict[str, torch.Tensor] = {}
         qkv: dict[str, dict[str, torch.Tensor]] = {}
         for key, value in sd.items():
@@ -230,8 +196,6 @@ class ClipViT(ImageEncoder):
                 out["norm_pre." + key[len("pre_layrnorm."):]] = value
             elif key.startswith("encoder.layers."):
                 index, rest = key[len("encoder.layers."):].split(".", 1)
-                if int(index) >= self.depth:
-                    continue
                 if rest.startswith("self_attn.") and rest.split(".")[1] in ("q_proj", "k_proj", "v_proj"):
                     _, proj, leaf = rest.split(".")
                     qkv.setdefault(f"blocks.{index}.attn.qkv.{leaf}", {})[proj] = value
@@ -280,11 +244,4 @@ class ClipViTTiny(ClipViT):
     """A CPU-sized CLIP ViT: 32 px, patch 8, width 32, 2 blocks."""
 
     Config: ClassVar[type] = ClipViTTinyConfig
-    ARCH: ClassVar[dict[str, Any]] = {
-        "patch_size": 8,
-        "width": 32,
-        "depth": 2,
-        "heads": 4,
-        "mlp_ratio": 4.0,
-        "layer_norm_eps": 1e-5,
-    }
+    ARCH: ClassVar[dict[str, Any]] = {**TINY_SIZES, "layer_norm_eps": 1e-5}

@@ -17,12 +17,8 @@ import torch
 from torch import nn
 
 from lavislike.errors import CheckpointError
-from lavislike.models.image_encoders.base import (
-    ImageEncoder,
-    ImageEncoderConfig,
-    resize_pos_embed,
-    strip_prefix,
-)
+from lavislike.models.image_encoders.base import ImageEncoderConfig, strip_prefix
+from lavislike.models.image_encoders.vit import TINY_SIZES, ViTEncoder, ViTPresetConfig
 from lavislike.registry import IMAGE_ENCODERS
 
 __all__ = ["EvaClipG", "EvaViT", "EvaViTConfig", "EvaViTTiny"]
@@ -56,32 +52,33 @@ class EvaViTConfig(ImageEncoderConfig):
 
 
 @dataclass
-class EvaPresetConfig(ImageEncoderConfig):
-    """A fixed architecture: only the run-time options are left to choose."""
-
-    drop_path_rate: float = 0.0
-
-
-@dataclass
-class EvaClipGConfig(EvaPresetConfig):
+class EvaClipGConfig(ViTPresetConfig):
     name: str = "eva_clip_g"
     precision: str = "fp16"
 
 
 @dataclass
-class EvaViTTinyConfig(EvaPresetConfig):
+class EvaViTTinyConfig(ViTPresetConfig):
     name: str = "eva_vit_tiny"
     image_size: int = 32
 
 
-_ARCH_KEYS = (
-    "patch_size", "width", "depth", "heads", "mlp_ratio", "mlp_dim", "layer_norm_eps", "qkv_bias"
+# our ``eva_vit`` keys <-> ``Blip2VisionConfig`` attributes
+HF_VISION_KEYS: tuple[tuple[str, str], ...] = (
+    ("image_size", "image_size"),
+    ("patch_size", "patch_size"),
+    ("width", "hidden_size"),
+    ("depth", "num_hidden_layers"),
+    ("heads", "num_attention_heads"),
+    ("mlp_dim", "intermediate_size"),
+    ("layer_norm_eps", "layer_norm_eps"),
+    ("qkv_bias", "qkv_bias"),
 )
 
 
 # -- the module ---------------------------------------------------------------------
 @IMAGE_ENCODERS.register("eva_vit", config=EvaViTConfig)
-class EvaViT(ImageEncoder):
+class EvaViT(ViTEncoder):
     """EVA / BLIP-2 ViT returning all ``1 + (image_size / patch_size)^2`` tokens.
 
     Example:
@@ -92,7 +89,9 @@ class EvaViT(ImageEncoder):
     """
 
     Config: ClassVar[type] = EvaViTConfig
-    ARCH: ClassVar[dict[str, Any]] = {}  # presets fix these options
+    ARCH_KEYS: ClassVar[tuple[str, ...]] = (
+        "patch_size", "width", "depth", "heads", "mlp_ratio", "mlp_dim", "layer_norm_eps", "qkv_bias"
+    )
     # LAVIS's EVA interpolate_pos_embed resamples with align_corners=False
     POS_EMBED_ALIGN_CORNERS: ClassVar[bool] = False
 
@@ -110,14 +109,11 @@ class EvaViT(ImageEncoder):
         qkv_bias: bool = True,
         drop_path_rate: float = 0.0,
     ):
-        super().__init__()
+        super().__init__(image_size, patch_size, width, depth, heads)
         from timm.models.eva import Eva
 
         mlp_dim = mlp_dim or int(width * mlp_ratio)
-        self.image_size, self.patch_size = image_size, patch_size
-        self.width, self.depth, self.heads = width, depth, heads
         self.mlp_dim, self.layer_norm_eps, self.qkv_bias = mlp_dim, layer_norm_eps, qkv_bias
-        self.num_features = width
         eva = Eva(
             img_size=image_size,
             patch_size=patch_size,
@@ -141,11 +137,19 @@ class EvaViT(ImageEncoder):
         self.pos_embed = eva.pos_embed
         self.blocks = eva.blocks
 
-    @classmethod
-    def build(cls, conf: Any) -> "EvaViT":
-        arch = {k: getattr(conf, k) for k in _ARCH_KEYS if hasattr(conf, k)}
-        arch.update(cls.ARCH)
-        return cls(image_size=conf.image_size, drop_path_rate=conf.drop_path_rate, **arch)
+    @staticmethod
+    def arch_from_hf(vision_config: Any) -> dict[str, Any]:
+        """The ``eva_vit`` size keys a transformers ``Blip2VisionConfig`` describes.
+
+        Raises:
+            CheckpointError: an activation other than exact GELU.
+        """
+        if getattr(vision_config, "hidden_act", "gelu") != "gelu":
+            raise CheckpointError(
+                f"Blip2VisionConfig.hidden_act '{vision_config.hidden_act}' is not supported; "
+                "EVA ViT uses exact 'gelu'"
+            )
+        return {ours: getattr(vision_config, theirs) for ours, theirs in HF_VISION_KEYS}
 
     @classmethod
     def from_hf_config(cls, vision_config: Any, **options: Any) -> "EvaViT":
@@ -155,70 +159,23 @@ class EvaViT(ImageEncoder):
             vision_config: a ``Blip2VisionConfig`` (or anything with its attributes).
             **options: run-time options (``precision``, ``freeze``, ...).
         """
-        if getattr(vision_config, "hidden_act", "gelu") != "gelu":
-            raise CheckpointError(
-                f"Blip2VisionConfig.hidden_act '{vision_config.hidden_act}' is not supported; "
-                "EVA ViT uses exact 'gelu'"
-            )
-        return EvaViT.from_config(
-            {
-                "image_size": vision_config.image_size,
-                "patch_size": vision_config.patch_size,
-                "width": vision_config.hidden_size,
-                "depth": vision_config.num_hidden_layers,
-                "heads": vision_config.num_attention_heads,
-                "mlp_dim": vision_config.intermediate_size,
-                "layer_norm_eps": vision_config.layer_norm_eps,
-                "qkv_bias": vision_config.qkv_bias,
-                **options,
-            }
-        )
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return tuple(self.patch_embed.grid_size)  # type: ignore[return-value]
+        return EvaViT.from_config({**EvaViT.arch_from_hf(vision_config), **options})
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(images)  # (B, N, C)
-        cls = self.cls_token.expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1) + self.pos_embed
-        return self.run_blocks(self.blocks, x)
+        return self.run_blocks(self.blocks, self.embed(images))
 
     # -- checkpoints ------------------------------------------------------------------
-    def _fit_pos_embed(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if "pos_embed" in sd and sd["pos_embed"].shape != self.pos_embed.shape:
-            sd["pos_embed"] = resize_pos_embed(
-                sd["pos_embed"], self.grid, 1, self.POS_EMBED_ALIGN_CORNERS
-            )
-        return sd
-
-    def adapt_native_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self._fit_pos_embed(dict(state_dict))
-
-    def _drop_extra_blocks(self, sd: dict[str, torch.Tensor], root: str) -> dict[str, torch.Tensor]:
-        """Drop blocks past ``depth``: checkpoints keep the layer BLIP-2 removes."""
-        out = {}
-        for key, value in sd.items():
-            if key.startswith(root):
-                index = int(key[len(root):].split(".", 1)[0])
-                if index >= self.depth:
-                    continue
-            out[key] = value
-        return out
-
     def convert_lavis_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """LAVIS ``eva_vit.py`` keys -> ours (the same names; extras dropped, pos resized).
 
         Blocks past ``depth`` and EVA-CLIP's classification leftovers (``norm``,
         ``fc_norm``, ``head``) are the only keys allowed to be dropped.
         """
-        sd = self._drop_extra_blocks(strip_prefix(state_dict, "visual_encoder."), "blocks.")
+        sd = self.drop_extra_blocks(strip_prefix(state_dict, "visual_encoder."), "blocks.")
         extras = ("norm.", "fc_norm.", "head.")
         sd = {k: v for k, v in sd.items() if not k.startswith(extras)}
-        unknown = sorted(set(sd) - set(self.state_dict()))
-        if unknown:
-            raise CheckpointError(f"LAVIS EVA ViT checkpoint has unknown keys: {unknown[:8]}")
-        return self._fit_pos_embed(sd)
+        self.reject_unknown(sd, "LAVIS EVA ViT")
+        return self.fit_pos_embed(sd)
 
     def to_lavis_state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
         return {prefix + k: v for k, v in self.state_dict().items()}
@@ -231,7 +188,7 @@ class EvaViT(ImageEncoder):
         constant, which softmax cancels.
         """
         sd = strip_prefix(state_dict, "vision_model.")
-        sd = self._drop_extra_blocks(sd, "encoder.layers.")
+        sd = self.drop_extra_blocks(sd, "encoder.layers.")
         out: dict[str, torch.Tensor] = {}
         emb = {
             "embeddings.class_embedding": "cls_token",
@@ -269,7 +226,7 @@ class EvaViT(ImageEncoder):
                 unknown.append(key)
         if unknown:
             raise CheckpointError(f"Blip2VisionModel checkpoint has unknown keys: {unknown[:8]}")
-        return self._fit_pos_embed(out)
+        return self.fit_pos_embed(out)
 
     def to_hf_state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
         """Our weights as ``Blip2VisionModel`` keys (no ``post_layernorm``)."""
@@ -298,17 +255,7 @@ class EvaViT(ImageEncoder):
 
     def hf_vision_config(self) -> dict[str, Any]:
         """``Blip2VisionConfig`` kwargs for this encoder."""
-        return {
-            "hidden_size": self.width,
-            "intermediate_size": self.mlp_dim,
-            "num_hidden_layers": self.depth,
-            "num_attention_heads": self.heads,
-            "image_size": self.image_size,
-            "patch_size": self.patch_size,
-            "hidden_act": "gelu",
-            "layer_norm_eps": self.layer_norm_eps,
-            "qkv_bias": self.qkv_bias,
-        }
+        return {**{theirs: getattr(self, ours) for ours, theirs in HF_VISION_KEYS}, "hidden_act": "gelu"}
 
 
 # -- presets ------------------------------------------------------------------------
@@ -337,12 +284,4 @@ class EvaViTTiny(EvaViT):
     """A CPU-sized EVA ViT for tests and demos: 32 px, patch 8, width 32, 2 blocks."""
 
     Config: ClassVar[type] = EvaViTTinyConfig
-    ARCH: ClassVar[dict[str, Any]] = {
-        "patch_size": 8,
-        "width": 32,
-        "depth": 2,
-        "heads": 4,
-        "mlp_ratio": 4.0,
-        "layer_norm_eps": 1e-6,
-        "qkv_bias": True,
-    }
+    ARCH: ClassVar[dict[str, Any]] = {**TINY_SIZES, "layer_norm_eps": 1e-6, "qkv_bias": True}

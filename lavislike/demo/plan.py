@@ -1,0 +1,93 @@
+"""What the demo runs: the ``projects/blip2_tiny`` configs, their overrides, and two sizes.
+
+The full size is the README demo (minutes on 2 CPU cores); the quick size shrinks every
+config the same way (corpus, Q-Former, epochs) for the smoke test (seconds). Either way
+the configs go through the ordinary loader, so the demo trains and evaluates exactly
+what ``lavislike train --cfg-path projects/blip2_tiny/...`` would.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from omegaconf import DictConfig
+
+PROJECT_DIR = Path(__file__).resolve().parents[2] / "projects" / "blip2_tiny"
+
+STAGE1 = "train/pretrain_stage1.yaml"
+STAGE2 = "train/pretrain_stage2.yaml"
+RETRIEVAL = "eval/ret_synthetic_eval.yaml"
+CAPTION = "eval/caption_synthetic_eval.yaml"
+VQA = "eval/vqa_synthetic_zeroshot_eval.yaml"
+
+
+@dataclass(frozen=True)
+class PrepSizes:
+    """How long the frozen unimodal models are pre-trained, and the tiny OPT's sizes."""
+
+    llm_steps: int = 400
+    llm_batch: int = 32
+    llm_hidden: int = 128
+    llm_layers: int = 2
+    llm_heads: int = 4
+    llm_lr: float = 3e-3
+    vision_steps: int = 300
+    vision_batch: int = 48
+    vision_lr: float = 2e-3
+
+
+QUICK_PREP = PrepSizes(llm_steps=10, llm_batch=8, llm_hidden=32, llm_layers=1, vision_steps=3, vision_batch=8)
+QUICK_CORPUS = {"n_train": 16, "n_val": 4, "n_test": 6}
+QUICK_COMMON = ["model.qformer.num_hidden_layers=1", "model.qformer.num_query_token=4", "model.max_txt_len=24",
+                "run.batch_size_eval=8", "run.progress_bar=false"]
+QUICK_RUN = {
+    STAGE1: ["run.max_epoch=1", "run.batch_size_train=8", "run.warmup_steps=1", "run.k_test=4"],
+    STAGE2: ["run.max_epoch=1", "run.batch_size_train=8", "run.warmup_steps=1", "run.num_beams=1",
+             "run.max_len=8"],
+    RETRIEVAL: ["run.k_test=4"],
+    CAPTION: ["run.num_beams=1", "run.max_len=8", "run.min_len=1"],
+    VQA: ["run.num_beams=1", "run.max_len=3"],
+}
+
+
+@dataclass
+class DemoPlan:
+    """The configs of one demo run.
+
+    Attributes:
+        project: the folder holding ``train/`` and ``eval/`` (``projects/blip2_tiny``).
+        quick: the smoke-test size.
+        extra: ``a.b=c`` overrides applied to every config (after the size's own).
+    """
+
+    project: Path = PROJECT_DIR
+    quick: bool = False
+    extra: Sequence[str] = field(default_factory=tuple)
+
+    @property
+    def prep(self) -> PrepSizes:
+        return QUICK_PREP if self.quick else PrepSizes()
+
+    def path(self, rel: str) -> Path:
+        return Path(self.project) / rel
+
+    def dataset_names(self, rel: str) -> list[str]:
+        from lavislike.config import read_yaml
+
+        raw = read_yaml(self.path(rel))
+        return [str(k) for k in (raw.get("datasets") or {})]
+
+    def overrides(self, rel: str) -> list[str]:
+        out: list[str] = []
+        if self.quick:
+            out += QUICK_COMMON + QUICK_RUN.get(rel, [])
+            for name in self.dataset_names(rel):
+                out += [f"datasets.{name}.{k}={v}" for k, v in QUICK_CORPUS.items()]
+        return out + list(self.extra)
+
+    def config(self, rel: str, more: Sequence[str] = ()) -> DictConfig:
+        """The loaded config of ``rel`` with this plan's overrides and ``more``."""
+        from lavislike.config import load_config
+
+        return load_config(self.path(rel), self.overrides(rel) + list(more))

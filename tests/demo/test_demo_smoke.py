@@ -1,0 +1,145 @@
+"""The demo pipeline end to end at the smoke size, and the pieces its table relies on.
+
+The module fixture runs ``run_demo`` on the quick plan (tiny corpus, 1-layer Q-Former, a
+few steps) in a temporary cache / output folder; the numbers are meaningless at this size,
+so the tests check the plumbing against independent readings of the files it wrote.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from lavislike.demo.baselines import BlankImage, majority_vqa_accuracy, retrieval_chance
+from lavislike.demo.plan import STAGE1, STAGE2, DemoPlan
+from lavislike.demo.report import Row
+from lavislike.errors import LavislikeError
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from lavislike.demo.end_to_end import run_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LAVISLIKE_CACHE", str(root / "cache"))
+    mp.setenv("LAVISLIKE_OUTPUT", str(root / "out"))
+    try:
+        yield root, run_demo(DemoPlan(quick=True), check=False)
+    finally:
+        mp.undo()
+
+
+def test_quick_demo_writes_table_curves_and_examples(demo):
+    root, summary = demo
+    rows = summary["rows"]
+    assert [r.metric for r in rows][:6] == [f"{d} R@{k}" for d in ("image->text", "text->image") for k in (1, 5, 10)]
+    assert {r.group for r in rows} == {"retrieval", "captioning", "VQA"}
+    assert all(math.isfinite(r.value) for r in rows)
+    for stage in ("pretrain_stage1", "pretrain_stage2"):
+        run = root / "out" / "blip2_tiny" / stage
+        assert (run / "model_best.safetensors").is_file() and (run / "curves.png").is_file()
+        assert Image.open(run / "curves.png").size[0] > 100
+    paths = summary["paths"]
+    page = open(paths["examples (HTML)"]).read()
+    n_test = len(json.loads((root / "cache/demo/synthetic/annotations/caption_test.json").read_text()))
+    assert page.count("<img ") == min(8, n_test)
+    assert Image.open(paths["examples (PNG)"]).size[1] > 160
+    assert "clearly above?" in open(paths["table"]).read()
+
+
+def test_retrieval_row_matches_the_written_metrics(demo):
+    root, summary = demo
+    (path,) = (root / "out/blip2_tiny/ret_synthetic_eval/result").glob("test*_retrieval.json")
+    written = json.loads(path.read_text())
+    rows = {r.metric: r for r in summary["rows"]}
+    assert rows["image->text R@1"].value == pytest.approx(written["txt_r1"])
+    assert rows["text->image R@10"].value == pytest.approx(written["img_r10"])
+    n_images = len(json.loads((root / "cache/demo/synthetic/annotations/caption_test.json").read_text()))
+    assert rows["text->image R@1"].baselines["chance / majority"] == pytest.approx(100.0 / n_images)
+
+
+def test_stage2_starts_from_stage1_qformer_and_the_prepared_frozen_parts(demo):
+    from transformers import AutoModelForCausalLM
+
+    from lavislike.models.loading import load_model_from_config
+
+    root, _ = demo
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LAVISLIKE_CACHE", str(root / "cache"))
+    mp.setenv("LAVISLIKE_OUTPUT", str(root / "out"))
+    try:
+        plan = DemoPlan(quick=True)
+        cfg = plan.config(STAGE2)
+        model = load_model_from_config(cfg.model)
+        stage1 = load_file(str(root / "out/blip2_tiny/pretrain_stage1/model_best.safetensors"))
+        own = model.state_dict()
+        shared = [k for k in stage1 if k in own]
+        assert "qformer.query_tokens" in shared and any(k.startswith("qformer.layers.0.cross_attn") for k in shared)
+        for k in shared:
+            torch.testing.assert_close(own[k], stage1[k], msg=k)
+        llm = AutoModelForCausalLM.from_pretrained(str(root / "cache/demo/opt_tiny"))
+        for k, v in llm.state_dict().items():
+            torch.testing.assert_close(own["llm.model." + k], v, msg=k)
+        encoder = load_file(str(root / "cache/demo/vision_encoder.safetensors"))
+        for k, v in encoder.items():
+            torch.testing.assert_close(own["image_encoder." + k], v, msg=k)
+        assert not any(p.requires_grad for p in model.llm.parameters())
+        assert not any(p.requires_grad for p in model.image_encoder.parameters())
+    finally:
+        mp.undo()
+
+
+def test_llm_text_comes_from_the_train_split_only(demo):
+    from lavislike.demo.text_corpus import llm_documents
+    from lavislike.processors.text import pre_caption
+
+    root, _ = demo
+    ann = root / "cache/demo/synthetic/annotations"
+    docs = "".join(llm_documents(ann))
+    train = {pre_caption(r["caption"]) for r in json.loads((ann / "caption_train.json").read_text())}
+    assert all(c in docs for c in train)
+    for split in ("val", "test"):
+        for row in json.loads((ann / f"caption_{split}.json").read_text()):
+            for cap in row["caption"]:
+                assert pre_caption(cap) not in docs
+
+
+def test_missing_prerequisite_is_one_clear_error(tmp_path, monkeypatch):
+    from lavislike.demo import pipeline
+
+    monkeypatch.setenv("LAVISLIKE_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("LAVISLIKE_OUTPUT", str(tmp_path / "out"))
+    with pytest.raises(LavislikeError, match="vision_encoder.safetensors"):
+        pipeline.train(DemoPlan(quick=True), STAGE1)
+
+
+def test_majority_baseline_by_hand(tmp_path):
+    rows = [
+        {"question_type": "color", "answer": ["red"] * 10},
+        {"question_type": "color", "answer": ["red"] * 10},
+        {"question_type": "color", "answer": ["blue"] * 10},
+        {"question_type": "count", "answer": ["2"] * 10},
+    ]
+    test = [
+        {"question_type": "color", "answer": ["red"] * 10},   # majority red: 1
+        {"question_type": "color", "answer": ["blue"] * 10},  # 0
+        {"question_type": "count", "answer": ["2"] * 10},     # 1
+        {"question_type": "count", "answer": ["3"] * 10},     # 0
+    ]
+    (tmp_path / "vqa_train.json").write_text(json.dumps(rows))
+    (tmp_path / "vqa_test.json").write_text(json.dumps(test))
+    assert majority_vqa_accuracy(tmp_path) == pytest.approx(50.0)
+
+
+def test_blank_images_chance_and_verdict():
+    blank = BlankImage(16)(Image.new("RGB", (40, 40), "red"))
+    assert blank.shape == (3, 16, 16) and not blank.any()
+    assert retrieval_chance(5, 100) == 5.0 and retrieval_chance(10, 8) == 100.0
+    assert Row("t", "m", 30.0, {"a": 20.0, "b": None}).clearly_above()
+    assert not Row("t", "m", 24.0, {"a": 20.0, "b": None}).clearly_above()   # +4 < 5 points
+    assert not Row("t", "m", 110.0, {"a": 100.0, "b": 1.0}).clearly_above()  # +10 < 20 % of 100
