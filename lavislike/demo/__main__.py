@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("overrides", nargs="*", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    command = [c for c in args.command if "=" not in c]
+    command = [c for c in args.command if "=" not in c] or ["all"]
     overrides = [c for c in args.command if "=" in c]
 
     import torch
