@@ -26,7 +26,7 @@ VQA = "eval/vqa_synthetic_zeroshot_eval.yaml"
 class PrepSizes:
     """How long the frozen unimodal models are pre-trained, and the tiny OPT's sizes."""
 
-    llm_steps: int = 400
+    llm_steps: int = 800
     llm_batch: int = 32
     llm_hidden: int = 128
     llm_layers: int = 2

@@ -5,6 +5,8 @@ and zero-shot VQA will later show text to the LLM (the same caption / question c
 as the text processors, ``"\\n"`` ending every statement, ``</s>`` starting each one):
 
 * ``{caption}\\n`` - a caption alone;
+* ``{caption}\\n</s>{caption}\\n`` - the caption repeated (the easiest lesson in copying
+  from the context, which the tiny LLM barely learns otherwise);
 * ``{caption}\\n</s>{other caption}\\n`` - a second description of the same scene;
 * ``{caption}\\n</s>Question: {q} Answer: {a}\\n`` - a question answered from the
   description before it.
@@ -53,6 +55,9 @@ def llm_documents(annotations_dir: str | Path, seed: int = 0) -> list[str]:
         caps = scene["captions"]
         for cap in caps:
             docs.append(f"{cap}{EOT}")
+        # a caption repeated after the separator: the cheapest lesson in reading the context,
+        # which stage 2 relies on when the soft visual prompt takes the first caption's place
+        docs.append(f"{caps[0]}{EOT}{BOS}{caps[0]}{EOT}")
         if len(caps) > 1:
             docs.append(f"{caps[0]}{EOT}{BOS}{caps[1]}{EOT}")
             docs.append(f"{caps[1]}{EOT}{BOS}{caps[0]}{EOT}")
