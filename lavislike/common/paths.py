@@ -1,6 +1,32 @@
-"""Where lavislike keeps downloads and caches; no machine-specific paths anywhere."""
+"""Where lavislike keeps downloads and caches; what to say when a configured path is missing.
+
+No machine-specific paths anywhere. A config names files another command creates (a
+prepared model in the cache, the weights of an earlier training run); when one is missing,
+:func:`require_local` raises one line naming the config key and the path, and the command
+that creates it when some tool has registered a hint for that path
+(:func:`register_missing_hint`).
+"""
+from __future__ import annotations
+
+import importlib
 import os
 from pathlib import Path
+from typing import Callable, Optional
+
+from lavislike.errors import ConfigError, LavislikeError
+
+MissingHint = Callable[[Path], Optional[str]]
+"""Takes a missing path (absolute, resolved); returns the command that creates it, or None."""
+
+# lavislike's own tools that create files configs point at; importing each registers its
+# hints (third-party packages register theirs from their ``lavislike.plugins`` module)
+HINT_MODULES: tuple[str, ...] = ("lavislike.demo.hints",)
+
+# file suffixes that make a relative "org/name" spec a file, not a Hugging Face hub id
+_FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".json", ".yaml")
+
+_hints: list[MissingHint] = []
+_hint_modules_loaded = False
 
 
 def cache_dir() -> Path:
@@ -12,3 +38,70 @@ def cache_path(*parts: str) -> Path:
     """A path under the cache dir; absolute ``parts`` are returned unchanged."""
     path = Path(*parts).expanduser() if parts else Path()
     return path if path.is_absolute() else cache_dir() / path
+
+
+def register_missing_hint(hint: MissingHint) -> MissingHint:
+    """Add ``hint`` to what missing-path errors consult (usable as a decorator).
+
+    Example:
+        >>> @register_missing_hint
+        ... def my_hint(path):
+        ...     return "python -m mypkg prepare" if "mypkg" in path.parts else None
+    """
+    if hint not in _hints:
+        _hints.append(hint)
+    return hint
+
+
+def missing_hint(path: str | os.PathLike) -> Optional[str]:
+    """The command that creates ``path``, from the first registered hint that knows it."""
+    global _hint_modules_loaded
+    if not _hint_modules_loaded:
+        _hint_modules_loaded = True
+        for module in HINT_MODULES:
+            try:
+                importlib.import_module(module)
+            except ImportError:  # a missing provider must not hide the error being reported
+                continue
+    resolved = Path(path).expanduser().resolve()
+    for hint in _hints:
+        text = hint(resolved)
+        if text:
+            return text
+    return None
+
+
+def is_local_path(spec: str | os.PathLike) -> bool:
+    """True when ``spec`` names a local file or folder, not a URL, a hub id or a ``pkg:`` spec.
+
+    Hugging Face hub ids are ``name`` or ``org/name``; anything absolute, starting with
+    ``.`` or ``~``, with two or more ``/``, or ending in a file suffix is local.
+    """
+    text = str(spec)
+    if text.startswith(("http://", "https://", "pkg:", "hf-hub:")):
+        return False
+    if text.startswith((".", "~")) or os.path.isabs(text) or text.count("/") >= 2:
+        return True
+    return text.endswith(_FILE_SUFFIXES) or Path(text).exists()
+
+
+def missing_path_message(key: str, path: str | os.PathLike) -> str:
+    """``"<key>: <path> not found[; create it with: <command>]"`` (one line)."""
+    message = f"{key}: {path} not found"
+    hint = missing_hint(path)
+    return f"{message}; create it with: {hint}" if hint else message
+
+
+def require_local(
+    spec: Optional[str | os.PathLike], key: str, error: type[LavislikeError] = ConfigError
+) -> None:
+    """Raise ``error`` (see :func:`missing_path_message`) when ``spec`` is a local path that
+    does not exist; URLs, hub ids and empty values pass.
+
+    Args:
+        spec: the configured value.
+        key: the config key it came from (``model.llm.path``), named in the message.
+        error: the :class:`~lavislike.errors.LavislikeError` subclass to raise.
+    """
+    if spec and is_local_path(spec) and not Path(spec).expanduser().exists():
+        raise error(missing_path_message(key, spec))

@@ -4,6 +4,7 @@ Commands:
     all (default)   prepare, stage 1, stage 2, zero-shot evaluation, table and examples
     prepare         only the corpus, the tiny OPT and the image encoder
     prepare stage1  ... and stage 1 (what projects/blip2_tiny/train/pretrain_stage2.yaml needs)
+    prepare t5      ... and a tiny T5 (projects/blip2_tiny/train/pretrain_stage2_t5.yaml; not in "all")
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def _print_summary(summary: dict) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lavislike.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="*", default=["all"], help="all | prepare [stage1]")
+    parser.add_argument("command", nargs="*", default=["all"], help="all | prepare [stage1] [t5]")
     parser.add_argument("--quick", action="store_true", help="the smoke-test size (seconds, numbers meaningless)")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="do not fail when a number is not clearly above its baseline")
@@ -61,18 +62,22 @@ def main(argv=None) -> int:
     try:
         if command[:1] == ["prepare"]:
             from lavislike.demo import pipeline
-            from lavislike.demo.prepare import prepare
+            from lavislike.demo.prepare import ensure_t5, prepare
 
+            extra = command[1:]
+            unknown = [c for c in extra if c not in ("stage1", "t5")]
+            if unknown:
+                parser.error(f"unknown: prepare {' '.join(unknown)} (valid: prepare, prepare stage1, prepare t5)")
             prep = prepare(plan)
             for k in ("corpus", "qformer_init", "llm", "image_encoder"):
                 print(f"{k}: {prep[k]}")
-            if command[1:] == ["stage1"]:
+            if "stage1" in extra:
                 print(f"stage 1: {pipeline.train(plan, STAGE1)['best']}")
-            elif command[1:]:
-                parser.error(f"unknown: prepare {' '.join(command[1:])} (valid: prepare, prepare stage1)")
+            if "t5" in extra:
+                print(f"tiny T5: {ensure_t5(plan, prep['corpus'])[0]}")
             return 0
         if command != ["all"]:
-            parser.error(f"unknown command {' '.join(command)} (valid: all, prepare, prepare stage1)")
+            parser.error(f"unknown command {' '.join(command)} (valid: all, prepare, prepare stage1, prepare t5)")
         from lavislike.demo.end_to_end import run_demo
 
         summary = run_demo(plan, check=args.check)

@@ -138,6 +138,29 @@ def ensure_image_encoder(plan: DemoPlan) -> tuple[Path, dict, float]:
     return out, acc, time.perf_counter() - t0
 
 
+def ensure_t5(plan: DemoPlan, corpus: Path) -> tuple[Path, float]:
+    """Pre-train the tiny T5 on the corpus's TRAIN text into the T5 stage 2's ``llm.path``."""
+    from lavislike.datasets.synthetic import read_manifest
+    from lavislike.demo.text_t5 import QUICK_T5, STAGE2_T5, T5Sizes, pretrain_tiny_t5, t5_pairs
+
+    path = plan.config(STAGE2_T5).model.llm.path
+    if not path:
+        raise ConfigError(f"{plan.path(STAGE2_T5)}: model.llm.path is empty; the demo writes its tiny T5 there")
+    out = Path(str(path))
+    sizes = QUICK_T5 if plan.quick else T5Sizes()
+    want = {"corpus": read_manifest(corpus)["params"], **asdict(sizes)}
+    if _stamp_ok(out / STAMP, want) and (out / "config.json").is_file():
+        logger.info("tiny T5: %s is up to date", out)
+        return out, 0.0
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = t5_pairs(corpus / "annotations")
+    logger.info("tiny T5: pre-training on %d text pairs of the train split (no images)", len(pairs))
+    pretrain_tiny_t5(pairs, out, sizes)
+    _write_stamp(out / STAMP, want)
+    return out, time.perf_counter() - t0
+
+
 def prepare(plan: DemoPlan) -> dict:
     """Corpus, tiny OPT and image encoder; returns their paths, timings and encoder accuracy."""
     t0 = time.perf_counter()

@@ -19,6 +19,9 @@ Stable API for subclasses and callers:
 * ``query_outputs(image_embeds, input_ids=None, text_mask=None) -> (B, Q, H)``;
 * ``tokenizer`` (property, settable), ``tokenize(texts, max_length=None) -> (ids, mask)``;
 * ``trainable_state_dict()``, ``device``, ``dtype``, ``train(mode)``;
+* ``save_pretrained(folder, trainable_only=False)`` - our checkpoint format, read back by
+  ``load_model(name, checkpoint=folder)``; ``external_weight_prefixes()`` names the frozen
+  parts it leaves to their own source;
 * ``init_missing_(names)`` - subclasses extend it for their own parameters that a
   checkpoint may legitimately lack (used by :mod:`lavislike.models.loading`).
 """
@@ -26,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterator, Optional, Sequence
 
@@ -34,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lavislike.common.dist import get_world_size
+from lavislike.common.paths import require_local
 from lavislike.config.schema import ModelConfig
 from lavislike.errors import CheckpointError, ConfigError
 from lavislike.models.freezing import (
@@ -119,6 +125,7 @@ def load_tokenizer(spec: str, vocab_size: Optional[int] = None):
     from transformers import AutoTokenizer
 
     path = resolve_tokenizer_path(spec)
+    require_local(path, "model.tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(path, truncation_side="right")
     except (OSError, ValueError) as exc:
@@ -153,7 +160,9 @@ class Blip2Base(nn.Module):
         self.qformer = QFormer(qcfg, qcfg.encoder_width or width)
         if qcfg.init_from and not _building_on_meta(self.qformer):
             # ``pkg:<module>/<dir>`` names a BERT folder shipped inside a Python package
-            self.qformer.load_bert(resolve_tokenizer_path(qcfg.init_from))
+            folder = resolve_tokenizer_path(qcfg.init_from)
+            require_local(folder, "model.qformer.init_from")
+            self.qformer.load_bert(folder)
         self._tokenizer = None
 
     # -- parts ------------------------------------------------------------------------
@@ -232,6 +241,36 @@ class Blip2Base(nn.Module):
             out[name] = buf
         return out
 
+    def external_weight_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of frozen parts whose weights the config reads from their own
+        source; :meth:`save_pretrained` leaves them out and loading accepts files without them.
+
+        None here: the image encoder is always saved (its ``pretrained`` may be a download,
+        or empty for a random encoder). Stage-2 models add a frozen LLM read from ``llm.path``.
+        """
+        return ()
+
+    def save_pretrained(self, folder: str | os.PathLike, trainable_only: bool = False) -> None:
+        """Write our format: ``model.safetensors`` + the resolved ``config.yaml``.
+
+        ``load_model(<arch>, checkpoint=folder)`` rebuilds the same model: the weights
+        saved here plus the frozen parts named by :meth:`external_weight_prefixes`, read
+        again from the sources the saved config names (e.g. ``llm.path``).
+
+        Args:
+            folder: created when missing; its two files are written atomically.
+            trainable_only: only :meth:`trainable_state_dict` (what a runner saves); loading
+                then takes the rest from the config's ``pretrained`` weights and the frozen
+                parts' own sources.
+
+        Example:
+            >>> model.save_pretrained("out/my_blip2")
+            >>> again = load_model("blip2_opt", checkpoint="out/my_blip2")
+        """
+        from lavislike.models.loading import save_pretrained
+
+        save_pretrained(self, folder, trainable_only=trainable_only)
+
     def _non_persistent(self, name: str) -> set[str]:
         module = self.get_submodule(name.rpartition(".")[0]) if "." in name else self
         return set(getattr(module, "_non_persistent_buffers_set", ()))
@@ -286,7 +325,8 @@ class Blip2Base(nn.Module):
     def allowed_missing(self, fmt: str) -> tuple[str, ...]:
         """Regexes of model keys a checkpoint of format ``fmt`` may lack."""
         tied = (r"qformer\.lm_head\.decoder\.weight",) if self.qformer.cfg.tie_lm_head else ()
-        return tied + tuple(self.ALLOW_MISSING.get(fmt, ()))
+        external = tuple(re.escape(p) + ".*" for p in self.external_weight_prefixes()) if fmt == "lavislike" else ()
+        return tied + external + tuple(self.ALLOW_MISSING.get(fmt, ()))
 
 
 def qformer_config(block: Any) -> QFormerConfig:

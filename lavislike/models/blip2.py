@@ -327,12 +327,6 @@ class Blip2Qformer(Blip2Base):
 
         save_hf(self, folder)
 
-    def save_pretrained(self, folder) -> None:
-        """Write our format: ``model.safetensors`` + the resolved ``config.yaml``."""
-        from lavislike.models.loading import save_pretrained
-
-        save_pretrained(self, folder)
-
 
 @MODELS.register("blip2_image_text_matching", config=Blip2Config)
 class Blip2ImageTextMatching(Blip2Qformer):

@@ -147,6 +147,12 @@ class Blip2LLM(Blip2Base):
             allow = allow + QFORMER_TEXT_PARTS  # filled by init_missing_ from qformer_text_from
         return allow + LAVIS_LLM_ALLOW_MISSING if fmt == "lavis" else allow
 
+    def external_weight_prefixes(self) -> tuple[str, ...]:
+        """The frozen LLM when its weights are read from ``llm.path`` (they stay there)."""
+        if self.cfg.llm.get("freeze", True) and self.llm.weights_from_path:
+            return ("llm.",)
+        return ()
+
     def tie_weights(self) -> None:
         super().tie_weights()
         self.llm.model.tie_weights()
@@ -197,8 +203,10 @@ class Blip2LLM(Blip2Base):
 
     def _read_text_parts(self, source: str) -> dict[str, torch.Tensor]:
         """The Q-Former text parts of a LAVIS ``.pth`` or lavislike checkpoint, in our keys."""
+        from lavislike.common.paths import require_local
         from lavislike.models.loading import checkpoint_format, read_state
 
+        require_local(source, "model.qformer_text_from", CheckpointError)
         fmt = checkpoint_format(source)
         if fmt == "lavis":
             from lavislike.models.image_encoders.weights import load_weights

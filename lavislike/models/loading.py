@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lavislike.common.paths import require_local
 from lavislike.config import model_config, preprocess_config
 from lavislike.errors import CheckpointError
 from lavislike.models.base import params_on_meta
@@ -159,7 +160,8 @@ def load_model(
 
     Args:
         name: MODELS name (``blip2``, ``blip2_opt``, ...).
-        model_type: one of the model's types (default: the model's default type).
+        model_type: one of the model's types (default: the type saved with ``checkpoint``,
+            else the model's default type).
         is_eval: put the model in eval mode.
         device: where the weights go (loaded there directly).
         checkpoint: LAVIS ``.pth`` (path or URL), lavislike folder / ``.safetensors`` or HF
@@ -176,6 +178,9 @@ def load_model(
     saved = saved_config(checkpoint)
     layers = OmegaConf.merge(saved or {}, OmegaConf.create(overrides or {}))
     if saved is not None:
+        if model_type is None and saved.get("model_type") in getattr(MODELS.get(name), "MODEL_TYPES", {}):
+            # the saved model's own type is the layer under its config, not the default type
+            model_type = saved.model_type
         for key in ("arch", "model_type"):
             layers.pop(key, None)
     cfg = model_config(name, model_type, layers)
@@ -203,12 +208,16 @@ def load_model_from_config(
     """
     device = torch.device(device)
     checkpoint = None if checkpoint is None else str(checkpoint)
-    sources = []
+    sources, key = [], "checkpoint"
     if checkpoint is not None:
         sources.append(checkpoint)
     elif cfg.load_pretrained:
-        primary = cfg.finetuned if cfg.get("load_finetuned") and cfg.get("finetuned") else (
-            cfg.pretrained or cfg.hf_hub_id)
+        if cfg.get("load_finetuned") and cfg.get("finetuned"):
+            primary, key = cfg.finetuned, "model.finetuned"
+        elif cfg.pretrained:
+            primary, key = cfg.pretrained, "model.pretrained"
+        else:
+            primary, key = cfg.hf_hub_id, "model.hf_hub_id"
         if primary:
             sources.append(str(primary))
     if device.type == "meta":
@@ -216,11 +225,14 @@ def load_model_from_config(
         if cfg.get("image_encoder") is not None and cfg.image_encoder.get("pretrained"):
             cfg.image_encoder.pretrained = ""
         sources = []
+    if sources:
+        require_local(sources[0], key, CheckpointError)
     model = build_model(cfg, device, meta=bool(sources))
     if sources:
         state, fmt, partial = read_state(model, sources[0])
         base_source = str(cfg.pretrained or cfg.hf_hub_id or "")
         if partial and cfg.load_pretrained and base_source and base_source != sources[0]:
+            require_local(base_source, "model.pretrained" if cfg.pretrained else "model.hf_hub_id", CheckpointError)
             base, _, _ = read_state(model, base_source)
             state = {**base, **state}
         allow = model.allowed_missing(fmt)
@@ -265,6 +277,9 @@ def build_model(cfg: DictConfig, device: torch.device, meta: bool = False) -> nn
 def save_pretrained(model: nn.Module, folder: str | os.PathLike, trainable_only: bool = False) -> None:
     """Write ``model.safetensors`` + ``config.yaml`` (the resolved model config).
 
+    Parameters under ``model.external_weight_prefixes()`` (frozen parts the config reads
+    from their own source) are not written.
+
     Args:
         trainable_only: save ``trainable_state_dict()``; loading then starts from the
             type's pretrained weights.
@@ -275,6 +290,10 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, trainable_only:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = model.trainable_state_dict() if trainable_only else _dedup(model)
+    external = tuple(getattr(model, "external_weight_prefixes", tuple)())
+    if external:
+        # a frozen LLM is re-read from llm.path: saving it would copy billions of weights
+        state = {k: v for k, v in state.items() if not k.startswith(external)}
     save_weights(folder / WEIGHTS_NAME, state, metadata={PARTIAL_KEY: "1" if trainable_only else "0"})
     write_text_atomic(folder / CONFIG_NAME, OmegaConf.to_yaml(OmegaConf.create({"model": model.cfg})))
 

@@ -3,7 +3,6 @@ train (outputs), kill -9 + resume (same weights as an uninterrupted run), evalua
 convert, and a run script under torchrun with two processes (gloo)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -202,28 +201,13 @@ def test_convert_bad_input_is_one_line(cache, tmp_path):
     assert "--arch" in res.stderr
 
 
-def _fake_venv(tmp_path: Path) -> Path:
-    """A LAVISLIKE_VENV that forwards to the running interpreter, so the run script's own
-    set-up step finds everything installed and goes straight to torchrun."""
-    venv = tmp_path / "venv"
-    (venv / "bin").mkdir(parents=True)
-    real_bin = Path(sys.executable).parent
-    py = venv / "bin" / "python"
-    py.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
-    py.chmod(0o755)
-    (venv / "bin" / "activate").write_text(f'export PATH="{real_bin}:$PATH"\n')
-    digest = hashlib.sha256((REPO / "setup.py").read_bytes()).hexdigest()
-    (venv / ".lavislike-install-stamp").write_text(digest + "\n")
-    return venv
-
-
-def test_pretrain_stage1_script_with_two_processes(cache, tmp_path):
+def test_pretrain_stage1_script_with_two_processes(cache, tmp_path, fake_venv):
     """`NPROC=2 bash run_scripts/pretrain_stage1.sh <yaml> a.b=c`: torchrun, gloo on CPU,
     the config argument and the overrides passed through."""
     out = tmp_path / "ddp"
     cfg = stage1_config(tmp_path / "ddp.yaml", out)
     env = dict(env_for(cache), NPROC="2", MASTER_PORT=str(29600 + os.getpid() % 300),
-               LAVISLIKE_VENV=str(_fake_venv(tmp_path)))
+               LAVISLIKE_VENV=str(fake_venv))
     res = subprocess.run(["bash", "run_scripts/pretrain_stage1.sh", str(cfg), "run.max_epoch=2"],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=150)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lavislike.common.paths import require_local
 from lavislike.errors import CheckpointError, ConfigError
 from lavislike.models.freezing import (
     FrozenAwareMixin,
@@ -239,6 +240,7 @@ class ImageEncoder(FrozenAwareMixin, nn.Module, metaclass=abc.ABCMeta):
                     "give pretrained a file, URL or hub repo id"
                 )
             source = self.DEFAULT_PRETRAINED
+        require_local(source, "model.image_encoder.pretrained", CheckpointError)
         state_dict = load_weights(source)
         self.load_converted(self.convert_any_state_dict(state_dict), source)
         return self

@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
+from lavislike.common.paths import require_local
 from lavislike.common.suggest import did_you_mean
 from lavislike.errors import CheckpointError, ConfigError
 
@@ -122,6 +123,7 @@ def build_hf_config(cfg: Any):
             raise ConfigError(f"llm.hf_config: {exc}") from None
     if not cfg.path:
         raise ConfigError("llm.path is not set: give a Hugging Face hub id or a local folder")
+    require_local(cfg.path, "model.llm.path", CheckpointError)
     try:
         return AutoConfig.from_pretrained(str(cfg.path), **overrides)
     except OSError as exc:
@@ -207,6 +209,7 @@ class LLMAdapter(nn.Module, abc.ABC):
             source = self.cfg.tokenizer or self.cfg.path
             if not source:
                 raise ConfigError("llm.tokenizer and llm.path are both unset: nothing to read a tokenizer from")
+            require_local(source, "model.llm.tokenizer" if self.cfg.tokenizer else "model.llm.path", CheckpointError)
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer_path(str(source)))
             except (OSError, ValueError) as exc:
@@ -228,6 +231,11 @@ class LLMAdapter(nn.Module, abc.ABC):
             tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
 
     # -- properties ---------------------------------------------------------------------
+    @property
+    def weights_from_path(self) -> bool:
+        """True when the weights are read from ``path`` (not a random model of a config)."""
+        return bool(self.cfg.load_weights and self.cfg.path and self.cfg.hf_config is None)
+
     @property
     def hidden_size(self) -> int:
         return int(self.model.get_input_embeddings().weight.shape[1])
