@@ -32,6 +32,7 @@ class PrepSizes:
     llm_layers: int = 2
     llm_heads: int = 4
     llm_lr: float = 3e-3
+    llm_pool_context: float = 0.5
     vision_steps: int = 300
     vision_batch: int = 48
     vision_lr: float = 2e-3
@@ -42,7 +43,8 @@ QUICK_CORPUS = {"n_train": 16, "n_val": 4, "n_test": 6}
 QUICK_COMMON = ["model.qformer.num_hidden_layers=1", "model.qformer.num_query_token=4", "model.max_txt_len=24",
                 "run.batch_size_eval=8", "run.progress_bar=false"]
 QUICK_RUN = {
-    STAGE1: ["run.max_epoch=1", "run.batch_size_train=8", "run.warmup_steps=1", "run.k_test=4"],
+    STAGE1: ["run.max_iters=4", "run.iters_per_inner_epoch=2", "run.batch_size_train=8", "run.warmup_steps=1",
+             "run.k_test=4"],
     STAGE2: ["run.max_epoch=1", "run.batch_size_train=8", "run.warmup_steps=1", "run.num_beams=1",
              "run.max_len=8"],
     RETRIEVAL: ["run.k_test=4"],

@@ -97,7 +97,8 @@ def ensure_llm(plan: DemoPlan, corpus: Path) -> tuple[Path, float]:
     out = Path(str(path))
     p = plan.prep
     want = {"corpus": read_manifest(corpus)["params"], "steps": p.llm_steps, "batch": p.llm_batch,
-            "hidden": p.llm_hidden, "layers": p.llm_layers, "heads": p.llm_heads, "lr": p.llm_lr}
+            "hidden": p.llm_hidden, "layers": p.llm_layers, "heads": p.llm_heads, "lr": p.llm_lr,
+            "pool_context": p.llm_pool_context}
     if _stamp_ok(out / STAMP, want) and (out / "config.json").is_file():
         logger.info("tiny OPT: %s is up to date", out)
         return out, 0.0
@@ -106,7 +107,8 @@ def ensure_llm(plan: DemoPlan, corpus: Path) -> tuple[Path, float]:
     docs = llm_documents(corpus / "annotations")
     logger.info("tiny OPT: pre-training on %d text documents of the train split (no images)", len(docs))
     pretrain_tiny_opt(docs, out, steps=p.llm_steps, batch_size=p.llm_batch, hidden=p.llm_hidden,
-                      layers=p.llm_layers, heads=p.llm_heads, lr=p.llm_lr)
+                      layers=p.llm_layers, heads=p.llm_heads, lr=p.llm_lr,
+                      pool_context=p.llm_pool_context)
     _write_stamp(out / STAMP, want)
     return out, time.perf_counter() - t0
 

@@ -1,19 +1,19 @@
 """The demo's frozen LLM: a tiny OPT pre-trained on the corpus's text alone.
 
-It is saved as an ordinary Hugging Face folder (``config.json``, weights, tokenizer
+Its documents (text only) may show their context pooled (see ``pretrain_tiny_opt``). It is
+saved as an ordinary Hugging Face folder (``config.json``, weights, tokenizer
 files), so stage 2 loads it through the same ``causal_lm`` adapter as OPT-2.7B.
 """
 from __future__ import annotations
 
-import logging
-import math
 import random
 from pathlib import Path
 from typing import Sequence
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
-logger = logging.getLogger(__name__)
+from lavislike.demo.fit import fit
 
 
 def train_tokenizer(texts: Sequence[str], out_dir: str | Path, vocab_size: int = 800):
@@ -39,6 +39,43 @@ def train_tokenizer(texts: Sequence[str], out_dir: str | Path, vocab_size: int =
     return fast
 
 
+def _split_documents(tok, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    """``(context ids, rest ids)`` per document: the context is what comes before the first
+    inner ``</s>`` (empty for a document without one); the rest starts with that ``</s>``."""
+    bos = tok.bos_token
+    out = []
+    for text in texts:
+        ctx, sep, rest = text.partition(bos)
+        if not sep:
+            ctx, rest = "", text
+        else:
+            rest = bos + rest
+        out.append((tok(ctx, add_special_tokens=False).input_ids if ctx else [],
+                    tok(rest, add_special_tokens=False).input_ids))
+    return out
+
+
+def _document_inputs(embed: torch.nn.Embedding, bos_id: int, ctx: list[int], rest: list[int],
+                     pool_into: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input embeddings and labels of one document; ``pool_into > 0`` replaces the context by
+    that many mean-pooled runs of consecutive token embeddings (no loss on them)."""
+    ids = torch.tensor([bos_id] + ctx + rest)
+    embeds = embed(ids)
+    labels = ids.clone()
+    labels[0] = -100
+    if pool_into and len(ctx) > 1:
+        k = min(pool_into, len(ctx))
+        run = torch.zeros(len(ctx), dtype=torch.long)
+        run[torch.randperm(len(ctx) - 1)[: k - 1] + 1] = 1
+        run = run.cumsum(0)  # run index of each context token
+        ctx_embeds = embeds[1 : 1 + len(ctx)]
+        pooled = torch.zeros(k, embeds.shape[-1]).index_add(0, run, ctx_embeds)
+        pooled = pooled / torch.bincount(run, minlength=k).unsqueeze(-1)
+        embeds = torch.cat([embeds[:1], pooled, embeds[1 + len(ctx):]])
+        labels = torch.cat([labels[:1], torch.full((k,), -100), labels[1 + len(ctx):]])
+    return embeds, labels
+
+
 def pretrain_tiny_opt(
     texts: Sequence[str],
     out_dir: str | Path,
@@ -50,6 +87,8 @@ def pretrain_tiny_opt(
     heads: int = 4,
     lr: float = 3e-3,
     max_length: int = 128,
+    pool_context: float = 0.0,
+    pool_runs: tuple[int, int] = (4, 10),
     seed: int = 0,
 ) -> Path:
     """Train a tiny ``OPTForCausalLM`` on ``texts`` (each ending in ``"\\n"``) and save it.
@@ -60,6 +99,13 @@ def pretrain_tiny_opt(
         steps / batch_size / lr: the optimisation (AdamW, warm-up then cosine).
         hidden / layers / heads: the OPT sizes.
         max_length: tokens kept per document; the model gets room for a soft prompt too.
+        pool_context: the share of documents whose context (the text before their inner
+            ``</s>``) is shown as a few mean-pooled runs of token embeddings instead of
+            tokens. A 2-layer LLM trained on tokens alone answers only from literal words,
+            so it cannot read the Q-Former's soft prompt when asked a question, although
+            it captions from it; reading blurred contexts teaches it to (the idea of
+            noise-injected text-only training, CapDec). Still text alone: no image.
+        pool_runs: how many pooled vectors such a context becomes (drawn per document).
 
     Returns:
         The folder, loadable with ``AutoModelForCausalLM.from_pretrained``.
@@ -77,25 +123,21 @@ def pretrain_tiny_opt(
         dropout=0.0, attention_dropout=0.0,
     )
     model = OPTForCausalLM(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps))
-    )
-    texts = list(texts)
-    model.train()
-    for step in range(steps):
-        batch = tok(rng.sample(texts, min(batch_size, len(texts))), return_tensors="pt", padding=True,
-                    truncation=True, max_length=max_length)
-        labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if step % 100 == 0 or step == steps - 1:
-            logger.info("tiny OPT step %d/%d loss %.3f", step + 1, steps, loss.item())
-    model.eval()
+    embed = model.get_input_embeddings()
+    docs = [(c, r[: max(1, max_length - 1 - len(c))]) for c, r in _split_documents(tok, texts)]
+
+    def loss_at(step: int) -> torch.Tensor:
+        rows = [
+            _document_inputs(embed, tok.bos_token_id, ctx, rest,
+                             rng.randint(*pool_runs) if ctx and rng.random() < pool_context else 0)
+            for ctx, rest in rng.sample(docs, min(batch_size, len(docs)))
+        ]
+        inputs = pad_sequence([e for e, _ in rows], batch_first=True)
+        labels = pad_sequence([lab for _, lab in rows], batch_first=True, padding_value=-100)
+        mask = pad_sequence([torch.ones(len(e), dtype=torch.long) for e, _ in rows], batch_first=True)
+        return model(inputs_embeds=inputs, attention_mask=mask, labels=labels).loss
+
+    fit(model, steps, lr, loss_at, label="tiny OPT")
     model.save_pretrained(str(out_dir))
     return out_dir
 

@@ -19,8 +19,6 @@ the text processors clean it; ``"\\n"`` ends the description):
 """
 from __future__ import annotations
 
-import logging
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +26,9 @@ from typing import Sequence
 
 import torch
 
+from lavislike.demo.fit import fit
 from lavislike.demo.text_corpus import EOT, scene_texts
 
-logger = logging.getLogger(__name__)
 
 VQA_PROMPT = "Question: {} Short answer:"
 STAGE2_T5 = "train/pretrain_stage2_t5.yaml"  # the config that reads the T5 (its llm.path)
@@ -132,26 +130,15 @@ def pretrain_tiny_t5(
     # FlanT5's gate is exact GELU under the seq2seq_lm adapter (its default config_overrides)
     config.dense_act_fn = "gelu"
     model = T5ForConditionalGeneration(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=sizes.lr, weight_decay=0.01)
-    steps = sizes.steps
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / steps))
-    )
     pairs = list(pairs)
-    model.train()
-    for step in range(steps):
+
+    def loss_at(step: int) -> torch.Tensor:
         batch = rng.sample(pairs, min(sizes.batch, len(pairs)))
         src = tok([s for s, _ in batch], return_tensors="pt", padding=True, truncation=True, max_length=max_length)
         tgt = tok([t for _, t in batch], return_tensors="pt", padding=True, truncation=True, max_length=max_length)
         labels = tgt.input_ids.masked_fill(tgt.attention_mask == 0, -100)
-        loss = model(**src, labels=labels, decoder_attention_mask=tgt.attention_mask).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if step % 100 == 0 or step == steps - 1:
-            logger.info("tiny T5 step %d/%d loss %.3f", step + 1, steps, loss.item())
-    model.eval()
+        return model(**src, labels=labels, decoder_attention_mask=tgt.attention_mask).loss
+
+    fit(model, sizes.steps, sizes.lr, loss_at, label="tiny T5")
     model.save_pretrained(str(out_dir))
     return out_dir
