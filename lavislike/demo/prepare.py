@@ -38,6 +38,19 @@ def _write_stamp(path: Path, data: dict) -> None:
     write_json_atomic(path, data)
 
 
+def _hf_folder(out: Path, want: dict, label: str, build) -> tuple[Path, float]:
+    """``out`` (a Hugging Face folder) rebuilt with ``build(out)`` unless its stamp matches ``want``;
+    returns it and the seconds spent."""
+    if _stamp_ok(out / STAMP, want) and (out / "config.json").is_file():
+        logger.info("%s: %s is up to date", label, out)
+        return out, 0.0
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    build(out)
+    _write_stamp(out / STAMP, want)
+    return out, time.perf_counter() - t0
+
+
 def ensure_corpus(plan: DemoPlan) -> Path:
     """Generate the synthetic corpus the configs name (kept when its manifest matches)."""
     from lavislike.registry import DATASETS
@@ -99,18 +112,14 @@ def ensure_llm(plan: DemoPlan, corpus: Path) -> tuple[Path, float]:
     want = {"corpus": read_manifest(corpus)["params"], "steps": p.llm_steps, "batch": p.llm_batch,
             "hidden": p.llm_hidden, "layers": p.llm_layers, "heads": p.llm_heads, "lr": p.llm_lr,
             "pool_context": p.llm_pool_context}
-    if _stamp_ok(out / STAMP, want) and (out / "config.json").is_file():
-        logger.info("tiny OPT: %s is up to date", out)
-        return out, 0.0
-    t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    docs = llm_documents(corpus / "annotations")
-    logger.info("tiny OPT: pre-training on %d text documents of the train split (no images)", len(docs))
-    pretrain_tiny_opt(docs, out, steps=p.llm_steps, batch_size=p.llm_batch, hidden=p.llm_hidden,
-                      layers=p.llm_layers, heads=p.llm_heads, lr=p.llm_lr,
-                      pool_context=p.llm_pool_context)
-    _write_stamp(out / STAMP, want)
-    return out, time.perf_counter() - t0
+
+    def build(folder: Path) -> None:
+        docs = llm_documents(corpus / "annotations")
+        logger.info("tiny OPT: pre-training on %d text documents of the train split (no images)", len(docs))
+        pretrain_tiny_opt(docs, folder, steps=p.llm_steps, batch_size=p.llm_batch, hidden=p.llm_hidden,
+                          layers=p.llm_layers, heads=p.llm_heads, lr=p.llm_lr, pool_context=p.llm_pool_context)
+
+    return _hf_folder(out, want, "tiny OPT", build)
 
 
 def ensure_image_encoder(plan: DemoPlan) -> tuple[Path, dict, float]:
@@ -151,16 +160,13 @@ def ensure_t5(plan: DemoPlan, corpus: Path) -> tuple[Path, float]:
     out = Path(str(path))
     sizes = QUICK_T5 if plan.quick else T5Sizes()
     want = {"corpus": read_manifest(corpus)["params"], **asdict(sizes)}
-    if _stamp_ok(out / STAMP, want) and (out / "config.json").is_file():
-        logger.info("tiny T5: %s is up to date", out)
-        return out, 0.0
-    t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    pairs = t5_pairs(corpus / "annotations")
-    logger.info("tiny T5: pre-training on %d text pairs of the train split (no images)", len(pairs))
-    pretrain_tiny_t5(pairs, out, sizes)
-    _write_stamp(out / STAMP, want)
-    return out, time.perf_counter() - t0
+
+    def build(folder: Path) -> None:
+        pairs = t5_pairs(corpus / "annotations")
+        logger.info("tiny T5: pre-training on %d text pairs of the train split (no images)", len(pairs))
+        pretrain_tiny_t5(pairs, folder, sizes)
+
+    return _hf_folder(out, want, "tiny T5", build)
 
 
 def prepare(plan: DemoPlan) -> dict:
