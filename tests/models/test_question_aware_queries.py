@@ -172,7 +172,9 @@ def test_vqa_loss_matches_instructblip(setup):
     ref = hf_vqa_loss(setup, img, prefixes, targets, *qformer_ids(qtok, QUESTIONS))
     assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
     blind = hf_vqa_loss(setup, img, prefixes, targets, *no_text(2))
-    assert abs(ref.item() - blind.item()) > 1e-3  # the Q-Former text changes the reference
+    # the Q-Former text changes the reference by well over the 1e-5 parity tolerance (the random
+    # tiny tokenizer differs per run, so the size of the change does too)
+    assert abs(ref.item() - blind.item()) > 1e-4
     loss.backward()
     assert ours.qformer.embeddings.word_embeddings.weight.grad.abs().sum() > 0
     assert ours.qformer.layers[0].text_ffn.fc1.weight.grad.abs().sum() > 0
