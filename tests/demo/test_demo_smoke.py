@@ -19,19 +19,15 @@ from lavislike.demo.plan import STAGE1, STAGE2, DemoPlan
 from lavislike.demo.report import Row
 from lavislike.errors import LavislikeError
 
+from demo_env import demo_env
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     from lavislike.demo.end_to_end import run_demo
 
-    root = tmp_path_factory.mktemp("demo")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LAVISLIKE_CACHE", str(root / "cache"))
-    mp.setenv("LAVISLIKE_OUTPUT", str(root / "out"))
-    try:
+    with demo_env(tmp_path_factory.mktemp("demo")) as root:
         yield root, run_demo(DemoPlan(quick=True), check=False)
-    finally:
-        mp.undo()
 
 
 def test_quick_demo_writes_table_curves_and_examples(demo):
@@ -69,10 +65,7 @@ def test_stage2_starts_from_stage1_qformer_and_the_prepared_frozen_parts(demo):
     from lavislike.models.loading import load_model_from_config
 
     root, _ = demo
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LAVISLIKE_CACHE", str(root / "cache"))
-    mp.setenv("LAVISLIKE_OUTPUT", str(root / "out"))
-    try:
+    with demo_env(root):
         plan = DemoPlan(quick=True)
         cfg = plan.config(STAGE2)
         model = load_model_from_config(cfg.model)
@@ -90,8 +83,6 @@ def test_stage2_starts_from_stage1_qformer_and_the_prepared_frozen_parts(demo):
             torch.testing.assert_close(own["image_encoder." + k], v, msg=k)
         assert not any(p.requires_grad for p in model.llm.parameters())
         assert not any(p.requires_grad for p in model.image_encoder.parameters())
-    finally:
-        mp.undo()
 
 
 def test_llm_text_comes_from_the_train_split_only(demo):

@@ -19,6 +19,8 @@ from lavislike.demo.plan import STAGE1, DemoPlan
 from lavislike.demo.text_t5 import STAGE2_T5, t5_pairs
 from lavislike.errors import CheckpointError
 
+from demo_env import demo_env
+
 # a few optimizer steps and one cheap validation each (the quick plan sizes the rest)
 FEW_STAGE1 = ("run.max_iters=2", "run.iters_per_inner_epoch=2")
 FEW_STAGE2 = ("run.max_epoch=1", "run.batch_size_train=8", "run.warmup_steps=1", "run.num_beams=1",
@@ -29,11 +31,7 @@ FEW_STAGE2 = ("run.max_epoch=1", "run.batch_size_train=8", "run.warmup_steps=1",
 def t5_run(tmp_path_factory):
     from lavislike.demo.prepare import ensure_corpus, ensure_image_encoder, ensure_qformer_init, ensure_t5
 
-    root = tmp_path_factory.mktemp("demo_t5")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("LAVISLIKE_CACHE", str(root / "cache"))
-    mp.setenv("LAVISLIKE_OUTPUT", str(root / "out"))
-    try:
+    with demo_env(tmp_path_factory.mktemp("demo_t5")) as root:
         plan = DemoPlan(quick=True, extra=FEW_STAGE1)
         corpus = ensure_corpus(plan)
         ensure_qformer_init(plan, corpus)
@@ -44,8 +42,6 @@ def t5_run(tmp_path_factory):
         t5_dir, _ = ensure_t5(plan, corpus)
         summary = pipeline.train(DemoPlan(quick=True, extra=FEW_STAGE2), STAGE2_T5)
         yield root, corpus, t5_dir, summary, str(missing.value)
-    finally:
-        mp.undo()
 
 
 def test_missing_t5_names_the_prepare_command(t5_run):
