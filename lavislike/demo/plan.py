@@ -26,11 +26,12 @@ VQA = "eval/vqa_synthetic_zeroshot_eval.yaml"
 class PrepSizes:
     """How long the frozen unimodal models are pre-trained, and the tiny OPT's sizes."""
 
-    llm_steps: int = 800
+    llm_steps: int = 1400
+    llm_copy_steps: int = 600  # the first steps: copying lessons only (see pretrain_tiny_opt)
     llm_batch: int = 32
     llm_hidden: int = 128
     llm_layers: int = 2
-    llm_heads: int = 4
+    llm_heads: int = 8
     llm_lr: float = 3e-3
     llm_pool_context: float = 0.5
     vision_steps: int = 300
@@ -38,7 +39,8 @@ class PrepSizes:
     vision_lr: float = 2e-3
 
 
-QUICK_PREP = PrepSizes(llm_steps=10, llm_batch=8, llm_hidden=32, llm_layers=1, vision_steps=3, vision_batch=8)
+QUICK_PREP = PrepSizes(llm_steps=10, llm_copy_steps=3, llm_batch=8, llm_hidden=32, llm_layers=1,
+                       vision_steps=3, vision_batch=8)
 QUICK_CORPUS = {"n_train": 16, "n_val": 4, "n_test": 6}
 QUICK_COMMON = ["model.qformer.num_hidden_layers=1", "model.qformer.num_query_token=4", "model.max_txt_len=24",
                 "run.batch_size_eval=8", "run.progress_bar=false"]

@@ -111,13 +111,14 @@ def ensure_llm(plan: DemoPlan, corpus: Path) -> tuple[Path, float]:
     p = plan.prep
     want = {"corpus": read_manifest(corpus)["params"], "steps": p.llm_steps, "batch": p.llm_batch,
             "hidden": p.llm_hidden, "layers": p.llm_layers, "heads": p.llm_heads, "lr": p.llm_lr,
-            "pool_context": p.llm_pool_context}
+            "pool_context": p.llm_pool_context, "copy_steps": p.llm_copy_steps}
 
     def build(folder: Path) -> None:
         docs = llm_documents(corpus / "annotations")
         logger.info("tiny OPT: pre-training on %d text documents of the train split (no images)", len(docs))
         pretrain_tiny_opt(docs, folder, steps=p.llm_steps, batch_size=p.llm_batch, hidden=p.llm_hidden,
-                          layers=p.llm_layers, heads=p.llm_heads, lr=p.llm_lr, pool_context=p.llm_pool_context)
+                          layers=p.llm_layers, heads=p.llm_heads, lr=p.llm_lr, pool_context=p.llm_pool_context,
+                          copy_steps=p.llm_copy_steps)
 
     return _hf_folder(out, want, "tiny OPT", build)
 

@@ -6,7 +6,7 @@ as the text processors, ``"\\n"`` ending every statement, ``</s>`` starting each
 
 * ``{caption}\\n`` - a caption alone;
 * ``{caption}\\n</s>{caption}\\n`` - the caption repeated (the easiest lesson in copying
-  from the context, which the tiny LLM barely learns otherwise);
+  from the context; the demo's pre-training starts with these alone, see ``copy_steps``);
 * ``{caption}\\n</s>{other caption}\\n`` - a second description of the same scene;
 * ``{caption}\\n</s>Question: {q} Answer: {a}\\n`` - a question answered from the
   description before it.

@@ -76,6 +76,11 @@ def _document_inputs(embed: torch.nn.Embedding, bos_id: int, ctx: list[int], res
     return embeds, labels
 
 
+def _repeats(docs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[list[int], list[int]]]:
+    """The split documents whose rest (after its ``</s>``) is the context again."""
+    return [(ctx, rest) for ctx, rest in docs if ctx and rest[1:] == ctx]
+
+
 def pretrain_tiny_opt(
     texts: Sequence[str],
     out_dir: str | Path,
@@ -89,6 +94,7 @@ def pretrain_tiny_opt(
     max_length: int = 128,
     pool_context: float = 0.0,
     pool_runs: tuple[int, int] = (4, 10),
+    copy_steps: int = 0,
     seed: int = 0,
 ) -> Path:
     """Train a tiny ``OPTForCausalLM`` on ``texts`` (each ending in ``"\\n"``) and save it.
@@ -106,6 +112,12 @@ def pretrain_tiny_opt(
             it captions from it; reading blurred contexts teaches it to (the idea of
             noise-injected text-only training, CapDec). Still text alone: no image.
         pool_runs: how many pooled vectors such a context becomes (drawn per document).
+        copy_steps: the first steps draw only the documents that repeat their context. The
+            attention circuit that copies a word from the context (an induction head) forms
+            late and abruptly; in the mixed corpus it never formed within the demo's budget,
+            and the model copied where shapes are but not their colour, shape or background
+            (loss at those words = guessing), so no image could change them in stage 2.
+            A short lesson of copying alone forms it, and the mixed corpus keeps it.
 
     Returns:
         The folder, loadable with ``AutoModelForCausalLM.from_pretrained``.
@@ -125,12 +137,17 @@ def pretrain_tiny_opt(
     model = OPTForCausalLM(config)
     embed = model.get_input_embeddings()
     docs = [(c, r[: max(1, max_length - 1 - len(c))]) for c, r in _split_documents(tok, texts)]
+    copies = _repeats(docs)
+    if copy_steps and not copies:
+        raise ValueError("pretrain_tiny_opt: copy_steps > 0 but no document repeats its context "
+                         "('{text}\\n</s>{text}\\n'); add such documents or set copy_steps=0")
 
     def loss_at(step: int) -> torch.Tensor:
+        pool = copies if step < copy_steps else docs
         rows = [
             _document_inputs(embed, tok.bos_token_id, ctx, rest,
                              rng.randint(*pool_runs) if ctx and rng.random() < pool_context else 0)
-            for ctx, rest in rng.sample(docs, min(batch_size, len(docs)))
+            for ctx, rest in rng.sample(pool, min(batch_size, len(pool)))
         ]
         inputs = pad_sequence([e for e, _ in rows], batch_first=True)
         labels = pad_sequence([lab for _, lab in rows], batch_first=True, padding_value=-100)

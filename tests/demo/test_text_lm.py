@@ -2,13 +2,16 @@
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lavislike.demo.text_lm import _document_inputs, _split_documents, pretrain_tiny_opt, train_tokenizer
+import pytest
+
+from lavislike.demo.text_lm import _document_inputs, _repeats, _split_documents, pretrain_tiny_opt, train_tokenizer
 
 DOCS = [
     "a small red circle on the left on a white background\n",
     "a small red circle on the left on a white background\n</s>Question: what color is the circle? Answer: red\n",
     "a large blue square at the top\n</s>a picture of a large blue square at the top on gray\n",
 ]
+REPEAT = "a large blue square at the top\n</s>a large blue square at the top\n"
 
 
 def test_split_matches_the_tokenizer_and_pooling_is_the_mean_of_runs(tmp_path):
@@ -47,3 +50,19 @@ def test_pooled_training_saves_an_ordinary_opt_folder(tmp_path):
     tok = AutoTokenizer.from_pretrained(out)
     assert model.config.model_type == "opt"
     assert tok(DOCS[0]).input_ids[0] == tok.bos_token_id == model.config.bos_token_id
+
+
+def test_copy_lessons_are_exactly_the_documents_that_repeat_their_context(tmp_path):
+    docs = DOCS + [REPEAT]
+    tok = train_tokenizer(docs * 4, tmp_path / "tok", vocab_size=300)
+    split = _split_documents(tok, docs)
+    assert _repeats(split) == [split[3]]
+    # a repeat that differs in one word is not one
+    near = "a large blue square at the top\n</s>a large red square at the top\n"
+    assert _repeats(_split_documents(tok, [near])) == []
+
+
+def test_copy_steps_need_repeating_documents(tmp_path):
+    with pytest.raises(ValueError, match="copy_steps"):
+        pretrain_tiny_opt(DOCS * 4, tmp_path / "opt", steps=2, batch_size=2, hidden=16, layers=1, heads=2,
+                          copy_steps=1)
