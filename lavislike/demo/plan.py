@@ -34,9 +34,9 @@ class PrepSizes:
     llm_heads: int = 8
     llm_lr: float = 3e-3
     llm_pool_context: float = 0.5
-    vision_steps: int = 300
+    vision_steps: int = 1000
     vision_batch: int = 48
-    vision_lr: float = 2e-3
+    vision_lr: float = 1e-3
 
 
 QUICK_PREP = PrepSizes(llm_steps=10, llm_copy_steps=3, llm_batch=8, llm_hidden=32, llm_layers=1,
