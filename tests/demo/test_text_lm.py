@@ -1,8 +1,7 @@
 """The demo LLM's text pre-training: documents split at their inner ``</s>``, contexts pooled."""
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-
-import pytest
 
 from lavislike.demo.text_lm import _document_inputs, _repeats, _split_documents, pretrain_tiny_opt, train_tokenizer
 
