@@ -3,11 +3,27 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LMSizes:
+    """A tiny LLM's sizes and its text-only optimisation (the OPT's and the T5's alike)."""
+
+    steps: int = 800
+    batch: int = 32
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    lr: float = 3e-3
+
+
+QUICK_LM = LMSizes(steps=10, batch=8, hidden=32, layers=1)  # the smoke-test size
 
 
 def fit(model: torch.nn.Module, steps: int, lr: float, loss_at: Callable[[int], torch.Tensor], *,

@@ -13,10 +13,13 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
+from lavislike.demo.fit import QUICK_LM, LMSizes
+
 PROJECT_DIR = Path(__file__).resolve().parents[2] / "projects" / "blip2_tiny"
 
 STAGE1 = "train/pretrain_stage1.yaml"
 STAGE2 = "train/pretrain_stage2.yaml"
+STAGE2_T5 = "train/pretrain_stage2_t5.yaml"  # not in the demo; `prepare t5` makes its LLM
 RETRIEVAL = "eval/ret_synthetic_eval.yaml"
 CAPTION = "eval/caption_synthetic_eval.yaml"
 VQA = "eval/vqa_synthetic_zeroshot_eval.yaml"
@@ -24,23 +27,18 @@ VQA = "eval/vqa_synthetic_zeroshot_eval.yaml"
 
 @dataclass(frozen=True)
 class PrepSizes:
-    """How long the frozen unimodal models are pre-trained, and the tiny OPT's sizes."""
+    """How long the frozen unimodal models are pre-trained, and the tiny LLMs' sizes."""
 
-    llm_steps: int = 1400
-    llm_copy_steps: int = 600  # the first steps: copying lessons only (see pretrain_tiny_opt)
-    llm_batch: int = 32
-    llm_hidden: int = 128
-    llm_layers: int = 2
-    llm_heads: int = 8
-    llm_lr: float = 3e-3
+    llm: LMSizes = LMSizes(steps=1400, heads=8)  # the tiny OPT
+    llm_copy_steps: int = 600  # its first steps: copying lessons only (see pretrain_tiny_opt)
     llm_pool_context: float = 0.5
+    t5: LMSizes = LMSizes()  # the tiny T5 (`prepare t5`)
     vision_steps: int = 1000
     vision_batch: int = 48
     vision_lr: float = 1e-3
 
 
-QUICK_PREP = PrepSizes(llm_steps=10, llm_copy_steps=3, llm_batch=8, llm_hidden=32, llm_layers=1,
-                       vision_steps=3, vision_batch=8)
+QUICK_PREP = PrepSizes(llm=QUICK_LM, llm_copy_steps=3, t5=QUICK_LM, vision_steps=3, vision_batch=8)
 QUICK_CORPUS = {"n_train": 16, "n_val": 4, "n_test": 6}
 QUICK_COMMON = ["model.qformer.num_hidden_layers=1", "model.qformer.num_query_token=4", "model.max_txt_len=24",
                 "run.batch_size_eval=8", "run.progress_bar=false"]

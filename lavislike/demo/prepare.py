@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lavislike.demo.plan import STAGE1, STAGE2, DemoPlan
+from lavislike.demo.plan import STAGE1, STAGE2, STAGE2_T5, DemoPlan
 from lavislike.errors import ConfigError
 
 logger = logging.getLogger("lavislike")
@@ -36,6 +36,14 @@ def _write_stamp(path: Path, data: dict) -> None:
     from lavislike.common.io import write_json_atomic
 
     write_json_atomic(path, data)
+
+
+def _llm_folder(plan: DemoPlan, rel: str, label: str) -> Path:
+    """The ``model.llm.path`` of config ``rel``: where the demo writes its ``label``."""
+    path = plan.config(rel).model.llm.path
+    if not path:
+        raise ConfigError(f"{plan.path(rel)}: model.llm.path is empty; the demo writes its {label} there")
+    return Path(str(path))
 
 
 def _hf_folder(out: Path, want: dict, label: str, build) -> tuple[Path, float]:
@@ -104,21 +112,15 @@ def ensure_llm(plan: DemoPlan, corpus: Path) -> tuple[Path, float]:
     from lavislike.demo.text_lm import pretrain_tiny_opt
     from lavislike.datasets.synthetic import read_manifest
 
-    path = plan.config(STAGE2).model.llm.path
-    if not path:
-        raise ConfigError(f"{plan.path(STAGE2)}: model.llm.path is empty; the demo writes its tiny OPT there")
-    out = Path(str(path))
+    out = _llm_folder(plan, STAGE2, "tiny OPT")
     p = plan.prep
-    want = {"corpus": read_manifest(corpus)["params"], "steps": p.llm_steps, "batch": p.llm_batch,
-            "hidden": p.llm_hidden, "layers": p.llm_layers, "heads": p.llm_heads, "lr": p.llm_lr,
+    want = {"corpus": read_manifest(corpus)["params"], **asdict(p.llm),
             "pool_context": p.llm_pool_context, "copy_steps": p.llm_copy_steps}
 
     def build(folder: Path) -> None:
         docs = llm_documents(corpus / "annotations")
         logger.info("tiny OPT: pre-training on %d text documents of the train split (no images)", len(docs))
-        pretrain_tiny_opt(docs, folder, steps=p.llm_steps, batch_size=p.llm_batch, hidden=p.llm_hidden,
-                          layers=p.llm_layers, heads=p.llm_heads, lr=p.llm_lr, pool_context=p.llm_pool_context,
-                          copy_steps=p.llm_copy_steps)
+        pretrain_tiny_opt(docs, folder, p.llm, pool_context=p.llm_pool_context, copy_steps=p.llm_copy_steps)
 
     return _hf_folder(out, want, "tiny OPT", build)
 
@@ -153,13 +155,10 @@ def ensure_image_encoder(plan: DemoPlan) -> tuple[Path, dict, float]:
 def ensure_t5(plan: DemoPlan, corpus: Path) -> tuple[Path, float]:
     """Pre-train the tiny T5 on the corpus's TRAIN text into the T5 stage 2's ``llm.path``."""
     from lavislike.datasets.synthetic import read_manifest
-    from lavislike.demo.text_t5 import QUICK_T5, STAGE2_T5, T5Sizes, pretrain_tiny_t5, t5_pairs
+    from lavislike.demo.text_t5 import pretrain_tiny_t5, t5_pairs
 
-    path = plan.config(STAGE2_T5).model.llm.path
-    if not path:
-        raise ConfigError(f"{plan.path(STAGE2_T5)}: model.llm.path is empty; the demo writes its tiny T5 there")
-    out = Path(str(path))
-    sizes = QUICK_T5 if plan.quick else T5Sizes()
+    out = _llm_folder(plan, STAGE2_T5, "tiny T5")
+    sizes = plan.prep.t5
     want = {"corpus": read_manifest(corpus)["params"], **asdict(sizes)}
 
     def build(folder: Path) -> None:

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from lavislike.demo.fit import fit
+from lavislike.demo.fit import LMSizes, fit
 
 
 def train_tokenizer(texts: Sequence[str], out_dir: str | Path, vocab_size: int = 800):
@@ -84,13 +84,8 @@ def _repeats(docs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[list[int
 def pretrain_tiny_opt(
     texts: Sequence[str],
     out_dir: str | Path,
+    sizes: LMSizes = LMSizes(),
     *,
-    steps: int = 400,
-    batch_size: int = 32,
-    hidden: int = 128,
-    layers: int = 2,
-    heads: int = 4,
-    lr: float = 3e-3,
     max_length: int = 128,
     pool_context: float = 0.0,
     pool_runs: tuple[int, int] = (4, 10),
@@ -102,8 +97,7 @@ def pretrain_tiny_opt(
     Args:
         texts: documents (see :mod:`lavislike.demo.text_corpus`).
         out_dir: the Hugging Face folder to write (config, weights, tokenizer).
-        steps / batch_size / lr: the optimisation (AdamW, warm-up then cosine).
-        hidden / layers / heads: the OPT sizes.
+        sizes: steps / batch / lr (AdamW, warm-up then cosine) and the OPT sizes.
         max_length: tokens kept per document; the model gets room for a soft prompt too.
         pool_context: the share of documents whose context (the text before their inner
             ``</s>``) is shown as a few mean-pooled runs of token embeddings instead of
@@ -129,8 +123,9 @@ def pretrain_tiny_opt(
     rng = random.Random(seed)
     tok = train_tokenizer(texts, out_dir)
     config = OPTConfig(
-        vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers, ffn_dim=4 * hidden,
-        num_attention_heads=heads, max_position_embeddings=max_length + 64, word_embed_proj_dim=hidden,
+        vocab_size=len(tok), hidden_size=sizes.hidden, num_hidden_layers=sizes.layers, ffn_dim=4 * sizes.hidden,
+        num_attention_heads=sizes.heads, max_position_embeddings=max_length + 64,
+        word_embed_proj_dim=sizes.hidden,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         dropout=0.0, attention_dropout=0.0,
     )
@@ -147,14 +142,14 @@ def pretrain_tiny_opt(
         rows = [
             _document_inputs(embed, tok.bos_token_id, ctx, rest,
                              rng.randint(*pool_runs) if ctx and rng.random() < pool_context else 0)
-            for ctx, rest in rng.sample(pool, min(batch_size, len(pool)))
+            for ctx, rest in rng.sample(pool, min(sizes.batch, len(pool)))
         ]
         inputs = pad_sequence([e for e, _ in rows], batch_first=True)
         labels = pad_sequence([lab for _, lab in rows], batch_first=True, padding_value=-100)
         mask = pad_sequence([torch.ones(len(e), dtype=torch.long) for e, _ in rows], batch_first=True)
         return model(inputs_embeds=inputs, attention_mask=mask, labels=labels).loss
 
-    fit(model, steps, lr, loss_at, label="tiny OPT")
+    fit(model, sizes.steps, sizes.lr, loss_at, label="tiny OPT")
     model.save_pretrained(str(out_dir))
     return out_dir
 

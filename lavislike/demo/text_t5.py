@@ -20,33 +20,16 @@ the text processors clean it; ``"\\n"`` ends the description):
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from lavislike.demo.fit import fit
+from lavislike.demo.fit import LMSizes, fit
 from lavislike.demo.text_corpus import EOT, scene_texts
 
 
 VQA_PROMPT = "Question: {} Short answer:"
-STAGE2_T5 = "train/pretrain_stage2_t5.yaml"  # the config that reads the T5 (its llm.path)
-
-
-@dataclass(frozen=True)
-class T5Sizes:
-    """How long the tiny T5 is pre-trained, and its sizes."""
-
-    steps: int = 800
-    batch: int = 32
-    d_model: int = 128
-    layers: int = 2
-    heads: int = 4
-    lr: float = 3e-3
-
-
-QUICK_T5 = T5Sizes(steps=10, batch=8, d_model=32, layers=1)
 
 
 def split_prefix(caption: str, rng: random.Random) -> tuple[str, str]:
@@ -99,7 +82,7 @@ def train_t5_tokenizer(texts: Sequence[str], out_dir: str | Path, vocab_size: in
 def pretrain_tiny_t5(
     pairs: Sequence[tuple[str, str]],
     out_dir: str | Path,
-    sizes: T5Sizes = T5Sizes(),
+    sizes: LMSizes = LMSizes(),
     *,
     max_length: int = 96,
     seed: int = 0,
@@ -109,7 +92,7 @@ def pretrain_tiny_t5(
     Args:
         pairs: (encoder text, decoder text), see :func:`t5_pairs`.
         out_dir: the Hugging Face folder to write (config, weights, tokenizer).
-        sizes: steps / batch / lr (AdamW, warm-up then cosine) and the T5 sizes.
+        sizes: steps / batch / lr (AdamW, warm-up then cosine) and the T5 sizes (``hidden`` = d_model).
         max_length: tokens kept per text.
 
     Returns:
@@ -122,7 +105,7 @@ def pretrain_tiny_t5(
     rng = random.Random(seed)
     tok = train_t5_tokenizer([t for pair in pairs for t in pair if t], out_dir)
     config = T5Config(
-        vocab_size=len(tok), d_model=sizes.d_model, d_kv=sizes.d_model // sizes.heads, d_ff=2 * sizes.d_model,
+        vocab_size=len(tok), d_model=sizes.hidden, d_kv=sizes.hidden // sizes.heads, d_ff=2 * sizes.hidden,
         num_layers=sizes.layers, num_decoder_layers=sizes.layers, num_heads=sizes.heads,
         feed_forward_proj="gated-gelu", dropout_rate=0.0, tie_word_embeddings=False,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id,

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from lavislike.demo import pipeline
-from lavislike.demo.plan import STAGE1, DemoPlan
-from lavislike.demo.text_t5 import STAGE2_T5, t5_pairs
+from lavislike.demo.plan import STAGE1, STAGE2_T5, DemoPlan
+from lavislike.demo.text_t5 import t5_pairs
 from lavislike.errors import CheckpointError
 
 from demo_env import demo_env

@@ -3,6 +3,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lavislike.demo.fit import LMSizes
 from lavislike.demo.text_lm import _document_inputs, _repeats, _split_documents, pretrain_tiny_opt, train_tokenizer
 
 DOCS = [
@@ -43,7 +44,7 @@ def test_split_matches_the_tokenizer_and_pooling_is_the_mean_of_runs(tmp_path):
 
 
 def test_pooled_training_saves_an_ordinary_opt_folder(tmp_path):
-    out = pretrain_tiny_opt(DOCS * 8, tmp_path / "opt", steps=3, batch_size=4, hidden=16, layers=1, heads=2,
+    out = pretrain_tiny_opt(DOCS * 8, tmp_path / "opt", LMSizes(steps=3, batch=4, hidden=16, layers=1, heads=2),
                             pool_context=0.5)
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
@@ -63,5 +64,5 @@ def test_copy_lessons_are_exactly_the_documents_that_repeat_their_context(tmp_pa
 
 def test_copy_steps_need_repeating_documents(tmp_path):
     with pytest.raises(ValueError, match="copy_steps"):
-        pretrain_tiny_opt(DOCS * 4, tmp_path / "opt", steps=2, batch_size=2, hidden=16, layers=1, heads=2,
+        pretrain_tiny_opt(DOCS * 4, tmp_path / "opt", LMSizes(steps=2, batch=2, hidden=16, layers=1, heads=2),
                           copy_steps=1)
