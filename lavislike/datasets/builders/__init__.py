@@ -23,4 +23,4 @@ msrvtt_qa, msvd_qa       train / val / test           video QA
 Default YAMLs live in ``builders/configs/``; every corpus has a card in ``dataset_card/``
 and a download recipe in :mod:`lavislike.datasets.download`.
 """
-from lavislike.datasets.builders import captions, laion, retrieval, video, vqa  # noqa: F401  (register)
+from lavislike.datasets.builders import captions, laion, own_data, retrieval, video, vqa  # noqa: F401  (register)
