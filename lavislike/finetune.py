@@ -154,6 +154,7 @@ def finetune_main(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         write_text_atomic(path, text)
     cfg = load_config(_wait_for(path, text), [])
+    check_data(cfg)
     from lavislike.common.checkpoint import load_trainable_weights
     from lavislike.runners.launch import build_runner
 
@@ -168,6 +169,17 @@ def finetune_main(args: argparse.Namespace) -> int:
         print(report(exp, summary, out, model.cfg), flush=True)
     D.barrier()
     return 0
+
+
+def check_data(cfg) -> None:
+    """Read the data's rows and columns before the model is built: a wrong column name is
+    one line now, not after minutes of loading an LLM."""
+    from lavislike.registry import DATASETS
+
+    for name, block in cfg.datasets.items():
+        builder = DATASETS.get(str(name)).from_config(block)
+        if hasattr(builder, "sources"):
+            builder.sources()
 
 
 def _wait_for(path: Path, text: str, timeout: float = 60.0) -> Path:
