@@ -207,8 +207,9 @@ def read_source(spec: str, request: Request) -> dict[str, Source]:
             return _hf_sources(_load_from_disk(path), str(path), path, request)
         raise DataError(f"{path}: a folder without metadata.jsonl / metadata.csv (imagefolder) or a "
                         f"save_to_disk dataset (dataset_info.json / dataset_dict.json)")
-    if os.sep in str(spec) or path.suffix:
-        raise DataError(f"data not found: {path}")
+    text = str(spec)
+    if text.startswith((".", "/", "~")) or text.count("/") > 1 or path.suffix.lower() in TABLE_SUFFIXES:
+        raise DataError(f"data not found: {path}")  # a path, not a `datasets` name (`name` or `owner/name`)
     return _hf_sources(_load_by_name(str(spec)), str(spec), Path.cwd(), request)
 
 

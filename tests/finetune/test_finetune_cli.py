@@ -136,7 +136,7 @@ def test_retrieval_jsonl_with_images_root_val_file_and_a_bad_row(tmp_path):
     metrics = reported(res.stdout)
     for kind, n in (("txt", 6), ("img", 6)):  # 6 images, 6 captions: recall is a whole number of queries
         for k in (1, 5):
-            assert abs(metrics[f"{kind}_r{k}"] * n / 100 - round(metrics[f"{kind}_r{k}"] * n / 100)) < 1e-6
+            assert abs(metrics[f"{kind}_r{k}"] * n / 100 - round(metrics[f"{kind}_r{k}"] * n / 100)) < 1e-3  # printed to 4 decimals
         assert metrics[f"{kind}_r10"] == 100.0  # 6 candidates
     model = run_printed_line(res.stdout)["model"]
     assert_trained_weights_loaded(model, out)
