@@ -144,3 +144,28 @@ def test_missing_data_and_unknown_dataset_names_are_one_line(tmp_path):
         build("own_caption", data=str(tmp_path / "nope.jsonl"))
     with pytest.raises(DataError, match="not a file or folder, nor a `datasets` dataset in the local cache"):
         build("own_caption", data="someone/not-cached-anywhere")
+
+
+def test_videos_with_questions_from_an_imagefolder_style_folder(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("decord")
+    rows = []
+    for i in range(3):
+        name = f"clip{i}.mp4"
+        writer = cv2.VideoWriter(str(tmp_path / name), cv2.VideoWriter_fourcc(*"mp4v"), 8, (32, 32))
+        for _ in range(6):
+            writer.write(np.full((32, 32, 3), (0, 0, 80 * i), np.uint8))
+        writer.release()
+        rows.append({"file_name": name, "question": "what colour?", "answer": f"shade {i}"})
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    vis = {split: {"name": f"alpro_video_{split}", "image_size": 16, "n_frms": 2} for split in ("train", "eval")}
+    out = load_datasets("own_vqa", {"data": str(tmp_path), "data_type": "videos", "val_ratio": 0,
+                                    "vis_processor": vis})
+    ds = out["train"]
+    assert len(ds) == 3
+    for i in range(3):
+        item = ds[i]
+        assert item["video"].shape[:2] == (2, 3) and item["text_output"] == f"shade {i}"
+    # frame colours follow the clips (red channel 0, 80, 160 before normalisation)
+    reds = [ds[i]["video"][:, 0].mean().item() for i in range(3)]
+    assert reds[0] < reds[1] < reds[2]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import subprocess
 
 import pytest
 import torch
@@ -14,8 +16,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from own_files import (
-    DECODE, FAST, QUESTION, TINY_OPT, TINY_STAGE1, finetune, latest_result, load_line, reported, write_images,
-    write_jsonl,
+    DECODE, FAST, QUESTION, REPO, TINY_OPT, TINY_STAGE1, env, finetune, latest_result, load_line, reported,
+    write_images, write_jsonl,
 )
 
 
@@ -213,3 +215,23 @@ def test_dry_run_prints_the_yaml_only(tmp_path):
     assert exp["model"]["model_type"] == "pretrain_opt2.7b" and exp["model"]["qformer_text_input"] is True
     assert exp["datasets"]["own_vqa"]["data"] == "nowhere.jsonl" and exp["run"]["valid_splits"] == ["val"]
     assert not (tmp_path / "output").exists()
+
+
+def test_finetune_script_with_two_processes(tmp_path, fake_venv):
+    """`NPROC=2 bash run_scripts/finetune.sh ...`: torchrun, gloo on CPU; one YAML, one
+    saved model, one report."""
+    images = tmp_path / "photos"
+    train, val = write_images(images, 16, seed=10), write_images(images, 4, seed=11)
+    keys = {"file_name": "image", "caption": "caption"}
+    train_file, val_file = write_jsonl(tmp_path / "train.jsonl", train, keys), write_jsonl(tmp_path / "val.jsonl", val, keys)
+    out = tmp_path / "run"
+    run_env = dict(env(tmp_path), NPROC="2", MASTER_PORT=str(29300 + os.getpid() % 300), LAVISLIKE_VENV=str(fake_venv))
+    res = subprocess.run(["bash", "run_scripts/finetune.sh", "--task", "retrieval", "--data", str(train_file),
+                          "--val", str(val_file), *TINY_STAGE1, "--output", str(out), *FAST,
+                          "run.batch_size_train=4", "run.k_test=2"],
+                         capture_output=True, text=True, env=run_env, cwd=REPO, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "world size 2" in (out / "log.txt").read_text()
+    assert train_steps(out) == [1, 2]  # 16 pairs, 2 ranks x 4 per step
+    assert reported(res.stdout)["txt_r10"] == 100.0
+    assert_trained_weights_loaded(run_printed_line(res.stdout)["model"], out)
