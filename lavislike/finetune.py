@@ -172,14 +172,12 @@ def finetune_main(args: argparse.Namespace) -> int:
 
 
 def check_data(cfg) -> None:
-    """Read the data's rows and columns before the model is built: a wrong column name is
+    """Build the datasets once before the model: a wrong column name or images folder is
     one line now, not after minutes of loading an LLM."""
     from lavislike.registry import DATASETS
 
     for name, block in cfg.datasets.items():
-        builder = DATASETS.get(str(name)).from_config(block)
-        if hasattr(builder, "sources"):
-            builder.sources()
+        DATASETS.get(str(name)).from_config(block).build_datasets()
 
 
 def _wait_for(path: Path, text: str, timeout: float = 60.0) -> Path:

@@ -169,3 +169,12 @@ def test_videos_with_questions_from_an_imagefolder_style_folder(tmp_path):
     # frame colours follow the clips (red channel 0, 80, 160 before normalisation)
     reds = [ds[i]["video"][:, 0].mean().item() for i in range(3)]
     assert reds[0] < reds[1] < reds[2]
+
+
+def test_a_wrong_images_folder_fails_at_once(tmp_path, rows):
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"none of the first 4 image files .* exist \(e\.g\. .*/elsewhere/im"):
+        build("own_caption", data=str(tmp_path / "a.jsonl"), images=str(tmp_path / "elsewhere"))
+    ok = build("own_caption", data=str(tmp_path / "a.jsonl"), images=str(tmp_path / "images"))
+    # 6 rows of 3 image ids: val_ratio 0.1 holds one image (its 2 rows as one eval item) out
+    assert len(ok["train"]) == 4 and len(ok["val"]) == 1

@@ -227,7 +227,7 @@ def test_finetune_script_with_two_processes(tmp_path, fake_venv):
     out = tmp_path / "run"
     run_env = dict(env(tmp_path), NPROC="2", MASTER_PORT=str(29300 + os.getpid() % 300), LAVISLIKE_VENV=str(fake_venv))
     res = subprocess.run(["bash", "run_scripts/finetune.sh", "--task", "retrieval", "--data", str(train_file),
-                          "--val", str(val_file), *TINY_STAGE1, "--output", str(out), *FAST,
+                          "--val", str(val_file), "--images", str(images), *TINY_STAGE1, "--output", str(out), *FAST,
                           "run.batch_size_train=4", "run.k_test=2"],
                          capture_output=True, text=True, env=run_env, cwd=REPO, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
@@ -227,11 +228,22 @@ class OwnDataBuilder(BaseDatasetBuilder):
             if not len(ds):
                 raise DataError(f"{self.name}/{split}: no usable row in {source.label}"
                                 + (f" (first problem: {ds.bad_rows[0].describe()})" if ds.bad_rows else ""))
+            check_media_root(ds, source)
             if ds.bad_rows:
                 logger.warning("%s/%s: skipped %d bad rows of %d: %s", self.name, split, len(ds.bad_rows),
                                len(source.rows), "; ".join(b.describe() for b in ds.bad_rows[:20]))
             out[split] = ds
         return out
+
+
+def check_media_root(ds, source: Source, probe: int = 20) -> None:
+    """Fail now when none of the first rows' media files exist: a wrong images root would
+    otherwise make every sample a skipped one."""
+    rows = [a for a in ds.annotation[:probe] if "_hf_index" not in a]
+    if rows and not any(os.path.isfile(ds.media_path(a)) for a in rows):
+        raise DataError(f"{ds.name}: none of the first {len(rows)} {ds.media_key} files of {source.label} exist "
+                        f"(e.g. {ds.media_path(rows[0])}); set the folder they are relative to with --images "
+                        f"(datasets.{ds.name.split('/')[0]}.images)")
 
 
 def split_by_image(source: Source, ratio: float, seed: int) -> tuple[Source, Source]:
