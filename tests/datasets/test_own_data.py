@@ -178,3 +178,30 @@ def test_a_wrong_images_folder_fails_at_once(tmp_path, rows):
     ok = build("own_caption", data=str(tmp_path / "a.jsonl"), images=str(tmp_path / "images"))
     # 6 rows of 3 image ids: val_ratio 0.1 holds one image (its 2 rows as one eval item) out
     assert len(ok["train"]) == 4 and len(ok["val"]) == 1
+
+
+def test_a_datasets_name_from_the_local_cache(tmp_path, monkeypatch, rows):
+    """`data: me/pets` with the dataset only in the local cache (offline): its splits and a
+    string image column holding paths."""
+    import shutil
+
+    datasets = pytest.importorskip("datasets")
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    files = {}
+    for split, part in (("train", rows[:4]), ("validation", rows[4:])):
+        files[split] = tmp_path / f"{split}.jsonl"
+        files[split].write_text("".join(json.dumps({"image": str(tmp_path / "images" / r["image"]),
+                                                    "caption": r["caption"]}) + "\n" for r in part))
+    datasets.load_dataset("json", data_files={k: str(v) for k, v in files.items()}, cache_dir=str(cache))
+    # what a download of `me/pets` leaves in the cache: the prepared arrow files under its name
+    built = next((cache / "json").glob("*/*/*"))
+    named = cache / "me___pets" / "default" / "0.0.0" / built.name
+    shutil.copytree(built, named)
+    for f in named.glob("json-*"):
+        f.rename(named / f.name.replace("json-", "pets-", 1))
+    out = build("own_caption", data="me/pets")
+    assert len(out["train"]) == 4 and len(out["val"]) == 2
+    assert [out["train"][i]["text_input"] for i in range(4)] == [r["caption"] for r in rows[:4]]
+    torch.testing.assert_close(out["train"][1]["image"], reference_tensor(tmp_path / "images" / rows[1]["image"]))
+    assert out["val"].annotation[0]["caption"] == [rows[4]["caption"]]
