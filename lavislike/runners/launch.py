@@ -22,6 +22,14 @@ def run(cfg: DictConfig, cfg_path: str | Path | None = None, evaluate_only: bool
     Returns:
         The runner's summary (metrics, output folder).
     """
+    summary = build_runner(cfg, cfg_path, evaluate_only).train()
+    logger.info("outputs in %s", summary.get("output_dir"))
+    return summary
+
+
+def build_runner(cfg: DictConfig, cfg_path: str | Path | None = None, evaluate_only: bool = False):
+    """The runner :func:`run` trains (task set up, model and datasets built); for callers
+    that need the trained model afterwards (``lavislike finetune``)."""
     from lavislike.tasks import setup_task
 
     with open_dict(cfg):
@@ -35,10 +43,7 @@ def run(cfg: DictConfig, cfg_path: str | Path | None = None, evaluate_only: bool
     # (which reloads only the trained weights) would continue a different model.
     seed_everything(int(cfg.run.get("seed", 42)))
     task = setup_task(cfg)
-    runner = runner_cls.from_config(cfg, task=task)
-    summary = runner.train()
-    logger.info("outputs in %s", summary.get("output_dir"))
-    return summary
+    return runner_cls.from_config(cfg, task=task)
 
 
 def seed_everything(seed: int) -> None:

@@ -18,9 +18,11 @@ sbu_caption              train                        pre-training
 laion                    train (stream)               pre-training (CapFilt captions)
 msrvtt_caption           train / val / test           video captioning
 msrvtt_qa, msvd_qa       train / val / test           video QA
+own_caption, own_vqa,    yours (files, imagefolder,   fine-tuning on your own data
+own_retrieval            `datasets`; val by ratio)    (``lavislike finetune``)
 =======================  ===========================  =====================================
 
 Default YAMLs live in ``builders/configs/``; every corpus has a card in ``dataset_card/``
 and a download recipe in :mod:`lavislike.datasets.download`.
 """
-from lavislike.datasets.builders import captions, laion, retrieval, video, vqa  # noqa: F401  (register)
+from lavislike.datasets.builders import captions, laion, own_data, retrieval, video, vqa  # noqa: F401  (register)
