@@ -40,18 +40,35 @@ def _mean(loss_sum: torch.Tensor, count) -> torch.Tensor:
 
 
 def token_cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    label_smoothing: float = 0.0,
+    layout: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Cross-entropy of ``logits`` (N, V) against ``targets`` (N,) (-100 ignored), averaged
     over the non-ignored targets of the global batch.
 
-    In one process this is exactly ``F.cross_entropy(..., ignore_index=-100)``, computed in
-    ``logits``' dtype (callers upcast where their reference does).
+    In one process this is exactly ``F.cross_entropy(..., ignore_index=-100)`` (the loss
+    ``transformers`` computes), in ``logits``' dtype (callers upcast where their reference
+    does).
+
+    Args:
+        layout: when the N rows were selected from a larger set of positions (the labelled
+            ones), the boolean mask of that selection. The sum then runs over the full set
+            (unselected rows ignored), so the loss is bit for bit the one computed on every
+            position: the reduction's rounding follows the row index. Without smoothing only.
     """
-    if get_world_size() == 1:
-        return F.cross_entropy(logits, targets, ignore_index=-100, label_smoothing=label_smoothing)
-    loss = F.cross_entropy(logits, targets, ignore_index=-100, label_smoothing=label_smoothing, reduction="sum")
-    return _mean(loss, (targets != -100).sum())
+    reduction = "mean" if get_world_size() == 1 else "sum"
+    if layout is not None and not label_smoothing:
+        keep = layout.flatten()
+        picked = torch.log_softmax(logits, -1).gather(1, targets[:, None])
+        logp = picked.new_zeros(keep.numel(), 1).masked_scatter(keep[:, None], picked)
+        full_targets = torch.where(keep, 0, -100)
+        loss = F.nll_loss(logp, full_targets, ignore_index=-100, reduction=reduction)
+    else:
+        loss = F.cross_entropy(logits, targets, ignore_index=-100, label_smoothing=label_smoothing,
+                               reduction=reduction)
+    return loss if reduction == "mean" else _mean(loss, (targets != -100).sum())
 
 
 def itc_similarity(

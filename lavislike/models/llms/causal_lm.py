@@ -110,11 +110,12 @@ class CausalLM(LLMAdapter):
         labels = torch.cat([torch.full(soft_mask.shape, -100, dtype=labels.dtype, device=labels.device), labels], 1)
         # the vocabulary-wide head only where a next token is labelled (not on the soft
         # prompt, prefix or padding): transformers' boolean ``logits_to_keep`` returns
-        # those rows' logits, flattened; the loss is transformers' (fp32 logits, mean)
+        # those rows' logits, flattened; the loss is transformers' (fp32 logits, mean),
+        # bit for bit
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != -100
         logits = self.model(inputs_embeds=embeds, attention_mask=attn, logits_to_keep=keep, use_cache=False).logits
-        return token_cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]])
+        return token_cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], layout=keep)
 
     # -- generation -----------------------------------------------------------------------
     @torch.no_grad()
