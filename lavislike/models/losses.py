@@ -10,8 +10,8 @@ number of processes.
 Under DDP every mean is over the *global* batch (rows or tokens of all ranks): a rank
 returns ``W x (its sum) / (global count)``, so DDP's average of the ranks' gradients is the
 gradient of the global mean and W ranks of batch b train like one process of batch W x b
-(also when a rank's batch lost unreadable samples). :func:`global_mean` of the returned
-values over ranks is the global loss the runner logs.
+(also when a rank's batch lost unreadable samples). The mean over ranks of the returned
+values is the global batch's loss, which the runner logs.
 """
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ def _mean(loss_sum: torch.Tensor, count) -> torch.Tensor:
     """``W x loss_sum / (count summed over ranks)`` (see the module docstring)."""
     total = all_reduce_sum(torch.as_tensor(count, dtype=torch.float64, device=loss_sum.device))
     return loss_sum * (get_world_size() / total.clamp(min=1)).to(loss_sum.dtype)
+
+
+def _row_mean(values: torch.Tensor) -> torch.Tensor:
+    """The mean of per-row ``values`` over the global batch."""
+    return values.mean() if get_world_size() == 1 else _mean(values.sum(), values.numel())
 
 
 def token_cross_entropy(
@@ -132,12 +137,8 @@ def itc_loss(
         pos = positives_mask(image_ids, sizes=sizes)
         targets = pos.float() / pos.sum(1, keepdim=True)
         targets = 0.9 * targets + 0.1 / targets.shape[1]
-        loss_i2t = -(F.log_softmax(sim_i2t, 1) * targets).sum(1)
-        loss_t2i = -(F.log_softmax(sim_t2i, 1) * targets).sum(1)
-        if get_world_size() == 1:
-            loss_i2t, loss_t2i = loss_i2t.mean(), loss_t2i.mean()
-        else:
-            loss_i2t, loss_t2i = _mean(loss_i2t.sum(), bs), _mean(loss_t2i.sum(), bs)
+        loss_i2t = _row_mean(-(F.log_softmax(sim_i2t, 1) * targets).sum(1))
+        loss_t2i = _row_mean(-(F.log_softmax(sim_t2i, 1) * targets).sum(1))
     else:
         targets = torch.arange(bs, device=sim_i2t.device) + sum(sizes[: get_rank()])
         loss_i2t = token_cross_entropy(sim_i2t, targets, label_smoothing)
