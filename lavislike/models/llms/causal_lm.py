@@ -115,6 +115,8 @@ class CausalLM(LLMAdapter):
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != -100
         logits = self.model(inputs_embeds=embeds, attention_mask=attn, logits_to_keep=keep, use_cache=False).logits
+        if logits.dim() == 3:  # a model that computes every position's logits anyway
+            logits = logits[keep]
         return token_cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], layout=keep)
 
     # -- generation -----------------------------------------------------------------------
