@@ -32,41 +32,103 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
+def _exchange_device(tensor: torch.Tensor) -> torch.device:
+    # NCCL only moves CUDA tensors; gloo moves CPU ones
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device
+
+
+def gather_sizes(n: int, device: torch.device | None = None) -> list[int]:
+    """Every rank's ``n`` (a batch size), in rank order (``[n]`` in one process).
+
+    Batches differ across ranks when a rank dropped unreadable samples; the gathers below
+    take these sizes so that they neither hang nor misalign.
+    """
+    if get_world_size() == 1:
+        return [int(n)]
+    t = torch.tensor([int(n)], dtype=torch.long, device=device)
+    t = t.to(_exchange_device(t))
+    out = [torch.empty_like(t) for _ in range(get_world_size())]
+    dist.all_gather(out, t)
+    return [int(x.item()) for x in out]
+
+
+def _gather(tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Concatenation over ranks of ``tensor`` whose dim 0 is ``sizes[rank]`` on each rank:
+    padded to the largest size for ``all_gather``, then cut back."""
+    tensor = tensor.contiguous()
+    longest = max(sizes)
+    if tensor.shape[0] < longest:
+        pad = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
+        tensor = torch.cat([tensor, pad])
+    out = [torch.empty_like(tensor) for _ in sizes]
+    dist.all_gather(out, tensor)
+    return torch.cat([t[:n] for t, n in zip(out, sizes)], 0)
+
+
 class _GatherWithGrad(torch.autograd.Function):
-    """all_gather whose backward sends each rank the gradient of its own slice."""
+    """all_gather whose backward sends each rank the summed gradient of its own slice."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        out = [torch.empty_like(tensor) for _ in range(get_world_size())]
-        dist.all_gather(out, tensor.contiguous())
-        return torch.cat(out, 0)
+    def forward(ctx, tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        ctx.start = sum(sizes[: get_rank()])
+        ctx.n = sizes[get_rank()]
+        return _gather(tensor, sizes)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+    def backward(ctx, grad: torch.Tensor):
         grad = grad.contiguous()
         dist.all_reduce(grad)  # every rank's loss depends on every slice
-        n = grad.shape[0] // get_world_size()
-        return grad[get_rank() * n : (get_rank() + 1) * n]
+        return grad[ctx.start : ctx.start + ctx.n], None
 
 
-def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+def all_gather_with_grad(tensor: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
     """Concatenate ``tensor`` from all ranks along dim 0, keeping autograd to the local slice.
+
+    Args:
+        tensor: this rank's rows.
+        sizes: every rank's row count (:func:`gather_sizes`); exchanged here when None.
 
     In one process this is the identity.
     """
     if get_world_size() == 1:
         return tensor
-    return _GatherWithGrad.apply(tensor)
+    return _GatherWithGrad.apply(tensor, sizes or gather_sizes(tensor.shape[0], tensor.device))
 
 
 @torch.no_grad()
-def all_gather_nograd(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` from all ranks along dim 0 (no gradient)."""
+def all_gather_nograd(tensor: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """Concatenate ``tensor`` from all ranks along dim 0, detached (``tensor.detach()`` in
+    one process: LAVIS gathers through a collective even on one GPU, which cuts the graph).
+
+    Args:
+        tensor: this rank's rows.
+        sizes: every rank's row count (:func:`gather_sizes`); exchanged here when None.
+    """
     if get_world_size() == 1:
-        return tensor
-    out = [torch.empty_like(tensor) for _ in range(get_world_size())]
-    dist.all_gather(out, tensor.contiguous())
-    return torch.cat(out, 0)
+        return tensor.detach()
+    return _gather(tensor, sizes or gather_sizes(tensor.shape[0], tensor.device))
+
+
+@torch.no_grad()
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks of ``tensor`` (a detached copy; ``tensor`` itself is unchanged)."""
+    out = tensor.detach().clone()
+    if get_world_size() == 1:
+        return out
+    moved = out.to(_exchange_device(out))
+    dist.all_reduce(moved)
+    return moved.to(tensor.device)
+
+
+def broadcast_rng_state(device: torch.device) -> torch.Tensor:
+    """Rank 0's state of torch's global generator for ``device``, on every rank."""
+    cuda = device.type == "cuda"
+    state = torch.cuda.get_rng_state(device) if cuda else torch.get_rng_state()
+    if get_world_size() == 1:
+        return state
+    moved = state.to(_exchange_device(state))
+    dist.broadcast(moved, src=0)
+    return moved.cpu()
 
 
 def all_gather_object(obj):

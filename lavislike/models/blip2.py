@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from lavislike.common.dist import all_gather_nograd, all_gather_with_grad, get_world_size
+from lavislike.common.dist import all_gather_nograd, all_gather_with_grad, gather_sizes, get_world_size
 from lavislike.errors import ConfigError, DataError
 from lavislike.models import losses
 from lavislike.models.base import Blip2Base, Blip2BaseConfig
@@ -49,12 +49,20 @@ class Blip2Config(Blip2BaseConfig):
 
     Attributes:
         embed_dim: width of the ITC features (``vision_proj`` / ``text_proj`` output).
-        temp: initial ITC temperature (learned, clamped to [0.001, 0.5]).
+        temp: initial ITC temperature (learned; unclamped, as LAVIS's BLIP-2).
+        itc_clamp_temp: clamp the temperature to [0.001, 0.5] before every step (BLIP's
+            rule; LAVIS's BLIP-2 does not).
+        itc_gather_grad: ITC similarities back-propagate into both their image and their
+            text side (the full gradient). False (LAVIS): the batch's features enter as
+            constants (gathered without gradient), so image-to-text similarities train the
+            image side only and text-to-image the text side only.
         label_smoothing: of the ITC and ITG cross-entropies.
     """
 
     embed_dim: int = 256
     temp: float = 0.07
+    itc_clamp_temp: bool = False
+    itc_gather_grad: bool = False
     label_smoothing: float = 0.1
 
 
@@ -137,10 +145,12 @@ class Blip2Qformer(Blip2Base):
             ``{"loss", "loss_itc", "loss_itm", "loss_lm"}``.
         """
         image, texts = _require(samples, "image"), _require(samples, "text_input")
-        with torch.no_grad():
-            self.temp.clamp_(0.001, 0.5)
+        if self.cfg.get("itc_clamp_temp", False):
+            with torch.no_grad():
+                self.temp.clamp_(0.001, 0.5)
         image_embeds = self.encode_image(image)
         bs = image_embeds.shape[0]
+        sizes = gather_sizes(bs, image_embeds.device)  # ranks' batches differ after dropped samples
         # the cross-attention keys/values of the images are projected once, for ITC and ITM
         image_kv = self.qformer.cross_kv(image_embeds)
         query_out, image_feats = self._image_pass(image_embeds, use_cache=True, image_kv=image_kv)
@@ -156,17 +166,20 @@ class Blip2Qformer(Blip2Base):
             image_ids = torch.as_tensor(image_ids, device=self.device)
         ls = float(self.cfg.label_smoothing)
 
-        loss_itc, sim_i2t, sim_t2i = losses.itc_loss(image_feats, text_feat, self.temp, image_ids, ls)
+        loss_itc, sim_i2t, sim_t2i = losses.itc_loss(
+            image_feats, text_feat, self.temp, image_ids, ls,
+            gather_grad=bool(self.cfg.get("itc_gather_grad", False)), sizes=sizes,
+        )
 
         # ITM: texts [pos, pos, neg] against images [pos, neg, pos]
-        neg_text, neg_image = losses.hard_negative_indices(sim_i2t, sim_t2i, image_ids)
-        ids_world, mask_world = all_gather_nograd(input_ids), all_gather_nograd(text_mask)
+        neg_text, neg_image = losses.hard_negative_indices(sim_i2t, sim_t2i, image_ids, sizes)
+        ids_world, mask_world = all_gather_nograd(input_ids, sizes), all_gather_nograd(text_mask, sizes)
         local = torch.arange(bs, device=image_embeds.device)
         if get_world_size() == 1:
             itm_kv, neg_rows = image_kv, neg_image
             neg_words = words[neg_text]
         else:  # negatives from other ranks: project those B images, reuse the local ones
-            neg_kv = self.qformer.cross_kv(all_gather_with_grad(image_embeds)[neg_image])
+            neg_kv = self.qformer.cross_kv(all_gather_with_grad(image_embeds, sizes)[neg_image])
             itm_kv = [None if a is None else (torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]]))
                       for a, b in zip(image_kv, neg_kv)]
             neg_rows = local + bs
@@ -189,7 +202,7 @@ class Blip2Qformer(Blip2Base):
             input_ids=dec_ids, text_mask=text_mask, causal=True, past_key_values=query_out.past_key_values,
             word_embeds=torch.cat([bos_word, words[:, 1:]], 1),
         )
-        loss_lm = losses.lm_loss(self.qformer.lm_logits(lm_out.last_hidden_state), labels, ls)
+        loss_lm = losses.lm_loss(lm_out.last_hidden_state, labels, self.qformer.lm_logits, ls)
         return {
             "loss": loss_itc + loss_itm + loss_lm,
             "loss_itc": loss_itc,

@@ -103,10 +103,7 @@ class Blip2LLM(Blip2Base):
             # in place, so the saved config describes the Q-Former that was built
             cfg.qformer.text_input = True
         super().__init__(cfg)
-        if self.question_aware:
-            # the last layer's text outputs are discarded (only queries reach the LLM): its
-            # text FFN never gets a gradient, which distributed training would reject
-            self.qformer.layers[-1].text_ffn.requires_grad_(False)
+        self._freeze_unused_qformer_parts()
         block = cfg.llm
         if block is None or "name" not in block:
             raise ConfigError(f"model '{cfg.get('arch')}': model.llm needs a 'name' ({', '.join(LLMS.names())})")
@@ -116,6 +113,30 @@ class Blip2LLM(Blip2Base):
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "Blip2LLM":
         return cls(cfg)
+
+    def _freeze_unused_qformer_parts(self) -> None:
+        """Freeze the Q-Former parts stage 2 never runs: they would get no gradient, which
+        DDP rejects ("parameters that were not used") and AdamW's weight decay would
+        still shrink. Without question-aware queries: every text part
+        (``qformer.text_input: true`` alone builds them); with them: the last layer's text
+        FFN (its text outputs are discarded) and the LM head."""
+        q = self.qformer
+        unused = [q.lm_head]
+        if self.question_aware:
+            unused.append(q.layers[-1].text_ffn)
+        else:
+            unused += [q.embeddings.word_embeddings, q.embeddings.position_embeddings]
+            unused += [layer.text_ffn for layer in q.layers]
+        names = {m: n for n, m in q.named_modules()}
+        prefixes = tuple(names[m] + "." for m in unused if m is not None)
+        if not prefixes:
+            return
+        params = list(q.named_parameters(remove_duplicate=False))
+        # a tied LM head shares the word embeddings, which question-aware queries train
+        used = {id(p) for n, p in params if not n.startswith(prefixes)}
+        for n, p in params:
+            if n.startswith(prefixes) and id(p) not in used:
+                p.requires_grad_(False)
 
     @property
     def question_aware(self) -> bool:

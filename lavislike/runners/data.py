@@ -29,15 +29,18 @@ class ShardedSampler(Sampler[int]):
     """This rank's share of a (shuffled) index order, optionally starting mid-way.
 
     Training (``pad=True``) pads the order by wrapping so every rank gets the same number
-    of samples (like ``DistributedSampler``); rank ``r`` takes positions ``r, r+W, ...``,
-    so one process with batch ``W*b`` sees the same global batches as ``W`` ranks with
-    batch ``b``. Evaluation (``pad=False``) gives every sample to exactly one rank.
+    of samples (like ``DistributedSampler``) and deals it out in blocks of ``batch_size``:
+    rank ``r`` takes blocks ``r, r+W, ...``, so global batch ``g`` (one process with batch
+    ``W*b``) is ranks 0..W-1's ``g``-th batches *in order* - the batch-order-dependent parts
+    (ITM's hard negatives) then draw the same. The last, partial global batch goes round
+    robin. Evaluation (``pad=False``) gives every sample to exactly one rank.
     """
 
     def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
-                 pad: bool = True):
+                 pad: bool = True, batch_size: int = 1):
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.batch_size = batch_size
         self.epoch = 0
         self.start = 0
 
@@ -57,7 +60,11 @@ class ShardedSampler(Sampler[int]):
         if self.pad and self.world_size > 1:
             total = math.ceil(self.size / self.world_size) * self.world_size
             order += (order * math.ceil(total / max(1, self.size)))[: total - self.size]
-        return order[self.rank :: self.world_size]
+        step = self.world_size * self.batch_size
+        full = len(order) // step * step
+        blocks = [order[s + self.rank * self.batch_size : s + (self.rank + 1) * self.batch_size]
+                  for s in range(0, full, step)]
+        return [i for block in blocks for i in block] + order[full:][self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._indices()[self.start :])
@@ -142,7 +149,8 @@ class TrainStream:
         self.num_workers, self.collate_fn, self.pin_memory = num_workers, collate_fn, pin_memory
         self.streamed = isinstance(dataset, IterableDataset)
         self.sampler = None if self.streamed else ShardedSampler(
-            len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size, pad=True)
+            len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size, pad=True,
+            batch_size=batch_size)
         self.epoch, self.consumed = epoch, consumed
         self._it: Iterator | None = None
 

@@ -15,6 +15,7 @@ Runners never know which model they train: they call ``task.train_step(model, sa
 """
 
 import logging
+import math
 import random
 import time
 from contextlib import nullcontext
@@ -338,11 +339,19 @@ class RunnerBase:
             n_samples += _batch_len(batch)
             for k, v in self._micro_step(batch, sync=i == accum - 1).items():
                 parts[k] = parts.get(k, 0.0) + v / accum
-        finite = bool(torch.isfinite(parts["loss"]).item())
-        if D.all_reduce_max(0.0 if finite else 1.0) > 0:  # every rank skips together
+        # one collective: the global losses (the mean of the ranks' losses, which the models
+        # scale so that it is the loss of the global batch), the global sample count, and
+        # whether any rank's loss is non-finite (then the sum is too: every rank skips)
+        names = sorted(parts)
+        local = torch.stack([parts[k].to(self.device, torch.float64) for k in names]
+                            + [torch.tensor(float(n_samples), dtype=torch.float64, device=self.device)])
+        summed = D.all_reduce_sum(local).tolist()
+        world = D.get_world_size()
+        values: dict[str, float] = {k: v / world for k, v in zip(names, summed)}
+        if not math.isfinite(values["loss"]):
             self.optimizer.zero_grad(set_to_none=True)
             self.nan_streak += 1
-            logger.warning("step %d: non-finite loss (%s) on some rank; step skipped (%d in a row)",
+            logger.warning("step %d: non-finite loss (%s on this rank) on some rank; step skipped (%d in a row)",
                            step, parts["loss"].item(), self.nan_streak)
             self.metrics.log("train", step, {"skipped_nonfinite": 1})
             if self.nan_streak >= self.run.max_consecutive_nan:
@@ -363,9 +372,8 @@ class RunnerBase:
             self.scaler.update()
         else:
             self.optimizer.step()
-        values = {k: v.item() for k, v in parts.items()}
         values["lr"] = lr
-        values["samples"] = n_samples * D.get_world_size()
+        values["samples"] = int(summed[-1])
         return values
 
     def train(self) -> dict:

@@ -96,6 +96,10 @@ class ImageTextPretrainTask(BaseTask):
                 continue
             out = model(to_device(batch, device))
             n = _batch_size(batch)
+            if D.get_world_size() > 1:
+                # the model's losses are means over the global batch, each rank returning its
+                # share (they average to the global loss): weigh them by the global size / W
+                n = float(D.all_reduce_sum(torch.tensor(float(n)))) / D.get_world_size()
             for k, v in out.items():
                 if k.startswith("loss") and isinstance(v, torch.Tensor) and v.ndim == 0:
                     sums[k] = sums.get(k, 0.0) + float(v) * n

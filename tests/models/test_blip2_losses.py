@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -127,3 +128,55 @@ def test_pretrain_trainable_parameter_count_on_meta():
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     assert 186_000_000 < trainable < 189_500_000, trainable  # paper: ~188M with the queries
     assert 980_000_000 < frozen < 1_000_000_000, frozen  # EVA ViT-g, 39 blocks
+
+
+def test_temperature_is_not_clamped_unless_asked(tiny_bert_tokenizer_dir):
+    """LAVIS's BLIP-2 leaves the learned temperature alone; BLIP's clamp is an option."""
+    batch = {"image": torch.randn(2, 3, 32, 32), "text_input": TEXTS}
+    model = _tiny(tiny_bert_tokenizer_dir)
+    with torch.no_grad():
+        model.temp.fill_(0.7)
+    model(batch)
+    assert model.temp.item() == pytest.approx(0.7)
+    torch.manual_seed(0)
+    clamped = load_model("blip2", "tiny", **tiny_stage1_overrides(tiny_bert_tokenizer_dir, itc_clamp_temp=True))
+    with torch.no_grad():
+        clamped.temp.fill_(0.7)
+    clamped.train()(batch)
+    assert clamped.temp.item() == pytest.approx(0.5)
+
+
+def test_itc_gather_grad_changes_the_gradients_not_the_loss(tiny_bert_tokenizer_dir):
+    """``itc_gather_grad`` reaches the loss: same forward, other projection gradients
+    (the gradients themselves are checked against references in tests/runners/test_ddp_losses.py)."""
+    batch = {"image": torch.randn(3, 3, 32, 32), "text_input": TEXTS + ["a bird flying over the sea"]}
+    grads, values = [], []
+    for option in (False, True):
+        torch.manual_seed(0)
+        model = load_model("blip2", "tiny", **tiny_stage1_overrides(tiny_bert_tokenizer_dir, itc_gather_grad=option))
+        out = model.train()(batch)
+        out["loss_itc"].backward()
+        values.append(out["loss_itc"].item())
+        grads.append(model.vision_proj.weight.grad.clone())
+    assert values[0] == pytest.approx(values[1], rel=1e-6)
+    assert not torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("question_aware", [False, True])
+def test_stage2_trains_every_trainable_parameter(question_aware):
+    """DDP refuses parameters that get no gradient ("parameters not used"): stage 2 with
+    ``qformer.text_input: true`` (text parts built, no question-aware queries) or with an
+    LM head must freeze what it never runs - and keep training what it does run."""
+    from lavislike.models.blip2_llm import Blip2LLM
+
+    torch.manual_seed(0)
+    model = load_model("blip2_opt", "tiny", load_pretrained=False, qformer_text_input=question_aware,
+                       qformer={"text_input": True, "lm_head": True})
+    assert isinstance(model, Blip2LLM)
+    batch = {"image": torch.randn(2, 3, 32, 32), "text_input": ["what is it?", "how many?"],
+             "text_output": ["a cat", "two"]}
+    model.train()(batch)["loss"].backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert [n for n, p in trainable.items() if p.grad is None] == []
+    words = "qformer.embeddings.word_embeddings.weight"
+    assert (words in trainable) == question_aware and "llm_proj.weight" in trainable

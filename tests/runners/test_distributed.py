@@ -42,3 +42,18 @@ def test_dist_helpers_are_safe_in_one_process():
     assert D.all_gather_object(5) == [5]
     m = torch.nn.Linear(2, 2)
     assert D.unwrap_model(m) is m
+
+
+def test_ranks_batches_concatenate_to_the_single_process_batches():
+    """Global batch g of W ranks x b is one process's batch g of W*b, in the same order
+    (the ITM negatives are drawn in batch order); every rank gets as many samples."""
+    from lavislike.runners.data import ShardedSampler
+
+    for size in (7, 21, 24, 50):
+        one = ShardedSampler(size, shuffle=True, seed=3, batch_size=8)._indices()
+        ranks = [ShardedSampler(size, shuffle=True, seed=3, rank=r, world_size=2, batch_size=4)._indices()
+                 for r in range(2)]
+        assert len(ranks[0]) == len(ranks[1]) == -(-size // 2)
+        assert set(ranks[0]) | set(ranks[1]) == set(range(size))
+        for g in range(size // 8):
+            assert one[8 * g : 8 * g + 8] == ranks[0][4 * g : 4 * g + 4] + ranks[1][4 * g : 4 * g + 4]

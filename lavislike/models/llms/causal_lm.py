@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from lavislike.errors import ConfigError
+from lavislike.models.losses import token_cross_entropy
 from lavislike.models.llms.base import LLMAdapter, LLMConfig, token_logprobs
 from lavislike.registry import LLMS
 
@@ -107,7 +108,16 @@ class CausalLM(LLMAdapter):
         embeds = torch.cat([soft, self.embed(ids)], 1)
         attn = torch.cat([soft_mask, mask], 1)
         labels = torch.cat([torch.full(soft_mask.shape, -100, dtype=labels.dtype, device=labels.device), labels], 1)
-        return self.model(inputs_embeds=embeds, attention_mask=attn, labels=labels).loss
+        # the vocabulary-wide head only where a next token is labelled (not on the soft
+        # prompt, prefix or padding): transformers' boolean ``logits_to_keep`` returns
+        # those rows' logits, flattened; the loss is transformers' (fp32 logits, mean),
+        # bit for bit
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        keep[:, :-1] = labels[:, 1:] != -100
+        logits = self.model(inputs_embeds=embeds, attention_mask=attn, logits_to_keep=keep, use_cache=False).logits
+        if logits.dim() == 3:  # a model that computes every position's logits anyway
+            logits = logits[keep]
+        return token_cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], layout=keep)
 
     # -- generation -----------------------------------------------------------------------
     @torch.no_grad()
