@@ -12,6 +12,7 @@ from typing import Callable
 
 from lavislike.errors import LavislikeError
 from lavislike.serve.actions import CAPTION_METHODS, VQA_METHODS, ServeSession
+from lavislike.serve.images import read_image
 
 ERROR_PREFIX = "Error: "
 
@@ -45,6 +46,31 @@ def _search(session: ServeSession, query, top_k):
     return [(str(path), f"{score:.3f} {path.name}") for path, score in hits], ""
 
 
+def _preview(path):
+    """The upload itself when it is a readable image (the preview), else nothing."""
+    try:
+        read_image(path)
+        return path
+    except LavislikeError:
+        return None
+
+
+def image_input(tab: str):
+    """An upload box (``#<tab>-image``) and its preview (``#<tab>-preview``).
+
+    A file box rather than ``gr.Image``: Gradio's image box decodes uploads itself and
+    answers a non-image with a bare "Error"; here the tab's handler reads the file and
+    says what is wrong with it.
+    """
+    import gradio as gr
+
+    with gr.Row():
+        upload = gr.File(label="Image", file_types=["image"], type="filepath", elem_id=f"{tab}-image")
+        preview = gr.Image(label="Preview", interactive=False, elem_id=f"{tab}-preview", height=240)
+    upload.change(_preview, upload, preview)
+    return upload
+
+
 def build_app(session: ServeSession):
     """The ``gr.Blocks`` app: one tab per job; element ids ``<tab>-<part>`` for tests."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home, offline or not
@@ -54,7 +80,7 @@ def build_app(session: ServeSession):
     with gr.Blocks(title="lavislike", analytics_enabled=False) as app:
         gr.Markdown(f"## lavislike\nServing {served}.")
         with gr.Tab("Captioning", id="caption"):
-            image = gr.Image(type="filepath", label="Image", elem_id="caption-image")
+            image = image_input("caption")
             method = gr.Radio(list(CAPTION_METHODS), value="beam", label="Decoding", elem_id="caption-method")
             count = gr.Slider(1, 5, value=1, step=1, label="Number of captions", elem_id="caption-count")
             beams = gr.Slider(1, 10, value=3, step=1, label="Beams (beam search)")
@@ -63,7 +89,7 @@ def build_app(session: ServeSession):
             gr.Button("Caption", elem_id="caption-run").click(
                 shown(functools.partial(_captions, session)), [image, method, count, beams, length], out)
         with gr.Tab("Visual question answering", id="vqa"):
-            image = gr.Image(type="filepath", label="Image", elem_id="vqa-image")
+            image = image_input("vqa")
             question = gr.Textbox(label="Question", elem_id="vqa-question")
             method = gr.Radio(list(VQA_METHODS), value="generate", label="Answer by", elem_id="vqa-method")
             answers = gr.Textbox(label="Candidate answers (for rank; comma-separated)", elem_id="vqa-answers")
@@ -71,7 +97,7 @@ def build_app(session: ServeSession):
             gr.Button("Answer", elem_id="vqa-run").click(
                 shown(session.answer), [image, question, method, answers], out)
         with gr.Tab("Image-text matching", id="match"):
-            image = gr.Image(type="filepath", label="Image", elem_id="match-image")
+            image = image_input("match")
             text = gr.Textbox(label="Text", elem_id="match-text")
             out = gr.Textbox(label="Scores", lines=2, elem_id="match-output")
             gr.Button("Score", elem_id="match-run").click(
