@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from lavislike.demo.baselines import BlankImage, majority_vqa_accuracy, retrieval_chance
-from lavislike.demo.plan import STAGE1, STAGE2, DemoPlan
-from lavislike.demo.report import Row
+from lavislike_demo.baselines import BlankImage, majority_vqa_accuracy, retrieval_chance
+from lavislike_demo.plan import STAGE1, STAGE2, DemoPlan
+from lavislike_demo.report import Row
 from lavislike.errors import LavislikeError
 
 from demo_env import demo_env
@@ -24,7 +24,7 @@ from demo_env import demo_env
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from lavislike.demo.end_to_end import run_demo
+    from lavislike_demo.end_to_end import run_demo
 
     with demo_env(tmp_path_factory.mktemp("demo")) as root:
         yield root, run_demo(DemoPlan(quick=True), check=False)
@@ -86,7 +86,7 @@ def test_stage2_starts_from_stage1_qformer_and_the_prepared_frozen_parts(demo):
 
 
 def test_llm_text_comes_from_the_train_split_only(demo):
-    from lavislike.demo.text_corpus import llm_documents
+    from lavislike_demo.text_corpus import llm_documents
     from lavislike.processors.text import pre_caption
 
     root, _ = demo
@@ -101,7 +101,7 @@ def test_llm_text_comes_from_the_train_split_only(demo):
 
 
 def test_missing_prerequisite_is_one_clear_error(tmp_path, monkeypatch):
-    from lavislike.demo import pipeline
+    from lavislike_demo import pipeline
 
     monkeypatch.setenv("LAVISLIKE_CACHE", str(tmp_path / "empty"))
     monkeypatch.setenv("LAVISLIKE_OUTPUT", str(tmp_path / "out"))
