@@ -32,10 +32,14 @@ def default_image_folder() -> Path | None:
 
 
 def serve_main(args: argparse.Namespace) -> None:
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise LavislikeError("lavislike serve needs Gradio: pip install 'lavislike[web]'") from None
+    from importlib.util import find_spec
+
+    from lavislike.serve.models import require_demo_runs
+
+    if args.model is None and args.checkpoint is None:
+        require_demo_runs()  # before the slow imports: the usual first mistake, said at once
+    if find_spec("gradio") is None:
+        raise LavislikeError("lavislike serve needs Gradio: pip install 'lavislike[web]'")
     import torch
 
     from lavislike.serve.actions import ServeSession

@@ -101,10 +101,15 @@ def load_served(name: Optional[str] = None, model_type: Optional[str] = None,
     """
     if name is not None or checkpoint is not None:
         return [load_one(name, model_type, checkpoint, device)]
+    return [load_one(None, None, path, device) for path in require_demo_runs()]
+
+
+def require_demo_runs() -> list[Path]:
+    """:func:`demo_checkpoints`, or :class:`NoModelError` saying how to get one."""
     found = demo_checkpoints()
     if not found:
         raise NoModelError(f"no model to serve: {output_root() / DEMO_RUNS[0] / BEST} not found; {HOW_TO_GET_ONE}")
-    return [load_one(None, None, path, device) for path in found]
+    return found
 
 
 def pick(served: Sequence[Served], need: str) -> Optional[Served]:

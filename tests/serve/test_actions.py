@@ -93,10 +93,19 @@ def test_demo_checkpoints_stage2_first(tmp_path):
     assert [p.parent.name for p in demo_checkpoints(tmp_path)] == ["pretrain_stage2", "pretrain_stage1"]
 
 
-def test_serve_without_a_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):
-    from lavislike.cli import main
+def test_serve_script_without_a_model_says_how_to_get_one(tmp_path, fake_venv):
+    """``bash run_scripts/serve.sh`` before the demo: one line, exit status 2."""
+    import os
+    import subprocess
+    from pathlib import Path
 
-    monkeypatch.setenv("LAVISLIKE_OUTPUT", str(tmp_path))
-    assert main(["serve"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "run `bash run_scripts/demo.sh` first" in err[0] and "--checkpoint" in err[0]
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, LAVISLIKE_VENV=str(fake_venv), LAVISLIKE_OUTPUT=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run(["bash", "run_scripts/serve.sh"], cwd=repo, env=env, capture_output=True, text=True,
+                         timeout=120)
+    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stdout + res.stderr
+    missing = tmp_path / "blip2_tiny" / "pretrain_stage2" / "model_best.safetensors"
+    assert lines[0].startswith(f"lavislike serve: error: no model to serve: {missing} not found; "
+                               "run `bash run_scripts/demo.sh` first")
