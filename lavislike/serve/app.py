@@ -43,7 +43,8 @@ def _matching(session: ServeSession, image, text):
 
 def _search(session: ServeSession, query, top_k):
     hits = session.search(query, int(top_k))
-    return [(str(path), f"{score:.3f} {path.name}") for path, score in hits], ""
+    root = session.image_folder.expanduser().resolve()
+    return [(str(path), f"{score:.3f} {path.relative_to(root)}") for path, score in hits], ""
 
 
 def _preview(path):
