@@ -56,4 +56,7 @@ def serve_main(args: argparse.Namespace) -> None:
     session = ServeSession(served, folder, args.max_upload_mb)
     print(f"lavislike serve: http://{args.host}:{args.port} ({', '.join(s.label for s in served)}); Ctrl+C stops",
           flush=True)
-    launch(build_app(session), args.host, args.port, session)
+    try:
+        launch(build_app(session), args.host, args.port, session)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        raise LavislikeError(f"--host {args.host} --port {args.port}: {str(exc).splitlines()[0]}") from None
