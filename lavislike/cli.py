@@ -124,9 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", dest="n_test", type=int, default=200)
     p.add_argument("--image-size", dest="image_size", type=int, default=64)
     p.add_argument("--video", action="store_true", help="also write short videos")
-    from lavislike.serve.command import add_arguments
+    from lavislike.serve.command import add_arguments as serve_arguments
 
-    add_arguments(sub.add_parser("serve", help="web app: captioning, VQA, matching, search (the web extra)"))
+    serve_arguments(sub.add_parser("serve", help="web app: captioning, VQA, matching, search (the web extra)"))
     return parser
 
 

@@ -46,8 +46,10 @@ def _imports(*folders: str) -> set[str]:
                 elif (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "importorskip"
                       and node.args and isinstance(node.args[0], ast.Constant)):
                     found.add(node.args[0].value.split(".")[0])  # pytest.importorskip("pkg")
-    # the folders' own modules and packages (tests' helpers)
-    local = {p.stem for f in folders for p in (REPO / f).rglob("*") if p.suffix == ".py" or p.is_dir()}
+    # the tests' helper modules and packages (imported by bare name); the packages import
+    # themselves as lavislike.* (so `import datasets` there is Hugging Face's)
+    helpers = [p for f in folders if f == "tests" for p in (REPO / f).rglob("*.py")]
+    local = {p.stem for p in helpers} | {p.parent.name for p in helpers if p.name == "__init__.py"}
     return {m for m in found if m not in sys.stdlib_module_names and m not in LOCAL and m not in local}
 
 
