@@ -83,6 +83,13 @@ def _make_synthetic(args: argparse.Namespace) -> None:
     print(f"synthetic corpus written to {out['root']}: " + ", ".join(f"{k} {v}" for k, v in out["counts"].items()))
 
 
+@command("serve")
+def _serve(args: argparse.Namespace) -> None:
+    from lavislike.serve.command import serve_main
+
+    serve_main(args)
+
+
 def _with_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-path", "--cfg", dest="cfg_path", help="experiment YAML (projects/...)")
     p.add_argument("--options", nargs="+", default=[], help="overrides a.b=c (LAVIS style)")
@@ -117,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", dest="n_test", type=int, default=200)
     p.add_argument("--image-size", dest="image_size", type=int, default=64)
     p.add_argument("--video", action="store_true", help="also write short videos")
+    from lavislike.serve.command import add_arguments as serve_arguments
+
+    serve_arguments(sub.add_parser("serve", help="web app: captioning, VQA, matching, search (the web extra)"))
     return parser
 
 

@@ -22,7 +22,7 @@ stamp="$VENV/.lavislike-install-stamp"
 want="$(cat "$REPO/setup.py" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python" -c "import lavislike" >/dev/null 2>&1; then
   echo "[setup] installing lavislike and its dependencies into $VENV"
-  "$VENV/bin/python" -m pip install -q -e "$REPO[dev,video]"
+  "$VENV/bin/python" -m pip install -q -e "$REPO[dev,video,plots,web]"
   echo "$want" > "$stamp"
 fi
 # shellcheck disable=SC1091

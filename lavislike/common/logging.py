@@ -88,13 +88,18 @@ def read_metrics(path: str | Path) -> list[dict]:
 def plot_curves(metrics_path: str | Path, png_path: str | Path) -> Path | None:
     """Plot training loss and lr against step (plus validation ``agg_metrics``) to a PNG.
 
-    Returns the PNG path, or None when there is nothing to plot.
+    Returns the PNG path, or None when there is nothing to plot or matplotlib (the
+    ``plots`` extra) is not installed.
     """
     rows = read_metrics(metrics_path)
     train = [r for r in rows if r["split"] == "train" and "loss" in r]
     if not train:
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        logging.getLogger("lavislike").info("no %s: pip install 'lavislike[plots]' for curve PNGs", png_path)
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -4,11 +4,12 @@ No machine-specific paths anywhere. A config names files another command creates
 prepared model in the cache, the weights of an earlier training run); when one is missing,
 :func:`require_local` raises one line naming the config key and the path, and the command
 that creates it when some tool has registered a hint for that path
-(:func:`register_missing_hint`).
+(:func:`register_missing_hint`). Tools outside the core (the CPU demo, third-party
+packages) are found through the ``lavislike.missing_hints`` entry-point group: each entry
+names a module whose import registers its hints, imported only when a path is missing.
 """
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Callable, Optional
@@ -18,9 +19,8 @@ from lavislike.errors import ConfigError, LavislikeError
 MissingHint = Callable[[Path], Optional[str]]
 """Takes a missing path (absolute, resolved); returns the command that creates it, or None."""
 
-# lavislike's own tools that create files configs point at; importing each registers its
-# hints (third-party packages register theirs from their ``lavislike.plugins`` module)
-HINT_MODULES: tuple[str, ...] = ("lavislike.demo.hints",)
+# entry points naming modules that register hints (``pkg.module`` or ``pkg.module:function``)
+HINT_GROUP = "lavislike.missing_hints"
 
 # file suffixes that make a relative "org/name" spec a file, not a Hugging Face hub id
 _FILE_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".json", ".yaml")
@@ -58,11 +58,13 @@ def missing_hint(path: str | os.PathLike) -> Optional[str]:
     global _hint_modules_loaded
     if not _hint_modules_loaded:
         _hint_modules_loaded = True
-        for module in HINT_MODULES:
-            try:
-                importlib.import_module(module)
-            except ImportError:  # a missing provider must not hide the error being reported
-                continue
+        from importlib.metadata import entry_points
+
+        from lavislike.registry import import_module_or_warn
+
+        for ep in entry_points(group=HINT_GROUP):
+            # a broken provider only warns: it must not hide the error being reported
+            import_module_or_warn(ep.value, f"entry point '{ep.name}' ({HINT_GROUP})")
     resolved = Path(path).expanduser().resolve()
     for hint in _hints:
         text = hint(resolved)

@@ -1,4 +1,6 @@
-"""Reading video frames with decord (imported lazily: it is an optional dependency).
+"""Reading video frames with decord, or PyAV where decord cannot be installed (both
+optional: the ``video`` extra; imported lazily). ``LAVISLIKE_VIDEO_BACKEND=av`` (or
+``decord``) forces one.
 
 Frame sampling (LAVIS facts):
 
@@ -20,6 +22,7 @@ import torch
 from lavislike.datasets.bad_data import BadSampleError
 
 SAMPLINGS = ("uniform", "headtail")
+BACKENDS = ("decord", "av")
 
 
 def frame_indices(vlen: int, n_frms: int, sampling: str = "uniform", generator: torch.Generator | None = None) -> list[int]:
@@ -59,22 +62,10 @@ def load_video(
     Raises:
         BadSampleError: missing, truncated or undecodable file.
     """
-    import decord
-
     path = str(path)
     if not os.path.isfile(path):
         raise BadSampleError(path, "missing file")
-    try:
-        # Resizing inside decord fails for some sizes (16, 24, 48 ...), so torch does it.
-        reader = decord.VideoReader(path, num_threads=1)
-        vlen = len(reader)
-        if vlen == 0:
-            raise BadSampleError(path, "video has no frames")
-        frames = reader.get_batch(frame_indices(vlen, n_frms, sampling)).asnumpy()
-    except BadSampleError:
-        raise
-    except (decord.DECORDError, RuntimeError, OSError, ValueError, IndexError) as exc:
-        raise BadSampleError(path, f"corrupt or truncated video ({str(exc).splitlines()[0][:120]})") from None
+    frames = _DECODERS[video_backend()](path, n_frms, sampling)
     frames = torch.from_numpy(np.ascontiguousarray(frames))
     if height is not None and width is not None and tuple(frames.shape[1:3]) != (height, width):
         resized = torch.nn.functional.interpolate(
@@ -83,3 +74,58 @@ def load_video(
         )
         frames = resized.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
     return frames
+
+
+def video_backend() -> str:
+    """``$LAVISLIKE_VIDEO_BACKEND``, else decord when importable, else PyAV."""
+    from lavislike.errors import ConfigError
+
+    forced = os.environ.get("LAVISLIKE_VIDEO_BACKEND")
+    if forced:
+        if forced not in BACKENDS:
+            raise ConfigError(f"LAVISLIKE_VIDEO_BACKEND={forced}: use one of {', '.join(BACKENDS)}")
+        return forced
+    for name in BACKENDS:
+        try:
+            __import__(name)
+            return name
+        except ImportError:
+            continue
+    raise ConfigError("reading videos needs decord or PyAV: pip install 'lavislike[video]'")
+
+
+def _corrupt(path: str, exc: Exception) -> BadSampleError:
+    return BadSampleError(path, f"corrupt or truncated video ({str(exc).splitlines()[0][:120]})")
+
+
+def _decode_decord(path: str, n_frms: int, sampling: str) -> np.ndarray:
+    import decord
+
+    try:
+        # Resizing inside decord fails for some sizes (16, 24, 48 ...), so torch does it.
+        reader = decord.VideoReader(path, num_threads=1)
+        vlen = len(reader)
+        if vlen == 0:
+            raise BadSampleError(path, "video has no frames")
+        return reader.get_batch(frame_indices(vlen, n_frms, sampling)).asnumpy()
+    except BadSampleError:
+        raise
+    except (decord.DECORDError, RuntimeError, OSError, ValueError, IndexError) as exc:
+        raise _corrupt(path, exc) from None
+
+
+def _decode_av(path: str, n_frms: int, sampling: str) -> np.ndarray:
+    """All frames decoded in order (clips are short; seeking is not frame-exact), then picked."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except (av.FFmpegError, OSError, ValueError, IndexError) as exc:
+        raise _corrupt(path, exc) from None
+    if not decoded:
+        raise BadSampleError(path, "video has no frames")
+    return np.stack([decoded[i] for i in frame_indices(len(decoded), n_frms, sampling)])
+
+
+_DECODERS = {"decord": _decode_decord, "av": _decode_av}

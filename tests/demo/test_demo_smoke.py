@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from lavislike.demo.baselines import BlankImage, majority_vqa_accuracy, retrieval_chance
-from lavislike.demo.plan import STAGE1, STAGE2, DemoPlan
-from lavislike.demo.report import Row
+from lavislike_demo.baselines import BlankImage, majority_vqa_accuracy, retrieval_chance
+from lavislike_demo.plan import STAGE1, STAGE2, DemoPlan
+from lavislike_demo.report import Row
 from lavislike.errors import LavislikeError
 
 from demo_env import demo_env
@@ -24,7 +24,7 @@ from demo_env import demo_env
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    from lavislike.demo.end_to_end import run_demo
+    from lavislike_demo.end_to_end import run_demo
 
     with demo_env(tmp_path_factory.mktemp("demo")) as root:
         yield root, run_demo(DemoPlan(quick=True), check=False)
@@ -86,7 +86,7 @@ def test_stage2_starts_from_stage1_qformer_and_the_prepared_frozen_parts(demo):
 
 
 def test_llm_text_comes_from_the_train_split_only(demo):
-    from lavislike.demo.text_corpus import llm_documents
+    from lavislike_demo.text_corpus import llm_documents
     from lavislike.processors.text import pre_caption
 
     root, _ = demo
@@ -101,7 +101,7 @@ def test_llm_text_comes_from_the_train_split_only(demo):
 
 
 def test_missing_prerequisite_is_one_clear_error(tmp_path, monkeypatch):
-    from lavislike.demo import pipeline
+    from lavislike_demo import pipeline
 
     monkeypatch.setenv("LAVISLIKE_CACHE", str(tmp_path / "empty"))
     monkeypatch.setenv("LAVISLIKE_OUTPUT", str(tmp_path / "out"))
@@ -134,3 +134,27 @@ def test_blank_images_chance_and_verdict():
     assert Row("t", "m", 30.0, {"a": 20.0, "b": None}).clearly_above()
     assert not Row("t", "m", 24.0, {"a": 20.0, "b": None}).clearly_above()   # +4 < 5 points
     assert not Row("t", "m", 110.0, {"a": 100.0, "b": 1.0}).clearly_above()  # +10 < 20 % of 100
+
+
+def test_serve_with_no_arguments_serves_the_demos_runs(demo):
+    """``lavislike serve``'s default after the demo: its stage-2 run captions as the demo's
+    own captioning evaluation did (same image, same decoding), its stage-1 run matches and
+    searches the corpus images; all offline."""
+    from lavislike.serve.actions import ServeSession
+    from lavislike.serve.command import default_image_folder
+    from lavislike.serve.models import load_served
+
+    root, _ = demo
+    served = load_served()
+    assert [s.model.cfg.arch for s in served] == ["blip2_opt", "blip2"]
+    session = ServeSession(served, default_image_folder())
+    assert session.image_folder == root / "cache" / "demo" / "synthetic" / "images"
+    (path,) = (root / "out/blip2_tiny/caption_synthetic_eval/result").glob("test_epoch*.json")
+    written = {r["image_id"]: r["caption"] for r in json.loads(path.read_text())}
+    annotations = json.loads((root / "cache/demo/synthetic/annotations/caption_test.json").read_text())
+    for ann in annotations[:2]:
+        image = session.image_folder / ann["image"]
+        # the quick plan's caption evaluation: greedy, at most 8 tokens
+        assert session.caption(image, "beam", 1, num_beams=1, max_length=8) == [written[ann["image_id"]]]
+    assert 0.0 <= session.match(image, annotations[0]["caption"][0])["itm"] <= 1.0
+    assert len(session.search("a red circle", top_k=3)) == 3

@@ -10,14 +10,15 @@ from pathlib import Path
 from lavislike.common.paths import missing_hint
 
 REPO = Path(__file__).resolve().parents[2]
-PREPARE = "python -m lavislike.demo prepare"
-STAGE1_CMD = "python -m lavislike.demo prepare stage1"
+PREPARE = "python -m lavislike_demo prepare"
+STAGE1_CMD = "python -m lavislike_demo prepare stage1"
 STAGE2_CMD = "bash run_scripts/pretrain_stage2.sh projects/blip2_tiny/train/pretrain_stage2.yaml"
 
 
 def run(args: list[str], cache: Path, out: Path, **extra_env) -> subprocess.CompletedProcess:
     env = dict(os.environ, LAVISLIKE_CACHE=str(cache), LAVISLIKE_OUTPUT=str(out), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **extra_env)
+               TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **extra_env)
     return subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 
 
@@ -33,7 +34,7 @@ def test_hints_for_demo_cache_entries_and_tiny_runs(tmp_path, monkeypatch):
     demo = tmp_path / "cache" / "demo"
     assert missing_hint(demo / "opt_tiny") == PREPARE
     assert missing_hint(demo / "synthetic" / "annotations" / "caption_train.json") == PREPARE
-    assert missing_hint(demo / "t5_tiny") == "python -m lavislike.demo prepare t5"
+    assert missing_hint(demo / "t5_tiny") == "python -m lavislike_demo prepare t5"
     assert missing_hint(tmp_path / "cache" / "coco" / "images") is None
     run_dir = tmp_path / "anywhere" / "blip2_tiny"
     assert missing_hint(run_dir / "pretrain_stage1" / "model_best.safetensors").startswith(STAGE1_CMD)

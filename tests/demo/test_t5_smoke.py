@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lavislike.demo import pipeline
-from lavislike.demo.plan import STAGE1, STAGE2_T5, DemoPlan
-from lavislike.demo.text_t5 import t5_pairs
+from lavislike_demo import pipeline
+from lavislike_demo.plan import STAGE1, STAGE2_T5, DemoPlan
+from lavislike_demo.text_t5 import t5_pairs
 from lavislike.errors import CheckpointError
 
 from demo_env import demo_env
@@ -29,7 +29,7 @@ FEW_STAGE2 = ("run.max_epoch=1", "run.batch_size_train=8", "run.warmup_steps=1",
 
 @pytest.fixture(scope="module")
 def t5_run(tmp_path_factory):
-    from lavislike.demo.prepare import ensure_corpus, ensure_image_encoder, ensure_qformer_init, ensure_t5
+    from lavislike_demo.prepare import ensure_corpus, ensure_image_encoder, ensure_qformer_init, ensure_t5
 
     with demo_env(tmp_path_factory.mktemp("demo_t5")) as root:
         plan = DemoPlan(quick=True, extra=FEW_STAGE1)
@@ -47,7 +47,7 @@ def t5_run(tmp_path_factory):
 def test_missing_t5_names_the_prepare_command(t5_run):
     root, *_, message = t5_run
     assert message == (f"model.llm.path: {root / 'cache/demo/t5_tiny'} not found; "
-                       "create it with: python -m lavislike.demo prepare t5")
+                       "create it with: python -m lavislike_demo prepare t5")
 
 
 def test_the_tiny_t5_is_an_ordinary_t5_folder(t5_run):

@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lavislike.demo.fit import LMSizes
-from lavislike.demo.text_lm import _document_inputs, _repeats, _split_documents, pretrain_tiny_opt, train_tokenizer
+from lavislike_demo.fit import LMSizes
+from lavislike_demo.text_lm import _document_inputs, _repeats, _split_documents, pretrain_tiny_opt, train_tokenizer
 
 DOCS = [
     "a small red circle on the left on a white background\n",

@@ -3,7 +3,7 @@
 * ``demo_blank_image`` - an image processor that replaces every image by a blank (the
   normalised mean colour, i.e. zeros): the *same* trained model evaluated through the
   same task sees no picture. Registered here; configs name it after
-  ``imports: [lavislike.demo.baselines]``.
+  ``imports: [lavislike_demo.baselines]``.
 * :func:`majority_vqa_accuracy` - answer every test question with the most frequent
   training answer of its question type (colour, shape, count, position, yes/no).
 * :func:`retrieval_chance` - recall@K of a random ranking, ``K / N``.

@@ -1,8 +1,8 @@
 """The demo's runs, each one the ordinary ``lavislike train`` / ``evaluate`` of a config.
 
 Training and evaluation go through :func:`lavislike.runners.launch.run` with configs
-from :mod:`lavislike.demo.plan`; the blind baselines are the same evaluation configs with
-the eval image processor swapped for :data:`~lavislike.demo.baselines.BLANK_PROCESSOR`.
+from :mod:`lavislike_demo.plan`; the blind baselines are the same evaluation configs with
+the eval image processor swapped for :data:`~lavislike_demo.baselines.BLANK_PROCESSOR`.
 """
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from lavislike.demo.baselines import BLANK_PROCESSOR
-from lavislike.demo.plan import DemoPlan
+from lavislike_demo.baselines import BLANK_PROCESSOR
+from lavislike_demo.plan import DemoPlan
 from lavislike.errors import CheckpointError, LavislikeError
 
 logger = logging.getLogger("lavislike")
 
-BLIND_IMPORT = "imports=[lavislike.demo.baselines]"
+BLIND_IMPORT = "imports=[lavislike_demo.baselines]"
 
 
 def output_dir(plan: DemoPlan, rel: str, more: Sequence[str] = ()) -> Path:

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from lavislike.demo.fit import LMSizes, fit
+from lavislike_demo.fit import LMSizes, fit
 
 
 def train_tokenizer(texts: Sequence[str], out_dir: str | Path, vocab_size: int = 800):
@@ -95,7 +95,7 @@ def pretrain_tiny_opt(
     """Train a tiny ``OPTForCausalLM`` on ``texts`` (each ending in ``"\\n"``) and save it.
 
     Args:
-        texts: documents (see :mod:`lavislike.demo.text_corpus`).
+        texts: documents (see :mod:`lavislike_demo.text_corpus`).
         out_dir: the Hugging Face folder to write (config, weights, tokenizer).
         sizes: steps / batch / lr (AdamW, warm-up then cosine) and the OPT sizes.
         max_length: tokens kept per document; the model gets room for a soft prompt too.

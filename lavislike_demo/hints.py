@@ -3,8 +3,8 @@
 Registered with :func:`lavislike.common.paths.register_missing_hint`, so a missing
 prerequisite of a tiny project fails as one line that says what to run, e.g.::
 
-    model.llm.path: /root/.cache/lavislike/demo/opt_tiny not found; create it with:
-    python -m lavislike.demo prepare
+    model.llm.path: /root/.cache/lavislike_demo/opt_tiny not found; create it with:
+    python -m lavislike_demo prepare
 """
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from typing import Optional
 
 from lavislike.common.paths import cache_dir, register_missing_hint
 
-PREPARE = "python -m lavislike.demo prepare"
+PREPARE = "python -m lavislike_demo prepare"
 
 # entries of $LAVISLIKE_CACHE/demo made by something other than plain `prepare`
-CACHE_COMMANDS = {"t5_tiny": "python -m lavislike.demo prepare t5"}
+CACHE_COMMANDS = {"t5_tiny": "python -m lavislike_demo prepare t5"}
 
 # the tiny training runs, by the last two folders of their run.output_dir
 RUN_COMMANDS = {
     ("blip2_tiny", "pretrain_stage1"): (
-        "python -m lavislike.demo prepare stage1 (or: bash run_scripts/pretrain_stage1.sh "
+        "python -m lavislike_demo prepare stage1 (or: bash run_scripts/pretrain_stage1.sh "
         "projects/blip2_tiny/train/pretrain_stage1.yaml)"
     ),
     ("blip2_tiny", "pretrain_stage2"): (

@@ -1,7 +1,7 @@
 """The end-to-end demo: prepare, stage 1, stage 2, zero-shot evaluation, table, examples.
 
 Every training and evaluation run is an ordinary ``projects/blip2_tiny`` config run by the
-registered runner and task (see :mod:`lavislike.demo.pipeline`); this module only orders
+registered runner and task (see :mod:`lavislike_demo.pipeline`); this module only orders
 them, compares each number with its baselines and writes the report.
 """
 from __future__ import annotations
@@ -11,11 +11,11 @@ import logging
 import time
 from pathlib import Path
 
-from lavislike.demo import pipeline
-from lavislike.demo.baselines import majority_answers, majority_vqa_accuracy, retrieval_chance
-from lavislike.demo.plan import CAPTION, RETRIEVAL, STAGE1, STAGE2, VQA, DemoPlan
-from lavislike.demo.prepare import prepare
-from lavislike.demo.report import Row, collect_examples, format_table, write_html, write_png
+from lavislike_demo import pipeline
+from lavislike_demo.baselines import majority_answers, majority_vqa_accuracy, retrieval_chance
+from lavislike_demo.plan import CAPTION, RETRIEVAL, STAGE1, STAGE2, VQA, DemoPlan
+from lavislike_demo.prepare import prepare
+from lavislike_demo.report import Row, collect_examples, format_table, write_html, write_png
 from lavislike.errors import LavislikeError
 
 logger = logging.getLogger("lavislike")

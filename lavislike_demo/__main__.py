@@ -1,4 +1,4 @@
-"""``python -m lavislike.demo``: the end-to-end BLIP-2 demo on CPU (see ``--help``).
+"""``python -m lavislike_demo``: the end-to-end BLIP-2 demo on CPU (see ``--help``).
 
 Commands:
     all (default)   prepare, stage 1, stage 2, zero-shot evaluation, table and examples
@@ -14,7 +14,7 @@ import time
 
 
 def _print_summary(summary: dict) -> None:
-    from lavislike.demo.report import format_table
+    from lavislike_demo.report import format_table
 
     print("\n== lavislike demo: zero-shot results on the synthetic test split ==")
     print(format_table(summary["rows"]))
@@ -36,7 +36,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lavislike.demo", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m lavislike_demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="*", default=["all"], help="all | prepare [stage1] [t5]")
     parser.add_argument("--quick", action="store_true", help="the smoke-test size (seconds, numbers meaningless)")
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     import torch
 
     from lavislike.common.logging import setup_logging
-    from lavislike.demo.plan import STAGE1, DemoPlan
+    from lavislike_demo.plan import STAGE1, DemoPlan
     from lavislike.errors import LavislikeError
 
     setup_logging()
@@ -61,8 +61,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         if command[:1] == ["prepare"]:
-            from lavislike.demo import pipeline
-            from lavislike.demo.prepare import ensure_t5, prepare
+            from lavislike_demo import pipeline
+            from lavislike_demo.prepare import ensure_t5, prepare
 
             extra = command[1:]
             unknown = [c for c in extra if c not in ("stage1", "t5")]
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
             return 0
         if command != ["all"]:
             parser.error(f"unknown command {' '.join(command)} (valid: all, prepare, prepare stage1, prepare t5)")
-        from lavislike.demo.end_to_end import run_demo
+        from lavislike_demo.end_to_end import run_demo
 
         summary = run_demo(plan, check=args.check)
         _print_summary(summary)
