@@ -6,6 +6,7 @@ whose dataset has no fixture fails here with its name."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -34,6 +35,17 @@ def _finite_losses(metrics: Path) -> list[float]:
     losses = [r["loss"] for r in rows if "loss" in r]
     assert losses and all(math.isfinite(v) for v in losses), rows
     return losses
+
+
+@pytest.fixture(autouse=True)
+def fresh_log_handlers():
+    """Each in-process run logs to the stderr pytest captures for it: drop the handlers
+    ``setup_logging`` bound to an earlier test's streams."""
+    yield
+    logger = logging.getLogger("lavislike")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
 
 
 @pytest.mark.parametrize("path", ALL_YAMLS, ids=[str(p.relative_to(PROJECTS)) for p in ALL_YAMLS])
