@@ -23,11 +23,18 @@ ALL_YAMLS = sorted(PROJECTS.rglob("*.yaml"))
 
 
 @pytest.fixture(scope="session")
-def matrix_cache(tmp_path_factory) -> Path:
-    """One cache root holding every corpus's files, shared by all configs."""
-    root = tmp_path_factory.mktemp("matrix_cache")
-    cm.write_all(root)
-    return root
+def matrix(tmp_path_factory) -> dict:
+    """Shared by all configs: a cache root holding every corpus's files, the output root the
+    YAMLs chain through (``LAVISLIKE_OUTPUT``), the tiny parts and checkpoints of every arch."""
+    cache, outputs = tmp_path_factory.mktemp("matrix_cache"), tmp_path_factory.mktemp("matrix_outputs")
+    cm.write_all(cache)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LAVISLIKE_OUTPUT", str(outputs))
+        mp.delenv("BLIP2_STAGE1_CKPT", raising=False)
+        produced_by = cm.producers({p: load_config(p, []) for p in ALL_YAMLS})
+    parts = cm.tiny_parts(tmp_path_factory.mktemp("matrix_llms"))
+    return {"cache": cache, "outputs": outputs, "produced_by": produced_by, "parts": parts,
+            "ckpts": cm.tiny_checkpoints(tmp_path_factory.mktemp("matrix_ckpts"), parts)}
 
 
 def _finite_losses(metrics: Path) -> list[float]:
@@ -49,9 +56,10 @@ def fresh_log_handlers():
 
 
 @pytest.mark.parametrize("path", ALL_YAMLS, ids=[str(p.relative_to(PROJECTS)) for p in ALL_YAMLS])
-def test_project_yaml_runs_end_to_end(path, matrix_cache, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("LAVISLIKE_CACHE", str(matrix_cache))
-    monkeypatch.setenv("LAVISLIKE_OUTPUT", str(tmp_path / "outputs"))
+def test_project_yaml_runs_end_to_end(path, matrix, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LAVISLIKE_CACHE", str(matrix["cache"]))
+    monkeypatch.setenv("LAVISLIKE_OUTPUT", str(matrix["outputs"]))
+    monkeypatch.delenv("BLIP2_STAGE1_CKPT", raising=False)
     # METEOR's and the PTB tokenizer's Java start-up is half a minute; tests/tasks covers them
     monkeypatch.setattr(caption_metrics, "java_available", lambda: False)
     cfg = load_config(path, [])
@@ -61,7 +69,7 @@ def test_project_yaml_runs_end_to_end(path, matrix_cache, tmp_path, monkeypatch,
     out = tmp_path / "run"
     command = "evaluate" if cfg.run.evaluate else "train"
     t0 = time.perf_counter()
-    rc = main([command, "--cfg-path", str(path), *cm.overrides(cfg, out)])
+    rc = main([command, "--cfg-path", str(path), *cm.overrides(cfg, out, matrix)])
     err = capsys.readouterr().err
     assert rc == 0, err[-3000:]
     print(f"{path.relative_to(PROJECTS)}: {command} in {time.perf_counter() - t0:.1f} s")
