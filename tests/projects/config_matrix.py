@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "datasets"))
 from fixtures import real_formats as rf  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
+PROJECTS = REPO / "projects"
+ALL_YAMLS = sorted(PROJECTS.rglob("*.yaml"))
 IMAGE_SIZE = 32
 SYNTHETIC = {"n_train": 6, "n_val": 3, "n_test": 3, "image_size": IMAGE_SIZE, "with_video": False}
 ARCHS = ("blip2", "blip2_opt", "blip2_t5")

@@ -6,7 +6,6 @@ whose dataset has no fixture fails here with its name."""
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from pathlib import Path
@@ -18,23 +17,8 @@ from lavislike.cli import main
 from lavislike.config import load_config
 from lavislike.tasks import caption_metrics
 
-PROJECTS = cm.REPO / "projects"
-ALL_YAMLS = sorted(PROJECTS.rglob("*.yaml"))
-
-
-@pytest.fixture(scope="session")
-def matrix(tmp_path_factory) -> dict:
-    """Shared by all configs: a cache root holding every corpus's files, the output root the
-    YAMLs chain through (``LAVISLIKE_OUTPUT``), the tiny parts and checkpoints of every arch."""
-    cache, outputs = tmp_path_factory.mktemp("matrix_cache"), tmp_path_factory.mktemp("matrix_outputs")
-    cm.write_all(cache)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LAVISLIKE_OUTPUT", str(outputs))
-        mp.delenv("BLIP2_STAGE1_CKPT", raising=False)
-        produced_by = cm.producers({p: load_config(p, []) for p in ALL_YAMLS})
-    parts = cm.tiny_parts(tmp_path_factory.mktemp("matrix_llms"))
-    return {"cache": cache, "outputs": outputs, "produced_by": produced_by, "parts": parts,
-            "ckpts": cm.tiny_checkpoints(tmp_path_factory.mktemp("matrix_ckpts"), parts)}
+PROJECTS = cm.PROJECTS
+ALL_YAMLS = cm.ALL_YAMLS
 
 
 def _finite_losses(metrics: Path) -> list[float]:
@@ -42,17 +26,6 @@ def _finite_losses(metrics: Path) -> list[float]:
     losses = [r["loss"] for r in rows if "loss" in r]
     assert losses and all(math.isfinite(v) for v in losses), rows
     return losses
-
-
-@pytest.fixture(autouse=True)
-def fresh_log_handlers():
-    """Each in-process run logs to the stderr pytest captures for it: drop the handlers
-    ``setup_logging`` bound to an earlier test's streams."""
-    yield
-    logger = logging.getLogger("lavislike")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
 
 
 @pytest.mark.parametrize("path", ALL_YAMLS, ids=[str(p.relative_to(PROJECTS)) for p in ALL_YAMLS])
