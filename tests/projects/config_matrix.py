@@ -17,6 +17,7 @@ folder is put exactly there - a path that no project writes fails the test.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -38,8 +39,13 @@ SYNTHETIC = {"n_train": 6, "n_val": 3, "n_test": 3, "image_size": IMAGE_SIZE, "w
 ARCHS = ("blip2", "blip2_opt", "blip2_t5")
 SIZE_KEYS = ("image_encoder", "qformer", "llm", "tokenizer", "embed_dim")
 RUN = ["batch_size_train=2", "batch_size_eval=2", "num_workers=0", "max_epoch=1", "max_iters=2",
-       "iters_per_inner_epoch=2", "warmup_steps=1", "device=cpu", "progress_bar=false", "tensorboard=false",
-       "log_freq=1"]
+       "iters_per_inner_epoch=2", "warmup_steps=1", "progress_bar=false", "tensorboard=false", "log_freq=1"]
+# a GPU machine runs the same matrix (bench/gpu_config_matrix.sh): its device, its number of
+# processes for the NPROC subset, and overrides of its own (AMP dtypes, FSDP), each applied
+# where the config has the key's block
+DEVICE = os.environ.get("LAVISLIKE_MATRIX_DEVICE", "cpu")
+NPROC = os.environ.get("LAVISLIKE_MATRIX_NPROC", "2")
+EXTRA = os.environ.get("LAVISLIKE_MATRIX_EXTRA", "").split()
 
 
 def writer_for(dataset: str):
@@ -171,6 +177,8 @@ def dataset_overrides(cfg: DictConfig) -> list[str]:
 def overrides(cfg: DictConfig, output_dir: Path, matrix: dict) -> list[str]:
     """Everything :func:`model_overrides`, :func:`weight_overrides` and :func:`dataset_overrides`
     change, the short run and its output folder."""
+    extra = [o for o in EXTRA if OmegaConf.select(cfg, o.split("=")[0].rsplit(".", 1)[0]) is not None]
     return [*model_overrides(cfg.model, matrix["parts"]),
             *weight_overrides(cfg.model, matrix["ckpts"], matrix["produced_by"]),
-            *dataset_overrides(cfg), *[f"run.{k}" for k in RUN], f"run.output_dir={output_dir}"]
+            *dataset_overrides(cfg), *[f"run.{k}" for k in RUN], f"run.device={DEVICE}",
+            f"run.output_dir={output_dir}", *extra]

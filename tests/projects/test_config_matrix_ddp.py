@@ -50,12 +50,12 @@ def test_two_gloo_processes(script, matrix, tmp_path, monkeypatch, capsys, fake_
     res = subprocess.run(
         ["bash", f"run_scripts/{script}", *cm.overrides(cfg, out2, matrix), *extra],
         capture_output=True, text=True, cwd=cm.REPO, timeout=300,
-        env=dict(os.environ, **env, NPROC="2", MASTER_PORT=str(29300 + os.getpid() % 200 + len(script)),
+        env=dict(os.environ, **env, NPROC=cm.NPROC, MASTER_PORT=str(29300 + os.getpid() % 200 + len(script)),
                  LAVISLIKE_VENV=str(fake_venv), PYTHONPATH=str(cm.REPO), OMP_NUM_THREADS="1",
                  HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "world size 2" in (out2 / "log.txt").read_text()
+    assert f"world size {cm.NPROC}" in (out2 / "log.txt").read_text()
     if not cfg.run.evaluate:
         rows = [json.loads(line) for line in (out2 / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows if r.get("split") == "train"] == [1, 2]
