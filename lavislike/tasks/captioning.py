@@ -48,7 +48,8 @@ def with_run_prompt(model, samples: dict, prompt: Optional[str]) -> dict:
     """``samples`` with ``prompt`` as ``samples["prompt"]`` (None: unchanged)."""
     if prompt is None:
         return samples
-    if "prompt" not in getattr(model, "cfg", {}):
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and "prompt" not in cfg:
         # the Q-Former's own captioner reads no prompt: refuse rather than ignore it
         raise ConfigError(f"run.prompt: '{prompt}' is set but {type(model).__name__} generates without a "
                           "prompt; remove run.prompt (prompts need an LLM model, e.g. arch blip2_opt)")
