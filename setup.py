@@ -30,6 +30,7 @@ setup(
         "tokenizers",
         "safetensors",
         "omegaconf>=2.3",
+        "pyyaml",  # config/loader.py names the override whose value is no YAML
         "numpy",
         "pillow",
         "tqdm",
