@@ -22,12 +22,15 @@ setup(
     install_requires=[
         "torch>=2.4",
         "torchvision>=0.19",
-        "transformers>=4.46",
+        # 5.24 renamed past_key_values to cache (forward argument and output), which
+        # llms/causal_lm.py uses; dtype= in from_pretrained / from_config dates from 4.56
+        "transformers>=5.24",
         "huggingface_hub",
         "timm>=1.0",
         "tokenizers",
         "safetensors",
         "omegaconf>=2.3",
+        "pyyaml",  # config/loader.py names the override whose value is no YAML
         "numpy",
         "pillow",
         "tqdm",

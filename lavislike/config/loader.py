@@ -15,6 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -98,6 +99,14 @@ def parse_overrides(overrides: Sequence[str] | None) -> DictConfig:
         return OmegaConf.from_dotlist(items)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"command line: {_one_line(exc)}") from None
+    except yaml.YAMLError:
+        for item in items:  # name the override whose value is no YAML
+            try:
+                OmegaConf.from_dotlist([item])
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"command line: override '{item}': the value is not valid YAML "
+                                  f"({_one_line(exc)})") from None
+        raise
 
 
 def _section(cfg: DictConfig | None, key: str) -> DictConfig:

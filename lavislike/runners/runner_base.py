@@ -43,6 +43,7 @@ from lavislike.common.logging import MetricsWriter, plot_curves, setup_logging
 from lavislike.config.schema import RunConfig, with_schema_defaults
 from lavislike.errors import ConfigError, LavislikeError
 from lavislike.registry import LR_SCHEDULERS, RUNNERS
+from lavislike.runners.amp import choose_amp_dtype, store_frozen_in
 from lavislike.runners.data import (
     MixedTrainStream,
     ShardedSampler,
@@ -167,17 +168,15 @@ class RunnerBase:
         return base / (self.job_id or datetime.now().strftime("%Y%m%d_%H%M%S"))
 
     def _amp_dtype(self) -> torch.dtype | None:
+        """Autocast dtype: ``run.amp_dtype``, or (null) the frozen parts' (``runners/amp.py``)."""
         if not self.run.amp:
             return None
         name = self.run.amp_dtype
-        if name is None:
-            cuda = self.device.type == "cuda"
-            return torch.float16 if cuda and not torch.cuda.is_bf16_supported() else torch.bfloat16
-        if name not in _AMP_DTYPES:
+        if name is not None and name not in _AMP_DTYPES:
             raise ConfigError(f"run.amp_dtype: unknown '{name}'; valid: bf16, fp16")
-        if _AMP_DTYPES[name] == torch.float16 and self.device.type != "cuda":
+        if name is not None and _AMP_DTYPES[name] == torch.float16 and self.device.type != "cuda":
             raise ConfigError("run.amp_dtype: fp16 autocast needs a GPU; use bf16 on CPU")
-        return _AMP_DTYPES[name]
+        return choose_amp_dtype(_AMP_DTYPES.get(name), self._model, self.device)
 
     def setup(self) -> None:
         """Process group, seeds, device, output folder, logging, model wrapping, optimizer."""
@@ -198,12 +197,14 @@ class RunnerBase:
         setup_logging(self.output_dir)
         if D.is_main_process():
             self._write_config()
-        self.amp_dtype = self._amp_dtype()
-        self.scaler = (torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None)
         accum = run.accum_grad_iters
         if accum < 1:
             raise ConfigError(f"run.accum_grad_iters must be >= 1, got {accum}")
         self._model.to(self.device)
+        self.amp_dtype = self._amp_dtype()
+        if self.amp_dtype is not None:
+            store_frozen_in(self._model, self.amp_dtype, self.device)
+        self.scaler = (torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None)
         self._trainable_names = list(trainable_state_dict(self._model))
         self.optimizer = build_optimizer(self._model, run.init_lr, run.weight_decay, (run.beta1, run.beta2),
                                          run.layer_decay or 1.0) if not run.evaluate else None

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lavislike.common.io import write_json_atomic
+from lavislike.errors import ConfigError
 from lavislike.registry import TASKS
 from lavislike.tasks.base_task import BaseTask
 from lavislike.tasks.caption_metrics import coco_caption_eval, gt_from_dataset, write_coco_gt
@@ -25,6 +26,8 @@ class CaptionEvalConfig:
     use_nucleus_sampling: bool = False
     spice: bool = False  # also needs java and the Stanford CoreNLP jar
     gt_files: dict[str, str] = field(default_factory=dict)  # split -> COCO-format ground truth
+    # text the LLM continues (e.g. "a photo of"); None = the model's own ``model.prompt``.
+    # It reaches the model as ``samples["prompt"]``, LAVIS's way of overriding the prompt.
     prompt: Optional[str] = None
 
 
@@ -37,16 +40,25 @@ class CaptionTaskConfig(CaptionEvalConfig):
 
 
 def caption_generate_kwargs(cfg) -> dict:
-    kw = {"use_nucleus_sampling": cfg.use_nucleus_sampling, "num_beams": cfg.num_beams,
-          "max_length": cfg.max_len, "min_length": cfg.min_len}
-    if cfg.get("prompt"):
-        kw["prompt"] = cfg.prompt
-    return kw
+    return {"use_nucleus_sampling": cfg.use_nucleus_sampling, "num_beams": cfg.num_beams,
+            "max_length": cfg.max_len, "min_length": cfg.min_len}
+
+
+def with_run_prompt(model, samples: dict, prompt: Optional[str]) -> dict:
+    """``samples`` with ``prompt`` as ``samples["prompt"]`` (None: unchanged)."""
+    if prompt is None:
+        return samples
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and "prompt" not in cfg:
+        # the Q-Former's own captioner reads no prompt: refuse rather than ignore it
+        raise ConfigError(f"run.prompt: '{prompt}' is set but {type(model).__name__} generates without a "
+                          "prompt; remove run.prompt (prompts need an LLM model, e.g. arch blip2_opt)")
+    return {**samples, "prompt": prompt}
 
 
 def caption_results(model, samples: dict, cfg) -> list[dict]:
     """``[{"image_id", "caption"}]`` for one batch, generated with ``cfg``'s settings."""
-    captions = model.generate(samples, **caption_generate_kwargs(cfg))
+    captions = model.generate(with_run_prompt(model, samples, cfg.get("prompt")), **caption_generate_kwargs(cfg))
     ids = samples["image_id"]
     ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
     return [{"image_id": i, "caption": c} for i, c in zip(ids, captions)]

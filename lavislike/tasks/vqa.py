@@ -27,7 +27,9 @@ class VQATaskConfig:
     inference_method: str = "generate"  # generate | rank (score answer_list candidates)
     num_ans_candidates: int = 128
     answer_list: Optional[str] = None  # JSON list of candidate answers, for "rank"
-    prompt: str = ""  # e.g. "Question: {} Short answer:"
+    # question template, e.g. "Question: {} Short answer:"; None = the model's own
+    # (model.vqa_prompt, else the paper's for its LLM); "" = the bare question, as LAVIS
+    prompt: Optional[str] = None
     length_penalty: float = -1.0
     num_annotators: int = 10  # turns (answers, weights) back into raw annotator answers
     report_metric: bool = True

@@ -32,24 +32,8 @@ def cache(tmp_path, monkeypatch) -> Path:
 
 
 def write_vg_qa(root: Path) -> dict:
-    """vg/annotations/vg_qa.json + images in VG_100K/ and VG_100K_2/ (the unpacked archives)."""
-    rf.jpeg(root / "vg/images/VG_100K/1.jpg", 11)
-    rf.jpeg(root / "vg/images/VG_100K_2/2.jpg", 12)
-    rf.dump(root / "vg/annotations/vg_qa.json", [
-        {"dataset": "vg", "question": "What is the man holding?", "answer": "umbrella",
-         "image": "VG_100K/1.jpg", "question_id": 7},
-        {"dataset": "vg", "question": "Where (exactly) are the clouds?", "answer": "in the sky",
-         "image": "2.jpg", "question_id": 8},  # a bare file name: found in VG_100K_2/
-        {"dataset": "vg", "question": "What color is the sky?", "answer": "blue",
-         "image": "image/2.jpg", "question_id": 9},  # another folder prefix: found by name
-        {"dataset": "vg", "question": "", "answer": "none", "image": "VG_100K/1.jpg", "question_id": 10},
-    ])
-    return {
-        "files": ["VG_100K/1.jpg", "VG_100K_2/2.jpg", "VG_100K_2/2.jpg"],
-        "questions": ["what is the man holding?", "where exactly are the clouds?", "what color is the sky?"],
-        "answers": ["umbrella", "in the sky", "blue"],
-        "question_ids": [7, 8, 9],
-    }
+    """LAVIS's layout (see ``rf.write_vg_vqa``) with one empty question row."""
+    return rf.write_vg_vqa(root, empty_question=True)
 
 
 def reference_eval(path: Path, size: int = 224) -> torch.Tensor:

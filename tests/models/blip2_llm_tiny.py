@@ -126,5 +126,17 @@ def hf_inputs(tok, texts, side: str, image_id: int, suffix: str = ""):
     return ids, mask
 
 
+def newline_id(tok) -> int:
+    return tok("\n", add_special_tokens=False).input_ids[-1]
+
+
+def hf_new_tokens(hf, tok, img, prompts, **kw) -> torch.Tensor:
+    """The new tokens transformers' BLIP-2 generates after ``prompts`` (left-padded)."""
+    ids, mask = hf_inputs(tok, prompts, "left", hf.config.image_token_index)
+    with torch.no_grad():
+        out = hf.generate(pixel_values=img, input_ids=ids, attention_mask=mask, pad_token_id=tok.pad_token_id, **kw)
+    return out[:, ids.shape[1]:]
+
+
 def images(batch: int = 2, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed))

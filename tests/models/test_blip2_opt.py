@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Blip2ForConditionalGeneration
 
-from blip2_llm_tiny import NUM_QUERY, assert_generation_matches, hf_inputs, images, save_hf_blip2
+from blip2_llm_tiny import (NUM_QUERY, assert_generation_matches, hf_inputs, hf_new_tokens, images, newline_id,
+                             save_hf_blip2)
 from lavislike.models.blip2_llm import Blip2OPT
 from lavislike.models.convert.hf_llm import from_hf_llm
 
@@ -23,10 +24,6 @@ PROMPTS = ["a photo of", "Question: how many people are there? Answer:"]
 def pair(request, tmp_path_factory):
     folder, hf, tok = save_hf_blip2(tmp_path_factory.mktemp(request.param), request.param)
     return from_hf_llm(folder), hf, tok, folder
-
-
-def newline_id(tok) -> int:
-    return tok("\n", add_special_tokens=False).input_ids[-1]
 
 
 def test_from_hf_builds_frozen_llm(pair):
@@ -70,19 +67,12 @@ def test_loss_trains_qformer_and_projection_only(pair):
     ours.zero_grad()
 
 
-def _hf_new_tokens(hf, tok, img, prompts, **kw):
-    ids, mask = hf_inputs(tok, prompts, "left", hf.config.image_token_index)
-    with torch.no_grad():
-        out = hf.generate(pixel_values=img, input_ids=ids, attention_mask=mask, pad_token_id=tok.pad_token_id, **kw)
-    return out[:, ids.shape[1]:]
-
-
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_generation_matches_transformers(pair, num_beams):
     ours, hf, tok, _ = pair
     img = images(seed=1)
     kw = dict(num_beams=num_beams, max_new_tokens=7, min_new_tokens=3, eos_token_id=newline_id(tok), length_penalty=1.0)
-    expected = _hf_new_tokens(hf, tok, img, PROMPTS, **kw)
+    expected = hf_new_tokens(hf, tok, img, PROMPTS, **kw)
     assert_generation_matches(ours, tok, img, PROMPTS, expected, num_beams=num_beams, max_length=7, min_length=3)
 
 
@@ -92,7 +82,7 @@ def test_predict_answers_generate_matches_transformers(pair):
     questions = ["what is on the table?", "how many?"]
     answers = ours.predict_answers({"image": img, "text_input": questions}, num_beams=3, max_len=4, min_len=1)
     prompts = [f"Question: {q} Answer:" for q in questions]
-    expected = _hf_new_tokens(hf, tok, img, prompts, num_beams=3, max_new_tokens=4, min_new_tokens=1,
+    expected = hf_new_tokens(hf, tok, img, prompts, num_beams=3, max_new_tokens=4, min_new_tokens=1,
                               eos_token_id=newline_id(tok), length_penalty=-1.0)
     assert answers == [t.strip() for t in tok.batch_decode(expected, skip_special_tokens=True)]
 
@@ -134,7 +124,7 @@ def test_export_round_trip(pair, tmp_path):
             atol=1e-5, rtol=1e-5,
         )
     kw = dict(num_beams=2, max_new_tokens=5, min_new_tokens=5)
-    assert _hf_new_tokens(back, tok, img, PROMPTS, **kw).tolist() == _hf_new_tokens(hf, tok, img, PROMPTS, **kw).tolist()
+    assert hf_new_tokens(back, tok, img, PROMPTS, **kw).tolist() == hf_new_tokens(hf, tok, img, PROMPTS, **kw).tolist()
     again = from_hf_llm(tmp_path)
     with torch.no_grad():
         a = ours({"image": img, "text_input": TEXTS})["loss"]

@@ -1,0 +1,25 @@
+"""A command-line override whose value is no YAML (a dict typed by hand) is one line naming it."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lavislike.config import load_config
+from lavislike.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+CFG = REPO / "projects/blip2/eval/ret_coco_eval.yaml"
+BAD = "model.qformer={num_query_token: 4: 5}"
+
+
+def test_bad_yaml_value_names_the_override():
+    with pytest.raises(ConfigError, match=r"override 'model\.qformer=\{num_query_token: 4: 5\}': the value is not valid YAML"):
+        load_config(CFG, ["run.k_test=4", BAD])
+
+
+def test_cli_prints_one_line_exit_2():
+    res = subprocess.run([sys.executable, "-m", "lavislike", "config", "--cfg-path", str(CFG), BAD],
+                         capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "model.qformer" in res.stderr
