@@ -152,22 +152,42 @@ def _takes_image_index(model) -> bool:
         return False
 
 
+def image_batches(img_sorted: torch.Tensor, batch_size: int) -> list[tuple[int, int]]:
+    """``(start, end)`` batches over pairs sorted by image: whole images packed greedily up to
+    ``batch_size`` pairs (an image with more pairs is split), so most batches read one image
+    and its cross-attention keys/values are a broadcast view instead of a per-pair copy."""
+    _, counts = torch.unique_consecutive(img_sorted, return_counts=True)
+    bounds, start, end = [], 0, 0
+    for c in counts.tolist():  # one step per image
+        if end - start + c > batch_size and end > start:
+            bounds.append((start, end))
+            start = end
+        end += c
+        while end - start > batch_size:
+            bounds.append((start, start + batch_size))
+            start += batch_size
+    if end > start:
+        bounds.append((start, end))
+    return bounds
+
+
 @torch.no_grad()
 def itm_pair_scores(model, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     img: torch.Tensor, txt: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """ITM score of each pair (``image_embeds[img[j]]``, text ``txt[j]``), ``batch_size`` at a time.
+    """ITM score of each pair (``image_embeds[img[j]]``, text ``txt[j]``), at most ``batch_size``
+    pairs per forward.
 
-    Pairs are scored grouped by image, so a batch reads few distinct images; a model whose
-    ``itm_scores`` takes ``image_index`` then projects each image's cross-attention
-    keys/values once per batch instead of once per pair. Trailing columns that are padding
-    in every text of a batch are cut (they are masked out anyway).
+    Pairs are scored grouped by image (:func:`image_batches`); a model whose ``itm_scores``
+    takes ``image_index`` then projects each image's cross-attention keys/values once per
+    batch instead of once per pair. Trailing columns that are padding in every text of a
+    batch are cut (they are masked out anyway).
     """
     device = model_device(model)
     order = torch.argsort(img, stable=True)
     shared = _takes_image_index(model)
     out = torch.empty(img.numel())
-    for s in range(0, order.numel(), batch_size):
-        sel = order[s : s + batch_size]
+    for s, e in image_batches(img[order], batch_size):
+        sel = order[s:e]
         mask = attention_mask[txt[sel]]
         used = mask.any(0).nonzero()
         width = int(used.max()) + 1 if used.numel() else 1
