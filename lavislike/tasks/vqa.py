@@ -91,11 +91,12 @@ class VQATask(BaseTask):
     def compute_metrics(self, results, dataset, split, output_dir) -> dict:
         """VQA accuracy from each question's raw answers: the official annotation file the
         dataset names (``eval_files.vqa_annotations`` / ``anno_files``), else the dataset's
-        rows, else the batch's (answers, weights) expanded to ``num_annotators`` (approximate,
-        flagged ``"approximate": true`` in the metrics)."""
+        rows (a single answer string: ``num_annotators`` unanimous annotators), else the
+        batch's (answers, weights) expanded to ``num_annotators`` (approximate, flagged
+        ``"approximate": true`` in the metrics)."""
         if not self.cfg.report_metric:
             return {}
-        truth = raw_ground_truth(dataset, [r["question_id"] for r in results])
+        truth = raw_ground_truth(dataset, [r["question_id"] for r in results], self.cfg.num_annotators)
         scored, approximate = [], 0
         for r in results:
             gt = truth.get(str(r["question_id"])) if truth else None

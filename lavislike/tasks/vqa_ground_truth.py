@@ -6,6 +6,9 @@
    question file next to it (``vqa_questions`` / ``ques_files``) tells which questions a
    complete evaluation covers.
 2. Else the dataset's own rows (LAVIS's rows keep every annotator's answer in ``answer``).
+   A row whose ``answer`` is one string (GQA-style, or your own data) counts as
+   ``num_annotators`` annotators who all gave it: with one annotator the leave-one-out
+   metric could never score (nobody is left to agree with).
 
 Keys are ``str(question_id)`` (ids arrive as int or str depending on the corpus).
 """
@@ -70,19 +73,19 @@ def _question_ids(path: Path) -> set[str]:
     return {str(q.get("question_id")) for q in questions if isinstance(q, dict)}
 
 
-def _from_rows(rows: list[dict]) -> dict[str, dict]:
+def _from_rows(rows: list[dict], num_annotators: int) -> dict[str, dict]:
     out = {}
     for row in rows:
         answer = row.get("answer")
         if answer is None or answer == "" or answer == []:
             continue
         qid = row.get("question_id", row.get("instance_id"))
-        out[str(qid)] = {"answers": [answer] if isinstance(answer, str) else list(answer),
+        out[str(qid)] = {"answers": [answer] * num_annotators if isinstance(answer, str) else list(answer),
                          "answer_type": row.get("answer_type")}
     return out
 
 
-def raw_ground_truth(dataset: Any, question_ids: Iterable) -> dict[str, dict] | None:
+def raw_ground_truth(dataset: Any, question_ids: Iterable, num_annotators: int = 10) -> dict[str, dict] | None:
     """Raw answers of the evaluated questions, or None when the dataset names no source."""
     wanted = {str(q) for q in question_ids}
     anno, ques = _official_files(dataset)
@@ -101,6 +104,6 @@ def raw_ground_truth(dataset: Any, question_ids: Iterable) -> dict[str, dict] | 
         return truth
     rows = getattr(dataset, "annotation", None)
     if isinstance(rows, list):
-        truth = _from_rows(rows)
+        truth = _from_rows(rows, num_annotators)
         return truth or None
     return None

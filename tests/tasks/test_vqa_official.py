@@ -159,9 +159,11 @@ def test_task_scores_from_the_official_annotation_file(tmp_path):
 
 
 def test_task_scores_from_dataset_rows_and_flags_expansion(tmp_path, caplog):
-    rows = [{"question_id": 7, "answer": ["cat", "cat", "dog"]}]
-    got = VQATask({}).compute_metrics([{"question_id": 7, "answer": "dog"}], FakeData(annotation=rows), "val", None)
-    assert got["accuracy"] == pytest.approx(100 * 2 / 9)
+    rows = [{"question_id": 7, "answer": ["cat", "cat", "dog"]}, {"question_id": 8, "answer": "dog"}]
+    results = [{"question_id": 7, "answer": "dog"}, {"question_id": 8, "answer": "dog"}]
+    got = VQATask({}).compute_metrics(results, FakeData(annotation=rows), "val", None)
+    # one answer string: unanimous annotators, so an exact match scores 1
+    assert got["accuracy"] == pytest.approx(100 * (2 / 9 + 1) / 2)
     expanded = [{"question_id": 7, "answer": "dog", "gt_answers": ["cat"] * 7 + ["dog"] * 3, "gt_expanded": True}]
     got = VQATask({}).compute_metrics(expanded, None, "val", None)
     assert got["approximate"] is True and "APPROXIMATE" in caplog.text
