@@ -3,10 +3,11 @@
 Ours: :func:`lavislike.tasks.retrieval.retrieval_scores` (what the registered
 ``retrieval`` task runs before computing recall) on a ``from_hf`` model: batched ITC
 similarity, then each query's top-k re-ranked with batched ITM, fusion ``itm+itc``.
-Reference: transformers' ``Blip2ForImageTextRetrieval`` modules driven as LAVIS's
-``compute_sim_matrix`` does: image and text features in batches, the similarity matrix
-image by image, then one ITM forward per query over its k candidates (image -> text, then
-text -> image), score = ITM + ITC. Parity: both score matrices and the recalls.
+Reference: :func:`lavis_retrieval.lavis_compute_sim_matrix`, LAVIS's ``compute_sim_matrix``
+loops on transformers' ``Blip2ForImageTextRetrieval`` modules: image and text features in
+batches, the similarity matrix image by image, then one ITM forward per query over its k
+candidates (image -> text, then text -> image), score = ITM + ITC. Parity: both score
+matrices and the recalls.
 
 Run: ``.venv/bin/python bench/retrieval.py [--size small|base] [--threads N]``
 """
@@ -16,11 +17,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 import common
 from common import Row
+from lavis_retrieval import lavis_compute_sim_matrix
 
 
 class RetrievalSet(Dataset):
@@ -41,48 +42,37 @@ class RetrievalSet(Dataset):
         return {"image": self.pixels[i], "index": i}
 
 
-@torch.no_grad()
-def lavis_scores(hf, tok, pixels: torch.Tensor, texts: list[str], k: int, batch: int = 16):
-    """LAVIS ``compute_sim_matrix`` with transformers' modules (ITM + ITC fusion)."""
-    image_embeds, image_feats = [], []
-    for start in range(0, pixels.shape[0], batch):
-        vision = hf.vision_model(pixel_values=pixels[start : start + batch]).last_hidden_state
-        queries = hf.query_tokens.expand(vision.shape[0], -1, -1)
-        out = hf.qformer(query_embeds=queries, encoder_hidden_states=vision,
-                         encoder_attention_mask=torch.ones(vision.shape[:-1], dtype=torch.long)).last_hidden_state
-        image_embeds.append(vision)
-        image_feats.append(F.normalize(hf.vision_projection(out), dim=-1))
-    image_embeds, image_feats = torch.cat(image_embeds), torch.cat(image_feats)
-    enc = tok(texts, padding="longest", truncation=True, max_length=35, return_tensors="pt")
-    text_ids, text_atts = enc.input_ids, enc.attention_mask
-    text_feats = []
-    for start in range(0, len(texts), 256):
-        ids, atts = text_ids[start : start + 256], text_atts[start : start + 256]
-        out = hf.qformer(query_embeds=hf.embeddings(input_ids=ids), query_length=0,
-                         attention_mask=atts).last_hidden_state
-        text_feats.append(F.normalize(hf.text_projection(out[:, 0]), dim=-1))
-    text_feats = torch.cat(text_feats)
-    sims = torch.stack([(feat @ text_feats.t()).max(0).values for feat in image_feats])
+def separate(hf, folder: Path, seed: int) -> None:
+    """Give the random model distinct image features, then save it again.
 
-    def itm(image_inputs, ids, atts):
-        queries = hf.query_tokens.expand(image_inputs.shape[0], -1, -1)
-        att = torch.cat([torch.ones(queries.shape[:-1], dtype=torch.long), atts], 1)
-        out = hf.qformer(query_embeds=hf.embeddings(input_ids=ids, query_embeds=queries),
-                         query_length=queries.shape[1], attention_mask=att, encoder_hidden_states=image_inputs,
-                         encoder_attention_mask=torch.ones(image_inputs.shape[:-1], dtype=torch.long))
-        return hf.itm_head(out.last_hidden_state[:, : queries.shape[1]])[:, :, 1].mean(1)
+    transformers initialises the vision tower with std 1e-10 (``initializer_range``), so
+    every image gets the same features and the top-k images of a text are picked by float
+    noise: no two implementations would agree on them. Vision weights are redrawn with std
+    0.02 and the Q-Former's with 0.05 (norms and biases kept).
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name.lower() or name.endswith("bias"):
+                continue
+            p.copy_(torch.randn(p.shape, generator=g) * (0.02 if name.startswith("vision_model") else 0.05))
+    hf.save_pretrained(str(folder))
 
-    i2t = torch.full((len(image_feats), len(texts)), -100.0)
-    for i, row in enumerate(sims):
-        topk_sim, topk_idx = row.topk(k)
-        score = itm(image_embeds[i].repeat(k, 1, 1), text_ids[topk_idx], text_atts[topk_idx])
-        i2t[i, topk_idx] = score + topk_sim
-    t2i = torch.full((len(texts), len(image_feats)), -100.0)
-    for i, row in enumerate(sims.t()):
-        topk_sim, topk_idx = row.topk(k)
-        score = itm(image_embeds[topk_idx], text_ids[i].repeat(k, 1), text_atts[i].repeat(k, 1))
-        t2i[i, topk_idx] = score + topk_sim
-    return i2t, t2i
+
+def retrieval_images(n: int, size: int, seed: int) -> torch.Tensor:
+    """Noise around a colour of each image's own (noise alone looks alike to the network)."""
+    colour = torch.randn(n, 3, 1, 1, generator=torch.Generator().manual_seed(seed + 1))
+    return common.images(n, size, seed) * 0.5 + colour
+
+
+def topk_margin(sim: torch.Tensor, k: int) -> float:
+    """Smallest gap between the k-th and (k+1)-th candidate of any query, both directions."""
+    gaps = []
+    for s in (sim, sim.t()):
+        if s.shape[1] > k:
+            v = s.sort(dim=1, descending=True).values
+            gaps.append(float((v[:, k - 1] - v[:, k]).min()))
+    return min(gaps, default=float("inf"))
 
 
 def run(args) -> list[Row]:
@@ -94,27 +84,57 @@ def run(args) -> list[Row]:
     r = args.sizes["retrieval"]
     with tempfile.TemporaryDirectory() as tmp:
         hf, tok = common.build_stage1(Path(tmp), args.sizes, args.seed)
+        separate(hf, Path(tmp), args.seed)
         ours = from_hf(tmp)
         ours.tokenizer  # read while the folder exists
-    pixels = common.images(r["images"], args.sizes["vision"]["image_size"], args.seed + 2)
+    pixels = retrieval_images(r["images"], args.sizes["vision"]["image_size"], args.seed + 2)
     data = RetrievalSet(pixels, r["texts_per_image"])
     loader = DataLoader(data, batch_size=16, shuffle=False)
     k = min(r["k"], len(data.text), len(data))
     cfg = RetrievalTaskConfig(k_test=k, itm_batch_size=128, text_batch_size=256, fusion="itm+itc")
 
     mine = retrieval_scores(ours, loader, cfg)
-    ref = lavis_scores(hf, tok, pixels, data.text, k)
+    ref = lavis_compute_sim_matrix(hf, tok, pixels, data.text, k)
+    with torch.no_grad():
+        sim = ours.itc_similarity(ours.retrieval_image_embeds(pixels)["feat"],
+                                  ours.retrieval_text_embeds(data.text)["feat"])
+    margin = topk_margin(sim, k)
+    print(f"  smallest ITC gap at the top-k boundary: {margin:.1e} (float noise ~1e-7 must not pick candidates)")
+    if margin < 1e-6:
+        raise SystemExit("the random model ranks candidates by float noise; parity would be meaningless")
     diff = common.check_parity("i2t / t2i score matrices", common.max_abs_diff(mine, ref))
     rec_ours = retrieval_recall(mine[0].numpy(), mine[1].numpy(), data.img2txt, data.txt2img)
     rec_ref = retrieval_recall(ref[0].numpy(), ref[1].numpy(), data.img2txt, data.txt2img)
     if rec_ours != rec_ref:
         raise SystemExit(f"parity check failed: recalls differ {rec_ours} vs {rec_ref}")
 
+    pairs = int(((ref[0] != -100) | (ref[1].t() != -100)).sum())
+    print(f"  ITM pairs: LAVIS {(ref[0] != -100).sum() + (ref[1] != -100).sum()} "
+          f"(i2t and t2i separately), ours {pairs} (each pair once)")
     t_ours, t_ref = common.time_pair(lambda: retrieval_scores(ours, loader, cfg),
-                                     lambda: lavis_scores(hf, tok, pixels, data.text, k),
+                                     lambda: lavis_compute_sim_matrix(hf, tok, pixels, data.text, k),
                                      args.repeats, args.warmup)
-    n = len(data)
-    return [Row(f"retrieval eval ({n} img x {len(data.text)} txt)", t_ours, t_ref, diff, f"k={k}, ITM+ITC")]
+    name = f"retrieval eval ({len(data)} img x {len(data.text)} txt)"
+    rows = [Row(name, t_ours, t_ref, diff, f"k={k}, ITM+ITC, fp32")]
+    if bf16_supported():
+        def ours_bf16():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return retrieval_scores(ours, loader, cfg)
+
+        low = ours_bf16()
+        drift = max(float((m - r)[(m != -100) & (r != -100)].abs().max()) for m, r in zip(low, ref))
+        t_low = common.time_one(ours_bf16, args.repeats, args.warmup)
+        rows.append(Row(f"{name}, bf16", t_low, t_ref, drift,
+                        "ITM under bf16 autocast vs LAVIS fp32 (not identical: parity = score drift)"))
+    return rows
+
+
+def bf16_supported() -> bool:
+    """CPU bf16 matmul kernels (AVX512-BF16 / AMX) that make bf16 autocast pay off."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 if __name__ == "__main__":

@@ -3,8 +3,10 @@
 Ground truth is COCO-format JSON read with ``pycocotools.coco.COCO`` and results are
 attached with ``loadRes``, exactly as ``COCOEvalCap`` does. The scorers that need Java
 (the PTB tokenizer, METEOR, SPICE) run only when ``java`` is on PATH; without it captions
-are tokenised by :func:`simple_ptb_tokenize` and METEOR / SPICE are left out with a
-logged note. SPICE also needs the Stanford CoreNLP jar next to pycocoevalcap's SPICE
+are tokenised by :func:`simple_ptb_tokenize` and METEOR / SPICE are left out. The scores
+are then not the official ones (BLEU / CIDEr move with the tokenisation): a WARNING goes to
+the log and the metrics carry ``"approximate": true`` (so do the metrics file and
+``evaluate.txt``). SPICE also needs the Stanford CoreNLP jar next to pycocoevalcap's SPICE
 (pycocoevalcap would otherwise download it); without the jar it is skipped too.
 """
 from __future__ import annotations
@@ -23,6 +25,12 @@ logger = logging.getLogger("lavislike")
 # what pycocoevalcap's PTBTokenizer drops after tokenising
 _PUNCT = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"}
 _SPLIT = re.compile(r"(\.\.\.|--|[.?!,:;`'\"()\[\]{}-])")
+
+
+APPROXIMATE_WARNING = (
+    "caption metrics are APPROXIMATE: java is not on PATH, so a built-in stand-in replaces the PTB tokenizer "
+    "(BLEU / ROUGE-L / CIDEr differ from the official values) and METEOR / SPICE are skipped; install a Java "
+    "runtime for the official scores (metrics marked \"approximate\": true)")
 
 
 def java_available() -> bool:
@@ -66,7 +74,8 @@ def coco_caption_eval(gt_file: str | Path, results_file: str | Path, spice: bool
     """Score a results file (``[{"image_id", "caption"}]``) against a COCO ground-truth file.
 
     Returns:
-        ``{"Bleu_1".."Bleu_4", "METEOR", "ROUGE_L", "CIDEr", ["SPICE"]}`` (pycocoevalcap names).
+        ``{"Bleu_1".."Bleu_4", "METEOR", "ROUGE_L", "CIDEr", ["SPICE"]}`` (pycocoevalcap names);
+        without java also ``"approximate": True`` (no METEOR / SPICE).
     """
     import contextlib
     import io
@@ -91,7 +100,7 @@ def coco_caption_eval(gt_file: str | Path, results_file: str | Path, spice: bool
         gts = tok.tokenize({i: [{"caption": c} for c in caps] for i, caps in gts.items()})
         res = tok.tokenize({i: [{"caption": c} for c in caps] for i, caps in res.items()})
     else:
-        logger.info("caption metrics: java not on PATH; using the built-in tokenizer, METEOR and SPICE skipped")
+        logger.warning(APPROXIMATE_WARNING)
         gts, res = simple_ptb_tokenize(gts), simple_ptb_tokenize(res)
 
     scorers: list[tuple[Any, Any]] = [(Bleu(4), ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4"])]
@@ -110,7 +119,7 @@ def coco_caption_eval(gt_file: str | Path, results_file: str | Path, spice: bool
             scorers.append((Spice(), "SPICE"))
         else:
             logger.info("SPICE skipped: needs java and the Stanford CoreNLP jar in pycocoevalcap/spice/lib")
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {} if java else {"approximate": True}
     with contextlib.redirect_stdout(io.StringIO()):
         for scorer, names in scorers:
             score, _ = scorer.compute_score(gts, res)

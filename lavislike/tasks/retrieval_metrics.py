@@ -26,8 +26,10 @@ def _ranks(scores: np.ndarray, gt_mask: np.ndarray) -> np.ndarray:
     return np.where(gt_mask, position, scores.shape[1]).min(axis=1)
 
 
-def retrieval_recall(scores_i2t: np.ndarray, scores_t2i: np.ndarray, img2txt, txt2img) -> dict[str, float]:
-    """Recall@1/5/10 (percent) both ways, their means, and ``agg_metrics`` = ``r_mean``.
+def retrieval_recall(scores_i2t: np.ndarray, scores_t2i: np.ndarray, img2txt, txt2img,
+                     agg_metric: str = "txt_r_mean") -> dict[str, float]:
+    """Recall@1/5/10 (percent) both ways, their means, and ``agg_metrics`` = ``agg_metric``
+    (LAVIS: ``txt_r_mean``, the image-to-text mean).
 
     Args:
         scores_i2t: (N_images, N_texts) scores of texts for each image query.
@@ -49,5 +51,5 @@ def retrieval_recall(scores_i2t: np.ndarray, scores_t2i: np.ndarray, img2txt, tx
             out[f"{prefix}_r{k}"] = 100.0 * float(np.mean(ranks < k))
         out[f"{prefix}_r_mean"] = (out[f"{prefix}_r1"] + out[f"{prefix}_r5"] + out[f"{prefix}_r10"]) / 3
     out["r_mean"] = (out["txt_r_mean"] + out["img_r_mean"]) / 2
-    out["agg_metrics"] = out["r_mean"]
+    out["agg_metrics"] = out[agg_metric]
     return out

@@ -6,10 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from lavislike.common.suggest import did_you_mean
 from lavislike.errors import ConfigError
 from lavislike.registry import TASKS
 from lavislike.tasks.base_task import BaseTask
-from lavislike.tasks.vqa_metrics import expand_answers, gqa_report, vqa_report
+from lavislike.tasks.vqa_ground_truth import raw_ground_truth
+from lavislike.tasks.vqa_metrics import VQA_METRICS, expand_answers, gqa_report, vqa_report
 
 logger = logging.getLogger("lavislike")
 
@@ -33,6 +35,8 @@ class VQATaskConfig:
     length_penalty: float = -1.0
     num_annotators: int = 10  # turns (answers, weights) back into raw annotator answers
     report_metric: bool = True
+    # official: the current GT-Vision-Lab vqaEval.py; lavis: LAVIS's older vendored copy
+    vqa_metric: str = "official"
 
 
 @TASKS.register("vqa", config=VQATaskConfig)
@@ -47,6 +51,9 @@ class VQATask(BaseTask):
         if self.cfg.inference_method not in INFERENCE_METHODS:
             raise ConfigError(f"run.inference_method: unknown '{self.cfg.inference_method}'; "
                               f"valid: {', '.join(INFERENCE_METHODS)}")
+        if self.cfg.vqa_metric not in VQA_METRICS:
+            raise ConfigError(f"run.vqa_metric: unknown '{self.cfg.vqa_metric}'; valid: {', '.join(VQA_METRICS)}"
+                              f"{did_you_mean(self.cfg.vqa_metric, VQA_METRICS)}")
         self.answer_list = None
         if self.cfg.answer_list:
             path = Path(self.cfg.answer_list).expanduser()
@@ -72,20 +79,43 @@ class VQATask(BaseTask):
             if "gt_answers" in samples:
                 row["gt_answers"] = list(samples["gt_answers"][i])
             elif "answers" in samples:
+                # a stand-in: compute_metrics replaces it by the raw answers where it finds them
                 weights = samples["weights"][i] if "weights" in samples else None
                 row["gt_answers"] = expand_answers(samples["answers"][i], weights, self.cfg.num_annotators)
+                row["gt_expanded"] = True
             if "answer_type" in samples:
                 row["answer_type"] = samples["answer_type"][i]
             out.append(row)
         return out
 
     def compute_metrics(self, results, dataset, split, output_dir) -> dict:
-        scored = [r for r in results if "gt_answers" in r]
-        if not self.cfg.report_metric or not scored:
-            if not scored:
-                logger.info("vqa %s: no ground-truth answers; results written, metrics skipped", split)
+        """VQA accuracy from each question's raw answers: the official annotation file the
+        dataset names (``eval_files.vqa_annotations`` / ``anno_files``), else the dataset's
+        rows (a single answer string: ``num_annotators`` unanimous annotators), else the
+        batch's (answers, weights) expanded to ``num_annotators`` (approximate, flagged
+        ``"approximate": true`` in the metrics)."""
+        if not self.cfg.report_metric:
             return {}
-        return vqa_report(scored)
+        truth = raw_ground_truth(dataset, [r["question_id"] for r in results], self.cfg.num_annotators)
+        scored, approximate = [], 0
+        for r in results:
+            gt = truth.get(str(r["question_id"])) if truth else None
+            if gt is not None:
+                scored.append({**r, "gt_answers": gt["answers"],
+                               "answer_type": gt.get("answer_type") or r.get("answer_type")})
+            elif "gt_answers" in r:
+                scored.append(r)
+                approximate += bool(r.get("gt_expanded"))
+        if not scored:
+            logger.info("vqa %s: no ground-truth answers; results written, metrics skipped", split)
+            return {}
+        metrics = vqa_report(scored, self.cfg.vqa_metric)
+        if approximate:
+            logger.warning("vqa %s: raw answers of %d questions not found (no annotation file, no dataset rows); "
+                           "scored from (answers, weights) x run.num_annotators=%d: APPROXIMATE accuracy",
+                           split, approximate, self.cfg.num_annotators)
+            metrics["approximate"] = True
+        return metrics
 
 
 @dataclass
@@ -103,6 +133,7 @@ class GQATask(VQATask):
         rows = super().valid_step(model, samples)
         for i, row in enumerate(rows):
             gt = row.pop("gt_answers", None)
+            row.pop("gt_expanded", None)
             if "text_output" in samples:
                 row["gt_answer"] = samples["text_output"][i]
             elif gt:

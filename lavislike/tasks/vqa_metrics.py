@@ -1,15 +1,21 @@
-"""VQA accuracy with the official answer normalisation, and GQA exact match.
+"""VQA accuracy as the official VQA evaluation tool computes it, and GQA exact match.
 
-The official VQA evaluation normalises the predicted answer (punctuation, number words to
-digits, articles dropped, contractions restored) and, only when the annotators disagree,
-strips punctuation from the ground-truth answers. A prediction scores
-``min(#annotators who gave it / 3, 1)`` averaged over the 10 leave-one-annotator-out
-subsets of the 10 answers.
+Accuracy of one prediction against the raw annotator answers of a question: for each
+annotator, ``min(#other annotators who gave the prediction / 3, 1)``; the mean over the
+annotators (with ten answers: the ten leave-one-out subsets). Two normalisations:
+
+* ``official`` (default): the current ``vqaEval.py`` of GT-Vision-Lab/VQA. Newlines/tabs
+  become spaces and both sides are stripped; only when the annotators disagree are the
+  prediction and the answers normalised (punctuation, number words -> digits, articles
+  dropped, contractions restored). Unanimous answers are compared as written.
+* ``lavis``: the older copy LAVIS vendors (``lavis/common/vqa_tools/vqa_eval.py``), for
+  reproducing LAVIS-reported numbers: the prediction is always normalised; disagreeing
+  answers only lose punctuation; the answers are not whitespace-stripped.
 """
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 _NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
                  "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
@@ -73,32 +79,50 @@ def process_digit_article(text: str) -> str:
     return " ".join(_CONTRACTIONS.get(w, w) for w in words)
 
 
-def _clean(text: str) -> str:
+def clean_whitespace(text: str) -> str:
     return text.replace("\n", " ").replace("\t", " ").strip()
 
 
 def normalize_answer(text: str) -> str:
-    """The official normalisation applied to a predicted answer."""
-    return process_digit_article(process_punctuation(_clean(text)))
+    """Whitespace, punctuation, digits / articles / contractions (what both tools apply to a
+    prediction that they normalise)."""
+    return process_digit_article(process_punctuation(clean_whitespace(text)))
 
 
-def vqa_accuracy(pred: str, gt_answers: list[str]) -> float:
-    """Official VQA accuracy (0..1) of one prediction against the annotators' raw answers."""
+VQA_METRICS = ("official", "lavis")
+
+
+def comparable_answers(pred: str, gt_answers: list[str], method: str = "official") -> tuple[str, list[str]]:
+    """The prediction and the answers as the chosen tool compares them (``==``)."""
+    if method == "official":
+        res, gts = clean_whitespace(pred), [clean_whitespace(a) for a in gt_answers]
+        if len(set(gts)) > 1:
+            res, gts = normalize_answer(res), [normalize_answer(a) for a in gts]
+        return res, gts
+    if method == "lavis":
+        gts = list(gt_answers)
+        if len(set(gts)) > 1:
+            gts = [process_punctuation(a) for a in gts]
+        return normalize_answer(pred), gts
+    raise ValueError(f"VQA metric '{method}' is not one of {', '.join(VQA_METRICS)}")
+
+
+def vqa_accuracy(pred: str, gt_answers: list[str], method: str = "official") -> float:
+    """VQA accuracy (0..1) of one prediction against the annotators' raw answers (any number)."""
     if not gt_answers:
         return 0.0
-    res = normalize_answer(pred)
-    gts = [_clean(a) for a in gt_answers]
-    if len(set(gts)) > 1:
-        gts = [process_punctuation(a) for a in gts]
-    total = 0.0
-    for j in range(len(gts)):
-        matches = sum(1 for k, a in enumerate(gts) if k != j and a == res)
-        total += min(1.0, matches / 3.0)
-    return total / len(gts)
+    res, gts = comparable_answers(pred, gt_answers, method)
+    n, m = len(gts), Counter(gts)[res]
+    # leave one annotator out: the m who gave `res` leave m-1 matches, the n-m others leave m
+    return (m * min(1.0, (m - 1) / 3.0) + (n - m) * min(1.0, m / 3.0)) / n if m else 0.0
 
 
 def expand_answers(answers: list[str], weights: list[float] | None, num_annotators: int) -> list[str]:
-    """Raw annotator answers from distinct answers + weights (``count / num_annotators``)."""
+    """Approximate raw answers from distinct answers + weights (``count / num_annotators``).
+
+    Exact only when the question had ``num_annotators`` answers; used only when neither the
+    official annotation file nor the dataset's rows give the raw answers.
+    """
     if weights is None:
         return list(answers)
     out = []
@@ -107,16 +131,18 @@ def expand_answers(answers: list[str], weights: list[float] | None, num_annotato
     return out
 
 
-def vqa_report(results: list[dict]) -> dict[str, float]:
-    """Accuracy in percent: overall (``agg_metrics``) and per ``answer_type``.
+def vqa_report(results: list[dict], method: str = "official") -> dict[str, float]:
+    """Accuracy in percent: overall (``agg_metrics``) and per answer type, as the official
+    tool reports it (``accuracy_yes/no``, ``accuracy_number``, ``accuracy_other``).
 
     Args:
-        results: ``[{"answer": pred, "gt_answers": [...], "answer_type": optional}]``.
+        results: ``[{"answer": pred, "gt_answers": [raw answers], "answer_type": optional}]``.
+        method: ``official`` or ``lavis`` (see the module docstring).
     """
     per_type: dict[str, list[float]] = defaultdict(list)
     scores = []
     for r in results:
-        acc = vqa_accuracy(r["answer"], r["gt_answers"])
+        acc = vqa_accuracy(r["answer"], r["gt_answers"], method)
         scores.append(acc)
         if r.get("answer_type"):
             per_type[r["answer_type"]].append(acc)

@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pytest
 import torch
@@ -65,13 +66,16 @@ def test_task_scores_match_pycocoevalcap(tmp_path):
     assert sorted(r["image_id"] for r in saved) == [1, 2, 3, 4]
 
 
-def test_without_java_metrics_skip_meteor(tmp_path, monkeypatch):
+def test_without_java_metrics_skip_meteor(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(caption_metrics, "java_available", lambda: False)
     gt = caption_metrics.write_coco_gt(GTS, tmp_path / "gt.json")
     res = tmp_path / "res.json"
     res.write_text(json.dumps([{"image_id": i, "caption": c} for i, c in PRED.items()]))
-    got = caption_metrics.coco_caption_eval(gt, res, spice=True)
+    with caplog.at_level(logging.WARNING, logger="lavislike"):
+        got = caption_metrics.coco_caption_eval(gt, res, spice=True)
     assert "METEOR" not in got and "SPICE" not in got
+    assert got["approximate"] is True
+    assert any(r.levelno == logging.WARNING and "APPROXIMATE" in r.getMessage() for r in caplog.records)
     from pycocoevalcap.cider.cider import Cider
 
     # same tokens the Java tokenizer gives for these captions: compare CIDEr directly
@@ -79,3 +83,11 @@ def test_without_java_metrics_skip_meteor(tmp_path, monkeypatch):
     ref = Cider().compute_score(toks(GTS), toks({i: [c] for i, c in PRED.items()}))[0]
     assert got["CIDEr"] == pytest.approx(ref)
     assert toks({0: ["The cat is asleep on the sofa."]})[0] == ["the cat is asleep on the sofa"]
+
+
+def test_without_java_the_metrics_file_says_approximate(tmp_path, monkeypatch):
+    monkeypatch.setattr(caption_metrics, "java_available", lambda: False)
+    loader = torch.utils.data.DataLoader(CaptionData(), batch_size=3, collate_fn=torch.utils.data.default_collate)
+    got = CaptionTask({"num_beams": 3}).evaluate(Captioner(), loader, split="val", epoch=0, output_dir=tmp_path)
+    line = json.loads((tmp_path / "evaluate.txt").read_text().splitlines()[-1])
+    assert got["approximate"] is True and line["approximate"] is True and "CIDEr" in line

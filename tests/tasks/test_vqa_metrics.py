@@ -17,7 +17,7 @@ def test_accuracy_hand_computed():
     gts = ["2"] * 3 + ["3"] * 7
     assert vqa_accuracy("Two", gts) == pytest.approx((3 * 2 / 3 + 7 * 1) / 10)  # 0.9
     assert vqa_accuracy("two", ["2"] + ["4"] * 9) == pytest.approx((0 + 9 * 1 / 3) / 10)  # 0.3
-    assert vqa_accuracy("a dog.", ["dog"] * 10) == pytest.approx(1.0)
+    assert vqa_accuracy("a dog.", ["dog"] * 10) == 0.0  # unanimous: compared as written (official)
     assert vqa_accuracy("dont", ["don't"] * 2 + ["no"] * 8) == pytest.approx((2 * 1 / 3 + 8 * 2 / 3) / 10)
     assert vqa_accuracy("cat", ["dog"] * 10) == 0.0
     # disagreeing annotators: their answers lose punctuation ("dog." -> "dog")
@@ -57,4 +57,5 @@ def test_vqa_task_expands_answer_weights_to_annotators():
     rows = task.valid_step(Answerer(), batch)
     assert rows[0]["gt_answers"] == ["2"] * 3 + ["3"] * 7
     rep = task.compute_metrics(rows, None, "val", None)
-    assert rep["accuracy"] == pytest.approx(100 * (0.9 + 1.0) / 2)
+    # "a dog." vs ten unanimous "dog": compared as written (official) -> 0
+    assert rep["accuracy"] == pytest.approx(100 * (0.9 + 0.0) / 2) and rep["approximate"] is True
