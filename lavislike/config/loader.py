@@ -411,13 +411,26 @@ def _model_from_layers(layers: list[tuple[DictConfig, str]]) -> DictConfig | Non
         model_type, type_src = exp_type, exp_src
     user = [(_strip(m, ("arch", "model_type")), s) for m, s in layers]
     if exp_arch is not None and len(user[0][0]) and (arch, model_type) != (exp_arch, exp_type):
-        old = _model_section(str(exp_arch), exp_type, [], exp_src)
-        new = _model_section(arch, model_type, [], type_src)
+        old = _type_defaults(str(exp_arch), exp_type, exp_src)
+        new = _type_defaults(arch, model_type, type_src)
         if (arch, new.model_type) != (exp_arch, old.model_type):
             switch = (f"model.arch {exp_arch} -> {arch}, " if arch != exp_arch else "") + \
                 f"model.model_type {old.model_type} -> {new.model_type}"
             user[0] = (rebase_experiment(user[0][0], old, new, exp_src, switch), exp_src)
     return _model_section(arch, model_type, user, type_src)
+
+
+_DEFAULTS_CACHE: dict[tuple, DictConfig] = {}
+
+
+def _type_defaults(arch: str, model_type: str | None, source: str) -> DictConfig:
+    """The model section of a type with no user layer (read-only; cached per type file)."""
+    path = model_types(arch).get(model_type or getattr(MODELS.get(arch), "DEFAULT_MODEL_TYPE", None))
+    stamp = (path, path.stat().st_mtime_ns) if path is not None and path.is_file() else (path, None)
+    key = (arch, model_type, MODELS.get(arch), MODELS.get_config(arch), *stamp)
+    if key not in _DEFAULTS_CACHE:
+        _DEFAULTS_CACHE[key] = _model_section(arch, model_type, [], source)
+    return _DEFAULTS_CACHE[key]
 
 
 def _strip(cfg: DictConfig, keys: Sequence[str]) -> DictConfig:

@@ -66,5 +66,5 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
                            train_state={}, meta={})
     with pytest.raises(CheckpointError, match="nothere.weight"):
         load_checkpoint(ckpt, Tiny())
-    with pytest.raises(CheckpointError, match="no meta.json"):
+    with pytest.raises(CheckpointError, match="meta.json: missing"):
         load_checkpoint(tmp_path / "nowhere", Tiny())
