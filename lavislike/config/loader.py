@@ -414,8 +414,9 @@ def _model_from_layers(layers: list[tuple[DictConfig, str]]) -> DictConfig | Non
         old = _type_defaults(str(exp_arch), exp_type, exp_src)
         new = _type_defaults(arch, model_type, type_src)
         if (arch, new.model_type) != (exp_arch, old.model_type):
-            switch = (f"model.arch {exp_arch} -> {arch}, " if arch != exp_arch else "") + \
-                f"model.model_type {old.model_type} -> {new.model_type}"
+            switch = f"model.model_type {old.model_type} -> {new.model_type}"
+            if arch != exp_arch:
+                switch = f"model.arch {exp_arch} -> {arch}, {switch}"
             user[0] = (rebase_experiment(user[0][0], old, new, exp_src, switch), exp_src)
     return _model_section(arch, model_type, user, type_src)
 
