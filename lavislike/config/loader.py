@@ -9,6 +9,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import typing
@@ -134,12 +135,19 @@ def component_yaml(obj: Any, rel: str) -> Path:
     return Path(inspect.getfile(obj)).resolve().parent / "configs" / path
 
 
+_STRUCTURED: dict[type, DictConfig] = {}
+
+
 def _structured(schema: type | None, source: str) -> DictConfig:
+    """A fresh ``OmegaConf.structured(schema)`` (copied from a cache: building one from a
+    dataclass costs several times a copy, and a config build makes a dozen)."""
     if schema is None:
         return OmegaConf.create({})
     if not dataclasses.is_dataclass(schema):
         raise ConfigError(f"{source}: registered config {schema!r} is not a dataclass")
-    return OmegaConf.structured(schema)
+    if schema not in _STRUCTURED:
+        _STRUCTURED[schema] = OmegaConf.structured(schema)
+    return copy.deepcopy(_STRUCTURED[schema])
 
 
 # -- model --------------------------------------------------------------------------------
@@ -261,7 +269,7 @@ def _model_section(arch: str, model_type: str | None, user_layers: list[tuple[Di
 def preprocess_config(arch: str, model_type: str | None = None, overrides: Any = None) -> DictConfig:
     """The ``preprocess`` block of a model type (processor names and options)."""
     _, type_cfg, type_src = _type_yaml(arch, model_type)
-    merged = OmegaConf.structured(PreprocessConfig)
+    merged = _structured(PreprocessConfig, "preprocess")
     merged = merge_layer(merged, _section(type_cfg, "preprocess"), type_src, "preprocess")
     return merge_layer(merged, _as_cfg(overrides), "overrides", "preprocess")
 
@@ -291,7 +299,19 @@ def dataset_config(name: str, user_block: Any = None, source: str = "overrides")
 
 # -- run -----------------------------------------------------------------------------------
 def run_schema(task: str, runner: str, lr_sched: str | None) -> type:
-    """RunConfig plus the keys of the chosen task, runner and lr scheduler."""
+    """RunConfig plus the keys of the chosen task, runner and lr scheduler (one class per
+    combination of their schemas)."""
+    key = tuple(r.get_config(n) if n is not None else None
+                for r, n in ((TASKS, task), (RUNNERS, runner), (LR_SCHEDULERS, lr_sched)))
+    if key not in _RUN_SCHEMAS:
+        _RUN_SCHEMAS[key] = _make_run_schema(task, runner, lr_sched)
+    return _RUN_SCHEMAS[key]
+
+
+_RUN_SCHEMAS: dict[tuple, type] = {}
+
+
+def _make_run_schema(task: str, runner: str, lr_sched: str | None) -> type:
     fields: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunConfig)}
     extra = []
     for registry, name in ((TASKS, task), (RUNNERS, runner), (LR_SCHEDULERS, lr_sched)):
@@ -314,7 +334,7 @@ def run_schema(task: str, runner: str, lr_sched: str | None) -> type:
 
 
 def _run_section(layers: list[tuple[DictConfig, str]]) -> DictConfig:
-    probe = OmegaConf.structured(RunConfig)
+    probe = _structured(RunConfig, "run")
     sources = {"task": "run schema default", "runner": "run schema default", "lr_sched": "run schema default"}
     for layer, source in layers:
         for key in sources:
@@ -324,7 +344,7 @@ def _run_section(layers: list[tuple[DictConfig, str]]) -> DictConfig:
         name = probe[key]
         if name is not None and name not in registry:
             raise ConfigError(f"{sources[key]}: run.{key}: {registry.unknown(name)}")
-    merged = OmegaConf.structured(run_schema(probe.task, probe.runner, probe.lr_sched))
+    merged = _structured(run_schema(probe.task, probe.runner, probe.lr_sched), "run")
     for layer, source in layers:
         merged = merge_layer(merged, layer, source, "run")
     return merged
