@@ -151,6 +151,8 @@ class BaseDataset(Dataset):
         self.row_origins: list[str] = []  # "<annotation file> row <i>" of each kept row
         self.eval_files: dict[str, Path] = {}  # metric ground truth, set by the builder
         self.annotation = self._load_rows()
+        if len(self.row_origins) != len(self.annotation):  # a subclass read or reshaped the rows
+            self.row_origins = []
         for i, ann in enumerate(self.annotation):
             ann["instance_id"] = str(i)
         self.setup()
@@ -187,6 +189,10 @@ class BaseDataset(Dataset):
     def setup(self) -> None:
         """Hook run after the rows are loaded (index maps and the like)."""
 
+    def row_origin(self, index: int) -> str:
+        """``<annotation file> row <i>`` that item ``index`` came from ('' when unknown)."""
+        return self.row_origins[index] if 0 <= index < len(self.row_origins) else ""
+
     # -- items ---------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.annotation)
@@ -195,7 +201,7 @@ class BaseDataset(Dataset):
         try:
             return self.get_item(index)
         except BadSampleError as exc:
-            origin = self.row_origins[index] if index < len(self.row_origins) else ""
+            origin = self.row_origin(index)
             skipped = SkippedSample(exc.path, exc.reason, self.name, index, "" if exc.path == origin else origin)
             if self.strict:
                 raise strict_error(skipped) from None
@@ -231,7 +237,8 @@ class BaseDataset(Dataset):
     def process_text(self, text: Any, ann: dict) -> Any:
         """Run the text processor; a caption without a word is bad data (named by its row)."""
         if not isinstance(text, str) or not _WORD.search(text):
-            raise BadSampleError(self.row_origins[int(ann["instance_id"])], f"empty caption/question {text!r}")
+            where = self.row_origin(int(ann["instance_id"])) or self.media_path(ann)
+            raise BadSampleError(where, f"empty caption/question {text!r}")
         return self.text_processor(text) if self.text_processor else text
 
     @staticmethod
