@@ -29,18 +29,24 @@ def _load(args: argparse.Namespace):
     return load_config(args.cfg_path, list(args.overrides or []) + list(args.options or []))
 
 
+def _launch(args: argparse.Namespace, evaluate_only: bool) -> None:
+    from lavislike.runners.launch import check, run
+
+    cfg = _load(args)
+    if args.check_config:
+        check(cfg, args.cfg_path)
+    else:
+        run(cfg, cfg_path=args.cfg_path, evaluate_only=evaluate_only)
+
+
 @command("train")
 def _train(args: argparse.Namespace) -> None:
-    from lavislike.runners.launch import run
-
-    run(_load(args), cfg_path=args.cfg_path, evaluate_only=False)
+    _launch(args, evaluate_only=False)
 
 
 @command("evaluate")
 def _evaluate(args: argparse.Namespace) -> None:
-    from lavislike.runners.launch import run
-
-    run(_load(args), cfg_path=args.cfg_path, evaluate_only=True)
+    _launch(args, evaluate_only=True)
 
 
 @command("config")
@@ -99,8 +105,11 @@ def _with_config(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lavislike", description="BLIP-2-style vision-language pre-training")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _with_config(sub.add_parser("train", help="train from an experiment config"))
-    _with_config(sub.add_parser("evaluate", help="evaluate from an experiment config"))
+    for name in ("train", "evaluate"):
+        p = sub.add_parser(name, help=f"{name} from an experiment config")
+        _with_config(p)
+        p.add_argument("--check-config", action="store_true",
+                       help="only check the config (the run scripts do, before starting workers)")
     p = sub.add_parser("config", help="print the resolved config")
     _with_config(p)
     p.add_argument("--no-resolve", dest="resolve", action="store_false", help="keep ${...} interpolations")

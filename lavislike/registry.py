@@ -105,11 +105,20 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            known = sorted(self._entries)
-            raise RegistryError(
-                f"unknown {self.kind} '{name}'.{did_you_mean(name, known)} "
-                f"Known {self.kind}s: {', '.join(known) or '(none)'}"
-            ) from None
+            raise RegistryError(self.unknown(name)) from None
+
+    def unknown(self, name: str) -> str:
+        """The one-line message for an unknown ``name``: near match or plugin hint, known names.
+
+        A dotted name (``mypkg.my_vit``) or one close to no known name is more likely a
+        plugin's component than a typo, so it gets the plugin hint instead of a guess.
+        """
+        known = self.names()
+        near = did_you_mean(name, known)
+        if "." in str(name) or ":" in str(name) or not near:
+            near += (f" Is the plugin that provides it installed? (entry point group '{PLUGIN_GROUP}', "
+                     "or name its module under 'imports:')")
+        return f"unknown {self.kind} '{name}'.{near} Known {self.kind}s: {', '.join(known) or '(none)'}"
 
     def get(self, name: str) -> Any:
         """The component registered as ``name``."""

@@ -15,6 +15,11 @@ lavislike_torchrun() {
     # stays the one line lavislike prints, with its exit status (2)
     exec python -m lavislike "$cmd" --cfg-path "$cfg" "$@"
   fi
+  # a config mistake is one line and exit status 2 here, before torchrun starts workers that
+  # would each fail with a traceback and torchrun's failure report
+  case "$cmd" in
+    train|evaluate) python -m lavislike "$cmd" --check-config --cfg-path "$cfg" "$@" || exit $? ;;
+  esac
   exec torchrun --nproc_per_node="$nproc" --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
     --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-29517}" \
     -m lavislike "$cmd" --cfg-path "$cfg" "$@"

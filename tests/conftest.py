@@ -37,3 +37,14 @@ def fake_venv(tmp_path) -> Path:
     digest = hashlib.sha256((Path(__file__).resolve().parents[1] / "setup.py").read_bytes()).hexdigest()
     (venv / ".lavislike-install-stamp").write_text(digest + "\n")
     return venv
+
+
+@pytest.fixture
+def lavislike_log(caplog):
+    """``caplog`` that sees the ``lavislike`` logger (which does not propagate to the root)."""
+    import logging
+
+    logger = logging.getLogger("lavislike")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)

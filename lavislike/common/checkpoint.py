@@ -9,9 +9,12 @@ A checkpoint is a folder ``<output>/checkpoints/step_<N>/`` holding
 - ``meta.json``: data position (epoch, step within it, sampler seed), global step, best
   metric so far.
 
-It is written into a hidden temporary folder that is renamed into place in one step, and
-``checkpoints/latest`` (itself replaced atomically) names the newest complete one, so an
-interrupted save leaves the previous checkpoint as the one resume picks.
+It is written into a hidden temporary folder whose files (and the folder) are flushed to
+the disk before it is renamed into place in one step, and ``checkpoints/latest`` (itself
+replaced atomically) names the newest complete one, so an interrupted save leaves the
+previous checkpoint as the one resume picks. A checkpoint damaged afterwards (a truncated
+or garbled file, a missing one) is skipped by :func:`load_latest_checkpoint` with a warning
+naming the file, and resume falls back to the one before.
 """
 from __future__ import annotations
 
@@ -27,7 +30,13 @@ import numpy as np
 import torch
 
 from lavislike.common import dist as D
-from lavislike.common.io import save_safetensors_atomic, write_json_atomic, write_text_atomic
+from lavislike.common.io import (
+    fsync_dir,
+    fsync_file,
+    save_safetensors_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from lavislike.errors import CheckpointError
 
 logger = logging.getLogger("lavislike")
@@ -68,15 +77,18 @@ def load_trainable_weights(model: torch.nn.Module, path: str | Path,
     """Load a safetensors file of trainable weights into ``model`` (strict about its keys).
 
     Raises:
-        CheckpointError: the file is missing, or names a parameter the model does not have,
-            or lacks one of the model's trainable parameters.
+        CheckpointError: the file is missing or damaged, or names a parameter the model
+            does not have, or lacks one of the model's trainable parameters.
     """
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint weights not found: {path}")
-    state = load_file(str(path))
+    apply_trainable_weights(model, _read(path, lambda f: load_file(str(f))), path, load_fn)
+
+
+def apply_trainable_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path,
+                            load_fn: Callable[[dict], None] | None = None) -> None:
+    """Load ``state`` (read from ``path``, named in errors) into ``model``; see :func:`load_trainable_weights`."""
     model = D.unwrap_model(model)
     expected = set(trainable_state_dict(model))
     unknown = sorted(set(state) - set(model.state_dict()))
@@ -154,6 +166,11 @@ def save_checkpoint(output_dir: str | Path, global_step: int, *, model_state: di
         torch.save(train_state, tmp / "training_state.pt")
         write_json_atomic(tmp / "meta.json", {**meta, "global_step": global_step,
                                                "world_size": D.get_world_size()})
+        # the rename below publishes the folder: its files must be on the disk first, or a
+        # power cut can leave a complete-looking checkpoint holding empty files
+        for f in tmp.iterdir():
+            fsync_file(f)
+        fsync_dir(tmp)
         if final.exists():  # the same step saved again (e.g. after a resume): swap it out
             trash = root / f".old_{final.name}"
             shutil.rmtree(trash, ignore_errors=True)
@@ -162,6 +179,7 @@ def save_checkpoint(output_dir: str | Path, global_step: int, *, model_state: di
             shutil.rmtree(trash, ignore_errors=True)
         else:
             tmp.rename(final)
+        fsync_dir(root)
         write_text_atomic(root / "latest", final.name)
         for old in _step_dirs(root)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
@@ -172,6 +190,12 @@ def save_checkpoint(output_dir: str | Path, global_step: int, *, model_state: di
 def _step_dirs(root: Path) -> list[Path]:
     dirs = [p for p in root.glob("step_*") if _STEP_DIR.match(p.name) and (p / "meta.json").is_file()]
     return sorted(dirs, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+
+
+def is_checkpoint_folder(path: str | Path) -> bool:
+    """``path`` is one checkpoint (``step_<N>`` or a folder with ``meta.json``), not a run folder."""
+    path = Path(path)
+    return bool(_STEP_DIR.match(path.name)) or (path / "meta.json").exists()
 
 
 def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -186,27 +210,99 @@ def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def _read(path: Path, reader: Callable[[Path], Any]) -> Any:
+    """``reader(path)``; a missing or unreadable file is a one-line CheckpointError naming it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return reader(path)
+    except Exception as exc:  # truncated / garbled: safetensors, pickle, zip and JSON errors alike
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}{': ' + detail if detail else ''})") from None
+
+
+def _torch_file(path: Path) -> Any:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(ckpt_dir: str | Path) -> dict[str, Any]:
+    """Read every file of a checkpoint folder into memory, touching no model.
+
+    Returns:
+        ``{"meta", "weights", "train_state", "rng"}`` (``rng``: this rank's state or None
+        when the checkpoint was saved with another world size).
+
+    Raises:
+        CheckpointError: a file is missing, truncated or garbled (the message names it).
+    """
+    from safetensors.torch import load_file
+
+    ckpt_dir = Path(ckpt_dir)
+    meta = _read(ckpt_dir / "meta.json", lambda f: json.loads(f.read_text()))
+    if not isinstance(meta, dict) or not isinstance(meta.get("global_step"), int):
+        raise CheckpointError(f"{ckpt_dir / 'meta.json'}: unreadable (no global_step)")
+    out = {"meta": meta, "weights": _read(ckpt_dir / "model.safetensors", lambda f: load_file(str(f))),
+           "train_state": _read(ckpt_dir / "training_state.pt", _torch_file), "rng": None}
+    saved_world = int(meta.get("world_size", 1))
+    # every rank checks every rank's file, so that all of them judge a checkpoint alike
+    rng = [_read(ckpt_dir / f"rng_rank{r}.pt", _torch_file) for r in range(saved_world)]
+    if saved_world == D.get_world_size():
+        out["rng"] = rng[D.get_rank()]
+    return out
+
+
 def load_checkpoint(ckpt_dir: str | Path, model: torch.nn.Module,
                     load_fn: Callable[[dict], None] | None = None) -> tuple[dict, dict]:
     """Load the weights into ``model`` and this rank's RNG state; return (train_state, meta).
 
-    The caller restores optimizer / scheduler / scaler from ``train_state``.
+    The caller restores optimizer / scheduler / scaler from ``train_state``. Every file is
+    read before the model is touched, so a damaged checkpoint leaves the model as it was.
 
     Raises:
-        CheckpointError: the folder is incomplete or was written with another world size.
+        CheckpointError: a file is missing or damaged, or the weights do not fit the model.
     """
     ckpt_dir = Path(ckpt_dir)
-    if not (ckpt_dir / "meta.json").is_file():
-        raise CheckpointError(f"not a complete checkpoint folder (no meta.json): {ckpt_dir}")
-    meta = json.loads((ckpt_dir / "meta.json").read_text())
-    load_trainable_weights(model, ckpt_dir / "model.safetensors", load_fn)
-    train_state = torch.load(ckpt_dir / "training_state.pt", map_location="cpu", weights_only=True)
-    rng_file = ckpt_dir / f"rng_rank{D.get_rank()}.pt"
-    if rng_file.is_file() and meta.get("world_size", 1) == D.get_world_size():
-        restore_rng_state(torch.load(rng_file, map_location="cpu", weights_only=True))
+    return _apply(ckpt_dir, read_checkpoint(ckpt_dir), model, load_fn)
+
+
+def _apply(ckpt_dir: Path, contents: dict[str, Any], model: torch.nn.Module,
+           load_fn: Callable[[dict], None] | None) -> tuple[dict, dict]:
+    meta = contents["meta"]
+    apply_trainable_weights(model, contents["weights"], ckpt_dir / "model.safetensors", load_fn)
+    if contents["rng"] is not None:
+        restore_rng_state(contents["rng"])
     else:
         logger.warning("resume: %s has no RNG state for rank %d of %d (saved with %s ranks); "
                        "random streams will differ from the original run", ckpt_dir, D.get_rank(),
                        D.get_world_size(), meta.get("world_size"))
     logger.info("resumed from %s (global step %d)", ckpt_dir, meta["global_step"])
-    return train_state, meta
+    return contents["train_state"], meta
+
+
+def load_latest_checkpoint(output_dir: str | Path, model: torch.nn.Module,
+                           load_fn: Callable[[dict], None] | None = None) -> tuple[Path, dict, dict] | None:
+    """Resume from the newest checkpoint under ``output_dir`` that reads back whole.
+
+    A newer one that is damaged (truncated, garbled or missing file) is skipped with a
+    warning naming the file and what is wrong; the previous complete one is used.
+
+    Returns:
+        ``(folder, train_state, meta)``, or None when there is no checkpoint at all.
+
+    Raises:
+        CheckpointError: checkpoints exist but none of them can be read.
+    """
+    root = Path(output_dir) / CKPT_DIR
+    found = [p for p in root.glob("step_*") if _STEP_DIR.match(p.name)] if root.is_dir() else []
+    problems = []
+    for ckpt in sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)), reverse=True):
+        try:
+            contents = read_checkpoint(ckpt)
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            logger.warning("resume: skipping damaged checkpoint %s: %s", ckpt.name, exc)
+            continue
+        return (ckpt, *_apply(ckpt, contents, model, load_fn))
+    if problems:
+        raise CheckpointError(f"no readable checkpoint in {root}: {'; '.join(problems)}")
+    return None

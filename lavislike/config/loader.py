@@ -9,6 +9,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import typing
@@ -27,6 +28,7 @@ from lavislike.config.schema import (
     PreprocessConfig,
     RunConfig,
 )
+from lavislike.config.type_switch import rebase_experiment
 from lavislike.errors import ConfigError
 from lavislike.registry import (
     DATASETS,
@@ -41,6 +43,8 @@ from lavislike.registry import (
 
 # Model-config keys that pick a registry entry by their ``name`` and pass it the rest.
 PART_REGISTRIES = {"image_encoder": IMAGE_ENCODERS, "llm": LLMS}
+# The key of each part's block that says where its weights come from.
+PART_WEIGHTS = {"image_encoder": "pretrained", "llm": "path"}
 
 
 def _cache_resolver(*parts: Any) -> str:
@@ -82,7 +86,12 @@ def read_yaml(path: str | Path) -> DictConfig:
         raise ConfigError(f"config file not found: {path}.{near}")
     try:
         cfg = OmegaConf.load(path)
-    except Exception as exc:  # yaml.YAMLError, OmegaConf errors
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+        raise ConfigError(f"{where}: not valid YAML: {what}") from None
+    except Exception as exc:  # other yaml.YAMLError, OmegaConf errors
         raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"{path}: expected a mapping at the top level, got a list")
@@ -126,12 +135,19 @@ def component_yaml(obj: Any, rel: str) -> Path:
     return Path(inspect.getfile(obj)).resolve().parent / "configs" / path
 
 
+_STRUCTURED: dict[type, DictConfig] = {}
+
+
 def _structured(schema: type | None, source: str) -> DictConfig:
+    """A fresh ``OmegaConf.structured(schema)`` (copied from a cache: building one from a
+    dataclass costs several times a copy, and a config build makes a dozen)."""
     if schema is None:
         return OmegaConf.create({})
     if not dataclasses.is_dataclass(schema):
         raise ConfigError(f"{source}: registered config {schema!r} is not a dataclass")
-    return OmegaConf.structured(schema)
+    if schema not in _STRUCTURED:
+        _STRUCTURED[schema] = OmegaConf.structured(schema)
+    return copy.deepcopy(_STRUCTURED[schema])
 
 
 # -- model --------------------------------------------------------------------------------
@@ -141,7 +157,7 @@ def model_types(arch: str) -> dict[str, Path]:
     return {t: component_yaml(cls, p) for t, p in getattr(cls, "MODEL_TYPES", {}).items()}
 
 
-def _type_yaml(arch: str, model_type: str | None) -> tuple[str | None, DictConfig, str]:
+def _type_yaml(arch: str, model_type: str | None, source: str = "") -> tuple[str | None, DictConfig, str]:
     cls = MODELS.get(arch)
     types = model_types(arch)
     model_type = model_type or getattr(cls, "DEFAULT_MODEL_TYPE", None)
@@ -149,6 +165,7 @@ def _type_yaml(arch: str, model_type: str | None) -> tuple[str | None, DictConfi
         return None, OmegaConf.create({}), "defaults"
     if model_type not in types:
         raise ConfigError(
+            f"{source + ': ' if source else ''}"
             f"unknown model_type '{model_type}' for model '{arch}'.{did_you_mean(model_type, types)} "
             f"Known types: {', '.join(sorted(types)) or '(none)'}"
         )
@@ -159,7 +176,8 @@ def _part_block(key: str, layers: list[tuple[DictConfig, str]]) -> DictConfig | 
     """Type an ``image_encoder`` / ``llm`` block against its registry entry's schema.
 
     A layer that names another entry starts that entry's block afresh: the earlier
-    layers' keys were meant for the entry they named.
+    layers' keys were meant for the entry they named. Their weights are not silently lost
+    with them (see :func:`_carried_weights`).
     """
     registry = PART_REGISTRIES[key]
     typed, name = None, None
@@ -172,15 +190,35 @@ def _part_block(key: str, layers: list[tuple[DictConfig, str]]) -> DictConfig | 
         if "name" in block and block.name != name:
             name = str(block.name)
             if name not in registry:
-                raise ConfigError(
-                    f"{source}: model.{key}.name: unknown {registry.kind} '{name}'."
-                    f"{did_you_mean(name, registry.names())} Known: {', '.join(registry.names())}"
-                )
+                raise ConfigError(f"{source}: model.{key}.name: {registry.unknown(name)}")
+            carried = _carried_weights(key, typed, block, source)
             typed = _structured(registry.get_config(name), f"model.{key}")
+            if carried is not None:
+                typed[PART_WEIGHTS[key]] = carried
         if typed is None:
             raise ConfigError(f"{source}: model.{key} has no 'name' ({registry.kind} name) to pick the component")
         typed = merge_layer(typed, block, source, f"model.{key}")
     return typed
+
+
+def _carried_weights(key: str, earlier: DictConfig | None, block: DictConfig, source: str) -> str | None:
+    """What a part block that names another entry keeps of the earlier entry's weights.
+
+    ``pretrained: default`` (each encoder's published weights) carries over to an entry
+    that has published weights. Any other weight source was meant for the earlier entry:
+    rather than build the new one randomly initialised, say so.
+    """
+    wkey = PART_WEIGHTS[key]
+    before = OmegaConf.to_container(earlier, resolve=False).get(wkey) if earlier is not None else None
+    if not before or wkey in block:
+        return None
+    new_name = str(block.name)
+    if before == "default" and getattr(PART_REGISTRIES[key].get(new_name), "DEFAULT_PRETRAINED", ""):
+        return "default"
+    raise ConfigError(
+        f"{source}: model.{key}.name '{new_name}' replaces '{earlier.name}' but not its {wkey} '{before}' "
+        f"(meant for '{earlier.name}'): set model.{key}.{wkey} as well ('' builds it with random weights)"
+    )
 
 
 def model_config(
@@ -207,9 +245,10 @@ def _as_cfg(obj: Any) -> DictConfig:
     return OmegaConf.create(obj)
 
 
-def _model_section(arch: str, model_type: str | None, user_layers: list[tuple[DictConfig, str]]) -> DictConfig:
+def _model_section(arch: str, model_type: str | None, user_layers: list[tuple[DictConfig, str]],
+                   type_source: str = "") -> DictConfig:
     schema = MODELS.get_config(arch) or ModelConfig
-    model_type, type_cfg, type_src = _type_yaml(arch, model_type)
+    model_type, type_cfg, type_src = _type_yaml(arch, model_type, type_source)
     base = _structured(schema, f"model '{arch}'")
     layers = [(base, f"model '{arch}' schema"), (_section(type_cfg, "model"), type_src)] + user_layers
     merged = _strip(base, PART_REGISTRIES)
@@ -230,7 +269,7 @@ def _model_section(arch: str, model_type: str | None, user_layers: list[tuple[Di
 def preprocess_config(arch: str, model_type: str | None = None, overrides: Any = None) -> DictConfig:
     """The ``preprocess`` block of a model type (processor names and options)."""
     _, type_cfg, type_src = _type_yaml(arch, model_type)
-    merged = OmegaConf.structured(PreprocessConfig)
+    merged = _structured(PreprocessConfig, "preprocess")
     merged = merge_layer(merged, _section(type_cfg, "preprocess"), type_src, "preprocess")
     return merge_layer(merged, _as_cfg(overrides), "overrides", "preprocess")
 
@@ -239,10 +278,7 @@ def preprocess_config(arch: str, model_type: str | None = None, overrides: Any =
 def dataset_config(name: str, user_block: Any = None, source: str = "overrides") -> DictConfig:
     """One ``datasets.<name>`` block: schema <- builder default YAML <- user block."""
     if name not in DATASETS:
-        raise ConfigError(
-            f"{source}: datasets.{name}: unknown dataset '{name}'.{did_you_mean(name, DATASETS.names())} "
-            f"Known: {', '.join(DATASETS.names())}"
-        )
+        raise ConfigError(f"{source}: datasets.{name}: {DATASETS.unknown(name)}")
     builder = DATASETS.get(name)
     merged = _structured(DATASETS.get_config(name), f"dataset '{name}'")
     user = _as_cfg(user_block)
@@ -263,7 +299,19 @@ def dataset_config(name: str, user_block: Any = None, source: str = "overrides")
 
 # -- run -----------------------------------------------------------------------------------
 def run_schema(task: str, runner: str, lr_sched: str | None) -> type:
-    """RunConfig plus the keys of the chosen task, runner and lr scheduler."""
+    """RunConfig plus the keys of the chosen task, runner and lr scheduler (one class per
+    combination of their schemas)."""
+    key = tuple(r.get_config(n) if n is not None else None
+                for r, n in ((TASKS, task), (RUNNERS, runner), (LR_SCHEDULERS, lr_sched)))
+    if key not in _RUN_SCHEMAS:
+        _RUN_SCHEMAS[key] = _make_run_schema(task, runner, lr_sched)
+    return _RUN_SCHEMAS[key]
+
+
+_RUN_SCHEMAS: dict[tuple, type] = {}
+
+
+def _make_run_schema(task: str, runner: str, lr_sched: str | None) -> type:
     fields: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(RunConfig)}
     extra = []
     for registry, name in ((TASKS, task), (RUNNERS, runner), (LR_SCHEDULERS, lr_sched)):
@@ -286,7 +334,7 @@ def run_schema(task: str, runner: str, lr_sched: str | None) -> type:
 
 
 def _run_section(layers: list[tuple[DictConfig, str]]) -> DictConfig:
-    probe = OmegaConf.structured(RunConfig)
+    probe = _structured(RunConfig, "run")
     sources = {"task": "run schema default", "runner": "run schema default", "lr_sched": "run schema default"}
     for layer, source in layers:
         for key in sources:
@@ -295,11 +343,8 @@ def _run_section(layers: list[tuple[DictConfig, str]]) -> DictConfig:
     for key, registry in (("task", TASKS), ("runner", RUNNERS), ("lr_sched", LR_SCHEDULERS)):
         name = probe[key]
         if name is not None and name not in registry:
-            raise ConfigError(
-                f"{sources[key]}: run.{key}: unknown {registry.kind} '{name}'."
-                f"{did_you_mean(name, registry.names())} Known: {', '.join(registry.names())}"
-            )
-    merged = OmegaConf.structured(run_schema(probe.task, probe.runner, probe.lr_sched))
+            raise ConfigError(f"{sources[key]}: run.{key}: {registry.unknown(name)}")
+    merged = _structured(run_schema(probe.task, probe.runner, probe.lr_sched), "run")
     for layer, source in layers:
         merged = merge_layer(merged, layer, source, "run")
     return merged
@@ -340,12 +385,8 @@ def load_config(cfg_path: str | Path | None, overrides: Sequence[str] | None = N
 
     run = _run_section([(_section(layer, "run"), source) for layer, source in layers])
 
-    model_layers = [(_section(layer, "model"), source) for layer, source in layers]
-    arch = next((str(m.arch) for m, _ in reversed(model_layers) if "arch" in m), None)
-    model_type = next((m.model_type for m, _ in reversed(model_layers) if m.get("model_type")), None)
-    model = None
-    if arch is not None:
-        model = _model_section(arch, model_type, [(_strip(m, ("arch", "model_type")), s) for m, s in model_layers])
+    model = _model_from_layers([(_section(layer, "model"), source) for layer, source in layers])
+    arch = None if model is None else model.arch
 
     datasets = {}
     ds_layers = [(_section(layer, "datasets"), source) for layer, source in layers]
@@ -369,6 +410,48 @@ def load_config(cfg_path: str | Path | None, overrides: Sequence[str] | None = N
             prep = merge_layer(prep, layer, source, "preprocess")
         out.preprocess = prep
     return out
+
+
+def _model_from_layers(layers: list[tuple[DictConfig, str]]) -> DictConfig | None:
+    """The model section from the experiment's and the command line's ``model:`` layers.
+
+    A command line that switches ``model_type`` or ``arch`` re-bases the experiment's
+    layer onto the new type first (:mod:`lavislike.config.type_switch`); a new ``arch``
+    without a ``model_type`` takes that model's default type.
+    """
+    (exp, exp_src), (cli, cli_src) = layers
+    arch, arch_src = next(((str(m.arch), s) for m, s in reversed(layers) if "arch" in m), (None, None))
+    if arch is None:
+        return None
+    if arch not in MODELS:
+        raise ConfigError(f"{arch_src}: model.arch: {MODELS.unknown(arch)}")
+    exp_arch, exp_type = exp.get("arch"), exp.get("model_type") or None
+    model_type, type_src = cli.get("model_type") or None, cli_src
+    if model_type is None and arch == exp_arch:
+        model_type, type_src = exp_type, exp_src
+    user = [(_strip(m, ("arch", "model_type")), s) for m, s in layers]
+    if exp_arch is not None and len(user[0][0]) and (arch, model_type) != (exp_arch, exp_type):
+        old = _type_defaults(str(exp_arch), exp_type, exp_src)
+        new = _type_defaults(arch, model_type, type_src)
+        if (arch, new.model_type) != (exp_arch, old.model_type):
+            switch = f"model.model_type {old.model_type} -> {new.model_type}"
+            if arch != exp_arch:
+                switch = f"model.arch {exp_arch} -> {arch}, {switch}"
+            user[0] = (rebase_experiment(user[0][0], old, new, exp_src, switch), exp_src)
+    return _model_section(arch, model_type, user, type_src)
+
+
+_DEFAULTS_CACHE: dict[tuple, DictConfig] = {}
+
+
+def _type_defaults(arch: str, model_type: str | None, source: str) -> DictConfig:
+    """The model section of a type with no user layer (read-only; cached per type file)."""
+    path = model_types(arch).get(model_type or getattr(MODELS.get(arch), "DEFAULT_MODEL_TYPE", None))
+    stamp = (path, path.stat().st_mtime_ns) if path is not None and path.is_file() else (path, None)
+    key = (arch, model_type, MODELS.get(arch), MODELS.get_config(arch), *stamp)
+    if key not in _DEFAULTS_CACHE:
+        _DEFAULTS_CACHE[key] = _model_section(arch, model_type, [], source)
+    return _DEFAULTS_CACHE[key]
 
 
 def _strip(cfg: DictConfig, keys: Sequence[str]) -> DictConfig:

@@ -14,8 +14,10 @@ processing, or whose annotation row lacks a field is *bad*. Datasets never hand 
 * **strict** (``strict: true`` in the dataset block): the first bad sample raises
   :class:`~lavislike.errors.DataError` naming the file.
 
-Annotation rows with missing fields are found when the dataset is built; they are kept
-in ``dataset.bad_rows`` and counted by :meth:`BadSampleTracker.add_dataset`.
+Annotation rows with a missing field or an empty caption / question are found when the
+dataset is built; they are kept in ``dataset.bad_rows`` (by annotation file and the
+file's own row), reported once when the runner starts (:func:`rows_report`) and, for
+training data, counted by :meth:`BadSampleTracker.add_dataset` in the first epoch.
 
 Example:
     >>> tracker = BadSampleTracker(max_bad_samples=100)
@@ -58,16 +60,27 @@ class BadSampleError(DataError):
 
 @dataclass(frozen=True)
 class SkippedSample:
-    """What a dataset returns for a bad sample in non-strict mode (picklable)."""
+    """What a dataset returns for a bad sample in non-strict mode (picklable).
+
+    Attributes:
+        path: the file at fault (a media file, or ``<annotation file> row <i>``).
+        reason: what is wrong, in a few words.
+        dataset: the dataset's name.
+        index: the item index in the dataset (after bad rows were dropped); -1 for a row.
+        row: the annotation file and its own row (``ann.json row 7``: the 0-based position
+            in the file's list; ``line 8`` for ``.jsonl``) that named a bad media file.
+    """
 
     path: str
     reason: str
     dataset: str = ""
     index: int = -1
+    row: str = ""
 
     def describe(self) -> str:
-        where = f"{self.dataset}[{self.index}] " if self.dataset else ""
-        return f"{where}{self.path}: {self.reason}"
+        where = f"{self.dataset}: " if self.dataset else ""
+        row = f" (from {self.row})" if self.row else ""
+        return f"{where}{self.path}{row}: {self.reason}"
 
 
 def strict_error(sample: SkippedSample) -> DataError:
@@ -136,7 +149,10 @@ class BadSampleTracker:
 
     def add_dataset(self, dataset) -> None:
         """Count the annotation rows a dataset dropped when it was built (``bad_rows``)."""
-        self.add(getattr(dataset, "bad_rows", []))
+        rows = list(getattr(dataset, "bad_rows", []))
+        self.add(rows)
+        if rows:
+            logger.warning(rows_report(dataset))
 
     def consume(self, batch: dict) -> bool:
         """Pop ``bad_samples`` from a collated batch and count it.
@@ -197,3 +213,16 @@ def batch_size(batch: dict) -> int:
         if isinstance(value, (list, tuple)):
             return len(value)
     return 0
+
+
+def rows_report(dataset, max_report: int = 20) -> str:
+    """The annotation rows ``dataset`` dropped when it was built, by file and row."""
+    rows = list(getattr(dataset, "bad_rows", []))
+    name = getattr(dataset, "name", type(dataset).__name__)
+    if not rows:
+        return f"{name}: no annotation rows dropped"
+    lines = [f"{name}: {len(rows)} annotation rows dropped (kept {len(dataset)})"]
+    lines += [f"  - {s.describe()}" for s in rows[:max_report]]
+    if len(rows) > max_report:
+        lines.append(f"  ... and {len(rows) - max_report} more")
+    return "\n".join(lines)

@@ -28,8 +28,9 @@ VQAEvalDataset         image, question, [question_id], [answer]    image, text_i
 Video*Dataset          the same with ``video`` instead of image    ``video`` instead of ``image``
 =====================  ==========================================  =========================================
 
-Bad rows (a required key missing or empty) are dropped at construction and kept in
-``bad_rows``; bad media (missing / truncated / corrupt file) and captions without a word
+Bad rows (a required key missing or empty, a caption / question without a word) are
+dropped at construction and kept in ``bad_rows``, named by the annotation file and the
+file's own row; bad media (missing / truncated / corrupt file) and captions without a word
 give a :class:`SkippedSample` item; ``strict=True`` raises :class:`DataError` instead.
 Subclasses for a specific corpus override :meth:`BaseDataset.eval_image_id` (how an eval
 row's integer image id is derived) or :meth:`BaseDataset.get_item`.
@@ -55,13 +56,19 @@ _WORD = re.compile(r"\w")
 # -- files -------------------------------------------------------------------------------
 def read_annotation_file(path: str | os.PathLike) -> list[dict]:
     """Rows of one LAVIS annotation file (.json list / {"annotations": [...]} or .jsonl)."""
+    return [row for _, row in annotation_rows(path)]
+
+
+def annotation_rows(path: str | os.PathLike) -> list[tuple[str, Any]]:
+    """``(where, row)`` for each row of an annotation file; ``where`` is the file's own
+    numbering: ``row <i>`` (0-based position in its list) or ``line <n>`` for ``.jsonl``."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"annotation file not found: {path}")
     try:
         if path.suffix == ".jsonl":
             with open(path) as fh:
-                return [json.loads(line) for line in fh if line.strip()]
+                return [(f"line {n}", json.loads(line)) for n, line in enumerate(fh, 1) if line.strip()]
         with open(path) as fh:
             data = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -72,7 +79,7 @@ def read_annotation_file(path: str | os.PathLike) -> list[dict]:
         data = data["annotations"]
     if not isinstance(data, list):
         raise DataError(f"annotation file {path}: expected a list of rows, got {type(data).__name__}")
-    return data
+    return [(f"row {i}", row) for i, row in enumerate(data)]
 
 
 def load_image(path: str | os.PathLike):
@@ -120,6 +127,7 @@ class BaseDataset(Dataset):
     """
 
     required_keys: tuple[str, ...] = ()
+    text_keys: tuple[str, ...] = ()  # a row whose text here has no word is bad (lists: per caption)
     media_key = "image"
 
     def __init__(
@@ -140,8 +148,11 @@ class BaseDataset(Dataset):
             ann_paths = [ann_paths]
         self.ann_paths = [str(p) for p in ann_paths]
         self.bad_rows: list[SkippedSample] = []
+        self.row_origins: list[str] = []  # "<annotation file> row <i>" of each kept row
         self.eval_files: dict[str, Path] = {}  # metric ground truth, set by the builder
         self.annotation = self._load_rows()
+        if len(self.row_origins) != len(self.annotation):  # a subclass read or reshaped the rows
+            self.row_origins = []
         for i, ann in enumerate(self.annotation):
             ann["instance_id"] = str(i)
         self.setup()
@@ -149,12 +160,13 @@ class BaseDataset(Dataset):
     def _load_rows(self) -> list[dict]:
         rows = []
         for path in self.ann_paths:
-            for i, ann in enumerate(read_annotation_file(path)):
+            for where, ann in annotation_rows(path):
                 reason = self.check_row(ann)
                 if reason is None:
                     rows.append(ann)
+                    self.row_origins.append(f"{path} {where}")
                     continue
-                bad = SkippedSample(f"{path} row {i}", reason, self.name, i)
+                bad = SkippedSample(f"{path} {where}", reason, self.name)
                 if self.strict:
                     raise strict_error(bad)
                 self.bad_rows.append(bad)
@@ -165,12 +177,21 @@ class BaseDataset(Dataset):
         if not isinstance(ann, dict):
             return f"row is a {type(ann).__name__}, not an object"
         for key in self.required_keys:
+            if key in self.text_keys and isinstance(ann.get(key), str):
+                continue  # present: judged below
             if not _has_value(ann.get(key)):
                 return f"missing field '{key}'"
+        for key in self.text_keys:
+            if isinstance(ann.get(key), str) and not _WORD.search(ann[key]):
+                return f"empty {key} {ann[key]!r}"
         return None
 
     def setup(self) -> None:
         """Hook run after the rows are loaded (index maps and the like)."""
+
+    def row_origin(self, index: int) -> str:
+        """``<annotation file> row <i>`` that item ``index`` came from ('' when unknown)."""
+        return self.row_origins[index] if 0 <= index < len(self.row_origins) else ""
 
     # -- items ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -180,7 +201,8 @@ class BaseDataset(Dataset):
         try:
             return self.get_item(index)
         except BadSampleError as exc:
-            skipped = SkippedSample(exc.path, exc.reason, self.name, index)
+            origin = self.row_origin(index)
+            skipped = SkippedSample(exc.path, exc.reason, self.name, index, "" if exc.path == origin else origin)
             if self.strict:
                 raise strict_error(skipped) from None
             return skipped
@@ -213,9 +235,10 @@ class BaseDataset(Dataset):
         return self.vis_processor(path) if self.vis_processor else path
 
     def process_text(self, text: Any, ann: dict) -> Any:
-        """Run the text processor; a caption without a word is bad data."""
+        """Run the text processor; a caption without a word is bad data (named by its row)."""
         if not isinstance(text, str) or not _WORD.search(text):
-            raise BadSampleError(self.media_path(ann), f"empty caption/question {text!r} (row {ann.get('instance_id')})")
+            where = self.row_origin(int(ann["instance_id"])) or self.media_path(ann)
+            raise BadSampleError(where, f"empty caption/question {text!r}")
         return self.text_processor(text) if self.text_processor else text
 
     @staticmethod
@@ -247,6 +270,7 @@ class CaptionDataset(BaseDataset):
     """Image-caption pairs for training (one item per caption)."""
 
     required_keys = ("image", "caption")
+    text_keys = ("caption",)
 
     def setup(self) -> None:
         self.img_ids = self.dense_image_ids()
@@ -293,6 +317,7 @@ class RetrievalEvalDataset(BaseDataset):
     """
 
     required_keys = ("image", "caption")
+    text_keys = ("caption",)
 
     def setup(self) -> None:
         self.text, self.image, self.txt2img, self.img2txt = [], [], {}, {}
@@ -304,7 +329,7 @@ class RetrievalEvalDataset(BaseDataset):
                 try:
                     text = self.process_text(caption, ann)
                 except BadSampleError as exc:  # drop the caption, keep the ids dense
-                    bad = SkippedSample(exc.path, exc.reason, self.name, img_id)
+                    bad = SkippedSample(exc.path, exc.reason, self.name)
                     if self.strict:
                         raise strict_error(bad) from None
                     self.bad_rows.append(bad)
@@ -331,6 +356,7 @@ class VQADataset(BaseDataset):
     """Question-answer pairs for training; ``text_output`` is the most weighted answer."""
 
     required_keys = ("image", "question", "answer")
+    text_keys = ("question",)
 
     def get_item(self, index: int) -> dict:
         ann = self.annotation[index]
@@ -352,6 +378,7 @@ class VQAEvalDataset(BaseDataset):
     """Questions for answer generation; ground-truth answers ride along when present."""
 
     required_keys = ("image", "question")
+    text_keys = ("question",)
 
     def get_item(self, index: int) -> dict:
         ann = self.annotation[index]

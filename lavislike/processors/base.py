@@ -38,10 +38,7 @@ def processor_config(block: Any, source: str = "processor") -> DictConfig:
     if not name:
         raise ConfigError(f"{source}: a processor block needs a 'name'; known: {', '.join(PROCESSORS.names())}")
     if name not in PROCESSORS:
-        raise ConfigError(
-            f"{source}: unknown processor '{name}'.{did_you_mean(name, PROCESSORS.names())} "
-            f"Known: {', '.join(PROCESSORS.names())}"
-        )
+        raise ConfigError(f"{source}: {PROCESSORS.unknown(name)}")
     schema = PROCESSORS.get_config(name)
     if schema is None:
         return block

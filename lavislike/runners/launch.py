@@ -4,8 +4,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
+from lavislike.errors import ConfigError
 from lavislike.registry import RUNNERS
 
 logger = logging.getLogger("lavislike")
@@ -44,6 +46,35 @@ def build_runner(cfg: DictConfig, cfg_path: str | Path | None = None, evaluate_o
     seed_everything(int(cfg.run.get("seed", 42)))
     task = setup_task(cfg)
     return runner_cls.from_config(cfg, task=task)
+
+
+def check(cfg: DictConfig, cfg_path: str | Path | None = None) -> None:
+    """What can be checked before any worker starts, cheaply and without touching weights.
+
+    :func:`lavislike.config.load_config` has checked every key and registry name; this
+    adds that every ``${...}`` resolves and that every processor block is valid. The run
+    scripts call it (``lavislike train --check-config``) before torchrun starts the
+    workers, so a mistake is one line, not one traceback per worker.
+
+    Raises:
+        ConfigError: naming the file or key at fault.
+    """
+    from lavislike.processors.base import processor_config
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        detail = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"{cfg_path or 'config'}: {f'key {key}: ' if key else ''}{detail}") from None
+    blocks = [("preprocess", cfg.get("preprocess"))]
+    blocks += [(f"datasets.{name}", block) for name, block in (cfg.get("datasets") or {}).items()]
+    for where, block in blocks:
+        for kind in ("vis_processor", "text_processor"):
+            pair = (block or {}).get(kind) or {}
+            for split, proc in pair.items():
+                if proc is not None:
+                    processor_config(proc, f"{where}.{kind}.{split}")
 
 
 def seed_everything(seed: int) -> None:

@@ -32,7 +32,9 @@ from torch.utils.data import Dataset
 from lavislike.common import dist as D
 from lavislike.common.checkpoint import (
     find_latest_checkpoint,
+    is_checkpoint_folder,
     load_checkpoint,
+    load_latest_checkpoint,
     load_trainable_weights,
     save_checkpoint,
     save_weights,
@@ -214,10 +216,16 @@ class RunnerBase:
             # FSDP flattens parameters: the optimizer must see the wrapped (sharded) views
             self.optimizer = build_optimizer(self._wrapped, run.init_lr, run.weight_decay,
                                              (run.beta1, run.beta2), run.layer_decay or 1.0)
-        from lavislike.datasets.bad_data import BadSampleTracker
+        from lavislike.datasets.bad_data import BadSampleTracker, rows_report
 
         ds_cfgs = list(self.cfg.datasets.values()) if "datasets" in self.cfg and self.cfg.datasets else []
         self.bad_samples = BadSampleTracker.from_dataset_configs(ds_cfgs)
+        for splits in self.datasets.values():  # annotation rows dropped when the data was built
+            for split, ds in splits.items():
+                if split in run.train_splits and not run.evaluate:
+                    self.bad_samples.add_dataset(ds)  # reported now, counted in the first epoch
+                elif getattr(ds, "bad_rows", None):
+                    logger.warning(rows_report(ds))
         self.metrics = MetricsWriter(self.output_dir, tensorboard=run.tensorboard)
         self._ready = True
         logger.info("output folder: %s (world size %d, device %s)", self.output_dir, D.get_world_size(), self.device)
@@ -519,19 +527,20 @@ class RunnerBase:
         from lavislike.runners.distributed import load_optimizer_state
 
         run = self.run
-        if run.resume_ckpt_path:
-            path = Path(run.resume_ckpt_path).expanduser()
-            ckpt = path if (path / "meta.json").is_file() else find_latest_checkpoint(path)
-            if ckpt is None:
+        path = Path(run.resume_ckpt_path).expanduser() if run.resume_ckpt_path else None
+        if path is not None and is_checkpoint_folder(path):  # this checkpoint and no other
+            train_state, meta = load_checkpoint(path, self.unwrapped_model, self._load_fn())
+        elif path is not None or run.resume:
+            # the newest checkpoint that reads back whole; damaged newer ones are named and skipped
+            found = load_latest_checkpoint(path or self.output_dir, self.unwrapped_model, self._load_fn())
+            if found is None and path is not None:
                 raise ConfigError(f"run.resume_ckpt_path: no checkpoint in {path}")
-        elif run.resume:
-            ckpt = find_latest_checkpoint(self.output_dir)
-            if ckpt is None:
+            if found is None:
                 logger.info("resume: no checkpoint in %s yet; starting from scratch", self.output_dir)
                 return
+            _, train_state, meta = found
         else:
             return
-        train_state, meta = load_checkpoint(ckpt, self.unwrapped_model, self._load_fn())
         load_optimizer_state(self.model, self.optimizer, train_state["optimizer"], self.fsdp)
         self.scheduler.load_state_dict(train_state["scheduler"])
         if self.scaler is not None and train_state.get("scaler"):

@@ -1,4 +1,6 @@
+import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,5 +68,27 @@ def test_mismatched_checkpoint_is_a_clear_error(tmp_path):
                            train_state={}, meta={})
     with pytest.raises(CheckpointError, match="nothere.weight"):
         load_checkpoint(ckpt, Tiny())
-    with pytest.raises(CheckpointError, match="no meta.json"):
+    with pytest.raises(CheckpointError, match="meta.json: missing"):
         load_checkpoint(tmp_path / "nowhere", Tiny())
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names fds through /proc")
+def test_files_reach_the_disk_before_the_folder_is_published(tmp_path, monkeypatch):
+    """Every file of the checkpoint and the folder itself are fsynced before the rename
+    that makes it the checkpoint resume picks (and the parent after it)."""
+
+    events = []
+    real_fsync, real_rename = os.fsync, Path.rename
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd))[1])
+    monkeypatch.setattr(Path, "rename", lambda self, target: (events.append(("rename", str(self))),
+                                                             real_rename(self, target))[1])
+    model = Tiny()
+    save_checkpoint(tmp_path, 5, model_state=model.trainable_state_dict(), train_state={"scheduler": {}}, meta={})
+    tmp = str(tmp_path / "checkpoints" / ".tmp_step_000000005")
+    publish = events.index(("rename", tmp))
+    synced_before = {path for kind, path in events[:publish] if kind == "fsync"}
+    for name in ("model.safetensors", "training_state.pt", "meta.json", "rng_rank0.pt"):
+        assert f"{tmp}/{name}" in synced_before, name
+    assert tmp in synced_before  # the folder's entries
+    assert ("fsync", str(tmp_path / "checkpoints")) in events[publish:]  # the rename itself

@@ -45,8 +45,10 @@ def _dataset(root, strict=False):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_bad_images_skipped_counted_reported(image_corpus, workers):
-    loader = build_dataloader(_dataset(image_corpus), batch_size=3, num_workers=workers, is_train=False)
+    ds = _dataset(image_corpus)
+    loader = build_dataloader(ds, batch_size=3, num_workers=workers, is_train=False)
     tracker = BadSampleTracker()
+    tracker.add_dataset(ds)  # the caption without a word: dropped when the rows were read
     texts = []
     for batch in loader:
         if tracker.consume(batch):
@@ -62,6 +64,10 @@ def test_bad_images_skipped_counted_reported(image_corpus, workers):
 
 
 def test_strict_mode_names_the_file(image_corpus):
+    with pytest.raises(DataError, match=r"strict mode: .*ann\.json row 9: empty caption"):
+        _dataset(image_corpus, strict=True)
+    rows = json.loads((image_corpus / "ann.json").read_text())
+    (image_corpus / "ann.json").write_text(json.dumps(rows[:-1]))
     ds = _dataset(image_corpus, strict=True)
     assert ds[0]["text_input"] == "picture 0"
     with pytest.raises(DataError, match=r"strict mode: .*corrupt\.jpg"):

@@ -99,7 +99,7 @@ def test_missing_field_rows_dropped_and_recorded(root, procs):
     ])
     ds = base.CaptionDataset(*procs, root, ann, name="demo")
     assert len(ds) == 1
-    assert [b.reason for b in ds.bad_rows] == ["missing field 'caption'", "missing field 'image'", "missing field 'caption'"]
+    assert [b.reason for b in ds.bad_rows] == ["missing field 'caption'", "missing field 'image'", "empty caption ''"]
     assert "bad.json row 1" in ds.bad_rows[0].path
     with pytest.raises(DataError, match=r"bad\.json row 1.*missing field 'caption'"):
         base.CaptionDataset(*procs, root, ann, strict=True)

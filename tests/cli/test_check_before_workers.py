@@ -1,0 +1,43 @@
+"""A config mistake under ``NPROC=2`` is one line and exit status 2 from the run script,
+checked before torchrun starts any worker (``lavislike train --check-config``)."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from lavislike.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+STAGE1 = "projects/blip2_tiny/train/pretrain_stage1.yaml"
+
+
+def test_bad_key_with_two_processes_is_one_line(fake_venv):
+    env = dict(os.environ, NPROC="2", LAVISLIKE_VENV=str(fake_venv), PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", MASTER_PORT=str(29300 + os.getpid() % 300))
+    res = subprocess.run(["bash", "run_scripts/pretrain_stage1.sh", STAGE1, "run.init_lrr=1e-4"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert len(lines) == 1 and lines[0].startswith("lavislike train: error: command line: key 'run.init_lrr'"), lines
+    assert "'init_lr'" in lines[0] and "torchrun" not in res.stderr
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model.model_type=pretrian", "Did you mean 'pretrain'?"),
+    ("datasets.synthetic_retrieval.vis_processor.train.name=blip_image_trian",
+     "datasets.synthetic_retrieval.vis_processor.train: unknown processor 'blip_image_trian'"),
+    ("run.output_dir=${oc.env:LAVISLIKE_TEST_SURELY_UNSET}", "LAVISLIKE_TEST_SURELY_UNSET"),
+])
+def test_check_config_finds_what_workers_would(override, expected, capsys):
+    assert main(["train", "--check-config", "--cfg-path", str(REPO / STAGE1), override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_check_config_passes_a_good_config(capsys, tmp_path):
+    assert main(["evaluate", "--check-config", "--cfg-path", str(REPO / "projects/blip2/eval/ret_coco_eval.yaml"),
+                 f"run.output_dir={tmp_path / 'out'}"]) == 0
+    assert not (tmp_path / "out").exists()  # nothing ran
