@@ -18,12 +18,13 @@ from torch.utils.data import Dataset
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ddp_blip2_script import CAPTIONS, Pairs, build  # noqa: E402
+from ddp_blip2_script import CAPTIONS, NO_DROPOUT, Pairs  # noqa: E402
 from toy_parts import run_cfg  # noqa: E402
 
 from lavislike.common import dist as D  # noqa: E402
 from lavislike.common.checkpoint import save_weights  # noqa: E402
 from lavislike.datasets.collate import collate  # noqa: E402
+from lavislike.models import load_model  # noqa: E402
 from lavislike.registry import RUNNERS  # noqa: E402
 from lavislike.tasks.base_task import BaseTask  # noqa: E402
 
@@ -53,12 +54,32 @@ class ScoreTask(BaseTask):
         return [{"id": i, "caption": c} for i, c in zip(ids, captions)]
 
 
+def build(stage: str):
+    """Stage 1 with FSDP's own use case: the ViT trains too (its blocks are sharded as
+    well), with activation checkpointing in the ViT and the Q-Former."""
+    torch.manual_seed(0)  # the same initial weights on every rank
+    if stage == "stage1":
+        model = load_model("blip2", "tiny", load_pretrained=False,
+                           qformer={**NO_DROPOUT, "gradient_checkpointing": True},
+                           image_encoder={"freeze": False, "use_grad_checkpoint": True})
+    else:
+        model = load_model("blip2_opt", "tiny", load_pretrained=False, qformer=NO_DROPOUT)
+    with torch.no_grad():
+        # a tiny random Q-Former at BERT's init (std 0.02) gives every pair nearly the same
+        # features: gradients would be all cancellation (see ddp_blip2_script.py)
+        for name, p in model.named_parameters():
+            if name.startswith("qformer.") and p.requires_grad and p.dim() > 1:
+                p.normal_(0.0, 0.2)
+    return model
+
+
 def run(out: Path, stage: str, per_rank_batch: int, **extra):
     model = build(stage)
     cfg = run_cfg(out, runner="runner_base", batch_size_train=per_rank_batch, max_epoch=1, distributed=True,
                   init_lr=1e-3, warmup_steps=0, weight_decay=0.05, max_grad_norm=1.0, fsdp=True,
-                  batch_size_eval=2, valid_splits=["val"], ckpt_every_steps=1, keep_last_checkpoints=5, **extra)
-    datasets = {"pairs": {"train": Pairs(), "val": Valid()}}
+                  batch_size_eval=2, valid_splits=["val"], ckpt_every_steps=1, keep_last_checkpoints=5,
+                  accum_grad_iters=2, **extra)
+    datasets = {"pairs": {"train": Pairs(48), "val": Valid()}}  # 3 steps of 2 micro-batches
     runner = RUNNERS.get("runner_base")(cfg, ScoreTask(), model, datasets, job_id="run",
                                         collate_fn=collate, save_config=lambda c, o: None)
     runner.train()

@@ -2,7 +2,9 @@
 trains BLIP-2 like one process: 2 gloo ranks x batch 4 with ``run.fsdp: true`` against
 1 process x batch 8, through the real runner, for stage 1 (ITC + ITM + ITG, cross-attention
 keys/values computed once per image by ``QFormer.cross_kv``) and stage 2 (tiny OPT), with
-gradient clipping and a corrupt image on one rank.
+gradient clipping, 2 accumulated micro-batches per step and a corrupt image on one rank;
+in stage 1 the ViT trains too (its blocks are sharded as well) with activation
+checkpointing in the ViT and the Q-Former.
 
 Compared with the single process (which has no sharding and no FSDP code path): the logged
 losses at every step, the trained weights, and the validation results - evaluated with
@@ -35,7 +37,7 @@ def runs(tmp_path_factory):
     assert one.returncode == 0, one.stderr[-3000:]
     two = torchrun(SCRIPT, str(out / "two"), "4", timeout=400)
     assert two.returncode == 0, two.stderr[-3000:]
-    assert "world size 2" in two.stderr and "FSDP: 2 trainable blocks sharded" in two.stderr
+    assert "world size 2" in two.stderr and "trainable blocks sharded" in two.stderr
     assert "run.fsdp ignored: single process" in one.stderr
     return out
 
@@ -57,7 +59,9 @@ def test_fsdp_two_gloo_ranks_train_and_evaluate_like_one_process(runs, stage):
         for key in LOSS_KEYS[stage]:
             assert abs(r1[key] - r2[key]) <= 1e-5 * max(1.0, abs(r1[key])), (r1["step"], key, r1[key], r2[key])
     w1, w2 = load_file(str(one / "final.safetensors")), load_file(str(two / "final.safetensors"))
-    assert_weights_close(w1, w2, atol=2e-6)
+    # DDP's 2 ranks differ from one process by the same spread here (6e-6 on the cross-
+    # attention query of stage 1, where the ViT trains too; one AdamW step is ~1e-3)
+    assert_weights_close(w1, w2, atol=1e-5)
     init = load_file(str(runs / "one" / stage / "checkpoints" / f"step_{1:09d}" / "model.safetensors"))
     assert sum(int((w1[k] - init[k]).abs().max() > 1e-5) for k in w1) > len(w1) // 2  # steps 2, 3 trained
 
