@@ -189,6 +189,30 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float, fsdp: bool) -> t
     return total
 
 
+def sharded_grad_scaler(device_type: str):
+    """A grad scaler for FSDP fp16: inf checks agree across ranks (``ShardedGradScaler``
+    all-reduces them), and sharded (DTensor) and replicated gradients are unscaled in
+    separate calls (one foreach call may not mix them)."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    class _Scaler(ShardedGradScaler):
+        def _unscale_grads_(self, optimizer, inv_scale, found_inf, allow_fp16=True):
+            groups: dict[tuple, list[torch.Tensor]] = {}
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        local = p.grad.to_local() if _is_sharded(p.grad) else p.grad  # a view: in place
+                        groups.setdefault((local.device, local.dtype), []).append(local)
+            found: dict[torch.device, torch.Tensor] = {}
+            with torch.no_grad():
+                for (device, _), grads in groups.items():
+                    flag = found.setdefault(device, found_inf.to(device))
+                    torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, inv_scale.to(device))
+            return found or {found_inf.device: found_inf}
+
+    return _Scaler(device_type)
+
+
 @contextmanager
 def full_params(model: nn.Module, fsdp: bool):
     """Full parameters on every rank while evaluating: each unit is gathered once and

@@ -231,11 +231,10 @@ class RunnerBase:
         if self.amp_dtype != torch.float16:
             return None
         if self.fsdp:
-            # each rank sees only its shards' gradients: inf checks must agree across ranks
-            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+            from lavislike.runners.distributed import sharded_grad_scaler
 
-            return ShardedGradScaler("cuda")
-        return torch.amp.GradScaler("cuda")
+            return sharded_grad_scaler(self.device.type)
+        return torch.amp.GradScaler(self.device.type)
 
     def _write_config(self) -> None:
         if self._save_config is not None:

@@ -27,6 +27,7 @@ from test_ddp_blip2 import LOSS_KEYS, train_rows
 from test_ddp_losses import env_without_torchrun, torchrun
 
 SCRIPT = Path(__file__).parent / "fsdp_blip2_script.py"
+SCALER_SCRIPT = Path(__file__).parent / "fsdp_scaler_script.py"
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +87,15 @@ def test_fsdp_resume_from_sharded_checkpoint_gives_the_uninterrupted_weights(run
     w_full, w_resumed = load_file(str(two / "final.safetensors")), load_file(str(two / "resumed" / "final.safetensors"))
     assert_weights_close(w_full, w_resumed, atol=1e-7)
     assert any((w_full[k] - before[k]).abs().max() > 1e-5 for k in w_full)  # step 3 moved the weights
+
+
+def test_fsdp_grad_scaler_unscales_shards_and_skips_on_every_rank_together(tmp_path):
+    """fp16 with FSDP (the scaler is device-agnostic; fp16 autocast itself needs a GPU)."""
+    two = torchrun(SCALER_SCRIPT, str(tmp_path), timeout=200)
+    assert two.returncode == 0, two.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for r in ranks:
+        assert r["sharded"] == "DTensor"
+        assert r["unscale_err"] <= 1e-6 * r["scale0"]  # scaled then unscaled == unscaled grads
+        assert r["scale_after_skip"] == r["scale0"] / 2  # rank 1's inf reached rank 0 too
+        assert r["moved_on_skip"] == 0.0 and r["finite"]
