@@ -129,14 +129,31 @@ def no_grad_sync(model: nn.Module, fsdp: bool, sync: bool):
         with model.no_sync() if hasattr(model, "no_sync") else nullcontext():
             yield
         return
+    with _each_unit(model, lambda u: u.set_requires_gradient_sync(False, recurse=False),
+                    lambda u: u.set_requires_gradient_sync(True, recurse=False)):
+        yield
+
+
+@contextmanager
+def _each_unit(model: nn.Module, enter, leave):
     units = _fsdp_modules(model)
     for unit in units:
-        unit.set_requires_gradient_sync(False, recurse=False)
+        enter(unit)
     try:
         yield
     finally:
         for unit in units:
-            unit.set_requires_gradient_sync(True, recurse=False)
+            leave(unit)
+
+
+def _gather_for_good(unit) -> None:
+    unit.unshard()
+    unit.set_reshard_after_forward(False, recurse=False)
+
+
+def _shard_again(unit) -> None:
+    unit.set_reshard_after_forward(True, recurse=False)
+    unit.reshard()
 
 
 def sync_replicated_grads(model: nn.Module) -> None:
@@ -221,16 +238,8 @@ def full_params(model: nn.Module, fsdp: bool):
     if not fsdp:
         yield
         return
-    units = _fsdp_modules(model)
-    for unit in units:
-        unit.unshard()
-        unit.set_reshard_after_forward(False, recurse=False)
-    try:
+    with _each_unit(model, _gather_for_good, _shard_again):
         yield
-    finally:
-        for unit in units:
-            unit.set_reshard_after_forward(True, recurse=False)
-            unit.reshard()
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

@@ -15,16 +15,14 @@ step-2 checkpoint reaches the same weights as the uninterrupted run.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_ddp_blip2 import LOSS_KEYS, train_rows
-from test_ddp_losses import env_without_torchrun, torchrun
+from test_ddp_blip2 import LOSS_KEYS, assert_same_losses, one_process_of_8_and_two_ranks_of_4, train_rows
+from test_ddp_losses import torchrun
 
 SCRIPT = Path(__file__).parent / "fsdp_blip2_script.py"
 SCALER_SCRIPT = Path(__file__).parent / "fsdp_scaler_script.py"
@@ -33,13 +31,8 @@ SCALER_SCRIPT = Path(__file__).parent / "fsdp_scaler_script.py"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("fsdp_blip2")
-    one = subprocess.run([sys.executable, str(SCRIPT), str(out / "one"), "8"],
-                         env=env_without_torchrun(), capture_output=True, text=True, timeout=400)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = torchrun(SCRIPT, str(out / "two"), "4", timeout=400)
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert "world size 2" in two.stderr and "trainable blocks sharded" in two.stderr
-    assert "run.fsdp ignored: single process" in one.stderr
+    one, two = one_process_of_8_and_two_ranks_of_4(SCRIPT, out)
+    assert "trainable blocks sharded" in two and "run.fsdp ignored: single process" in one
     return out
 
 
@@ -54,11 +47,7 @@ def assert_weights_close(w1: dict, w2: dict, atol: float) -> None:
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_fsdp_two_gloo_ranks_train_and_evaluate_like_one_process(runs, stage):
     one, two = runs / "one" / stage, runs / "two" / stage
-    rows1, rows2 = train_rows(one), train_rows(two)
-    assert [r["step"] for r in rows1] == [r["step"] for r in rows2] == [1, 2, 3]
-    for r1, r2 in zip(rows1, rows2):
-        for key in LOSS_KEYS[stage]:
-            assert abs(r1[key] - r2[key]) <= 1e-5 * max(1.0, abs(r1[key])), (r1["step"], key, r1[key], r2[key])
+    assert_same_losses(one, two, stage)
     w1, w2 = load_file(str(one / "final.safetensors")), load_file(str(two / "final.safetensors"))
     # DDP's 2 ranks differ from one process by the same spread here (6e-6 on the cross-
     # attention query of stage 1, where the ViT trains too; one AdamW step is ~1e-3)
