@@ -266,6 +266,14 @@ class QFormerLayer(nn.Module):
             return queries, kv
         return torch.cat([queries, self._text_ffn(hidden[:, num_query:])], 1), kv
 
+    def cross_kv(self, image_embeds: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """This layer's cross-attention (key, value) of ``image_embeds`` (None without one).
+
+        A method of the layer, not reached into from outside: FSDP runs it as a forward of
+        the layer's unit (``register_fsdp_forward_method``), so its weights are gathered.
+        """
+        return self.cross_attn.project_kv(image_embeds) if self.has_cross else None
+
     def _text_ffn(self, x: torch.Tensor) -> torch.Tensor:
         if self.text_ffn is None:
             raise ConfigError("this Q-Former was built with qformer.text_input=false; it reads no text")
@@ -484,7 +492,7 @@ class QFormer(nn.Module):
         image; passes over the same images (ITC, ITM, retrieval re-ranking) share them.
         """
         image_embeds = image_embeds.to(self.query_tokens.dtype)
-        return [layer.cross_attn.project_kv(image_embeds) if layer.has_cross else None for layer in self.layers]
+        return [layer.cross_kv(image_embeds) for layer in self.layers]
 
     def query_outputs(
         self,

@@ -4,19 +4,24 @@ DDP (``run.distributed: true`` under ``torchrun``) replicates the model; gradien
 averaged across ranks, so W ranks with per-rank batch b train like one process with batch
 W*b when the loss is a mean over the batch.
 
-FSDP (``run.fsdp: true``) shards parameters, gradients and optimizer state across ranks.
-Use it to fine-tune with an unfrozen ViT-g (1B parameters): every transformer block
-(a module whose class name ends in ``Block`` or ``Layer``, or is listed in the model's
-``_no_split_modules``) becomes one FSDP unit; ``use_orig_params=True`` lets frozen and
-trainable parameters share a unit and keeps parameter names (so weight-decay groups and
-layer-wise lr decay still work). Checkpoints gather full weights / optimizer state on
-rank 0 (``FULL_STATE_DICT``), so they load into a non-sharded run too. See
+FSDP (``run.fsdp: true``) uses FSDP2 (``torch.distributed.fsdp.fully_shard``) on the
+*trainable* transformer blocks only: every block (a module whose class name ends in
+``Block`` or ``Layer``, or is listed in the model's ``_no_split_modules``) whose parameters
+all train becomes one FSDP unit, so a unit never mixes frozen fp16 and trainable fp32
+weights. Frozen parts (ViT-g, the LLM) are left alone, replicated as under DDP, and so are
+the small trainable parameters outside blocks (query tokens, embeddings, projections,
+``temp``): their gradients are averaged by one all-reduce per step
+(:func:`sync_replicated_grads`). FSDP2 keeps the model's own modules and parameter names
+(the sharded ones become ``DTensor``), so weight-decay groups and layer-wise lr decay work
+unchanged. Methods other than ``forward`` that read a unit's weights are registered with
+``register_fsdp_forward_method`` (:data:`FSDP_FORWARD_METHODS`). Checkpoints gather full
+tensors (weights and optimizer state) and load into sharded or unsharded runs alike. See
 ``docs/distributed.md``.
 """
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -25,6 +30,9 @@ from lavislike.common import dist as D
 
 logger = logging.getLogger("lavislike")
 
+# block methods that read the block's weights outside its forward (FSDP must gather them)
+FSDP_FORWARD_METHODS = ("cross_kv",)
+
 
 def _block_classes(model: nn.Module) -> set[type]:
     names = set(getattr(model, "_no_split_modules", None) or [])
@@ -32,9 +40,48 @@ def _block_classes(model: nn.Module) -> set[type]:
             if type(m).__name__ in names or type(m).__name__.endswith(("Block", "Layer"))}
 
 
+def _fsdp_units(model: nn.Module) -> list[nn.Module]:
+    """The outermost blocks whose parameters all train (and share one dtype)."""
+    classes = _block_classes(model)
+    units: list[nn.Module] = []
+    taken: set[int] = set()
+    for name, module in model.named_modules():
+        if type(module) not in classes or any(id(m) in taken for m in _ancestors(model, name)):
+            continue
+        params = list(module.parameters())
+        if params and all(p.requires_grad for p in params) and len({p.dtype for p in params}) == 1:
+            units.append(module)
+            taken.add(id(module))
+    return units
+
+
+def _ancestors(model: nn.Module, name: str) -> list[nn.Module]:
+    parts = name.split(".") if name else []
+    out, module = [], model
+    for part in parts[:-1]:
+        module = getattr(module, part)
+        out.append(module)
+    return out
+
+
+def _shard(model: nn.Module) -> int:
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    units = _fsdp_units(model)
+    for unit in units:
+        fully_shard(unit)
+        for method in FSDP_FORWARD_METHODS:
+            if callable(getattr(unit, method, None)):
+                register_fsdp_forward_method(unit, method)
+    return len(units)
+
+
 def wrap_model(model: nn.Module, device: torch.device, *, fsdp: bool = False,
                find_unused_parameters: bool = False) -> tuple[nn.Module, bool]:
-    """``(wrapped model, is_fsdp)``; the model itself in a single process."""
+    """``(wrapped model, is_fsdp)``; the model itself in a single process.
+
+    With FSDP the model is sharded in place and returned itself (FSDP2 wraps no module).
+    """
     if D.get_world_size() == 1:
         if fsdp:
             logger.info("run.fsdp ignored: single process")
@@ -42,59 +89,203 @@ def wrap_model(model: nn.Module, device: torch.device, *, fsdp: bool = False,
     if not any(p.requires_grad for p in model.parameters()):
         return model, False  # evaluation only: nothing to synchronise
     if fsdp:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-
-        blocks = _block_classes(model)
-        logger.info("FSDP: sharding %d block classes: %s", len(blocks), sorted(c.__name__ for c in blocks))
-        wrapped = FSDP(model, auto_wrap_policy=ModuleWrapPolicy(blocks) if blocks else None,
-                       use_orig_params=True, device_id=device if device.type == "cuda" else None)
-        return wrapped, True
+        n = _shard(model)
+        if n == 0:
+            logger.warning("run.fsdp: no trainable block to shard; training replicated (like DDP)")
+        logger.info("FSDP: %d trainable blocks sharded; %d trainable tensors replicated", n,
+                    len(replicated_params(model)))
+        return model, True
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids,
                                                find_unused_parameters=find_unused_parameters), False
 
 
-def full_params(model: nn.Module, fsdp: bool):
-    """Context in which an FSDP model's full parameters are materialised (eval, generate)."""
+def _is_sharded(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def replicated_params(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable parameters FSDP does not shard (their gradients need an all-reduce)."""
+    return [p for p in model.parameters() if p.requires_grad and not _is_sharded(p)]
+
+
+def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+@contextmanager
+def no_grad_sync(model: nn.Module, fsdp: bool, sync: bool):
+    """Accumulate gradients locally (no reduction) unless ``sync``: DDP's ``no_sync``, or
+    FSDP2's ``set_requires_gradient_sync(False)`` (replicated parameters are reduced once
+    per step by :func:`sync_replicated_grads` anyway)."""
+    if sync or D.get_world_size() == 1:
+        yield
+        return
     if not fsdp:
-        return nullcontext()
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        with model.no_sync() if hasattr(model, "no_sync") else nullcontext():
+            yield
+        return
+    with _each_unit(model, lambda u: u.set_requires_gradient_sync(False, recurse=False),
+                    lambda u: u.set_requires_gradient_sync(True, recurse=False)):
+        yield
 
-    return FSDP.summon_full_params(model, writeback=False, recurse=True)
+
+@contextmanager
+def _each_unit(model: nn.Module, enter, leave):
+    units = _fsdp_modules(model)
+    for unit in units:
+        enter(unit)
+    try:
+        yield
+    finally:
+        for unit in units:
+            leave(unit)
 
 
-def gather_full_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Full (unsharded) state dict of an FSDP model, on rank 0 (empty elsewhere)."""
-    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+def _gather_for_good(unit) -> None:
+    unit.unshard()
+    unit.set_reshard_after_forward(False, recurse=False)
 
-    cfg = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
-    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, cfg):
-        return model.state_dict()
+
+def _shard_again(unit) -> None:
+    unit.set_reshard_after_forward(True, recurse=False)
+    unit.reshard()
+
+
+def sync_replicated_grads(model: nn.Module) -> None:
+    """Average the replicated trainable parameters' gradients over ranks (DDP's job).
+
+    A parameter that got no gradient on any rank keeps ``grad=None`` (AdamW skips it, as
+    in one process); one that got it on some ranks only counts zeros for the others.
+    """
+    params = replicated_params(model)
+    if not params or D.get_world_size() == 1:
+        return
+    import torch.distributed as dist
+
+    device = params[0].device
+    has = D.all_reduce_sum(torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device))
+    live = [p for p, n in zip(params, has.tolist()) if n > 0]
+    for p in live:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if not live:
+        return
+    flat = torch.cat([p.grad.reshape(-1).float() for p in live])
+    dist.all_reduce(flat)
+    flat /= D.get_world_size()
+    offset = 0
+    for p in live:
+        n = p.numel()
+        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        offset += n
+
+
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float, fsdp: bool) -> torch.Tensor:
+    """Clip to a global L2 norm; with FSDP the sharded gradients' squares are summed over
+    ranks and the replicated ones counted once (torch's ``clip_grad_norm_`` semantics)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not fsdp:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if not grads:
+        return torch.zeros(())
+    sharded = [g.to_local() for g in grads if _is_sharded(g)]
+    plain = [g for g in grads if not _is_sharded(g)]
+    device = grads[0].device if not sharded else sharded[0].device
+    sq_sharded = sum((g.float().pow(2).sum() for g in sharded), torch.zeros((), device=device))
+    sq = D.all_reduce_sum(sq_sharded.double()) + sum((g.double().pow(2).sum() for g in plain),
+                                                     torch.zeros((), dtype=torch.float64, device=device))
+    total = sq.sqrt()
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        (g.to_local() if _is_sharded(g) else g).mul_(coef.to(g.dtype))
+    return total
+
+
+def sharded_grad_scaler(device_type: str):
+    """A grad scaler for FSDP fp16: inf checks agree across ranks (``ShardedGradScaler``
+    all-reduces them), and sharded (DTensor) and replicated gradients are unscaled in
+    separate calls (one foreach call may not mix them)."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    class _Scaler(ShardedGradScaler):
+        def _unscale_grads_(self, optimizer, inv_scale, found_inf, allow_fp16=True):
+            groups: dict[tuple, list[torch.Tensor]] = {}
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        local = p.grad.to_local() if _is_sharded(p.grad) else p.grad  # a view: in place
+                        groups.setdefault((local.device, local.dtype), []).append(local)
+            found: dict[torch.device, torch.Tensor] = {}
+            with torch.no_grad():
+                for (device, _), grads in groups.items():
+                    flag = found.setdefault(device, found_inf.to(device))
+                    torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, inv_scale.to(device))
+            return found or {found_inf.device: found_inf}
+
+    return _Scaler(device_type)
+
+
+@contextmanager
+def full_params(model: nn.Module, fsdp: bool):
+    """Full parameters on every rank while evaluating: each unit is gathered once and
+    stays whole, so ranks may run different numbers of forwards (a shard of the split,
+    generation stopping early) without collectives."""
+    if not fsdp:
+        yield
+        return
+    with _each_unit(model, _gather_for_good, _shard_again):
+        yield
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return t.full_tensor() if _is_sharded(t) else t
+
+
+def gather_full(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with sharded tensors gathered whole (a collective: every rank calls it)."""
+    return {k: _full(v).detach().cpu() for k, v in state.items()}
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool) -> dict:
-    """Optimizer state to checkpoint (FSDP: the full state gathered to rank 0)."""
+    """Optimizer state to checkpoint; with FSDP its sharded tensors gathered whole, so the
+    state is the one a non-sharded run holds (a collective: every rank calls it)."""
+    state = optimizer.state_dict()
     if not fsdp:
-        return optimizer.state_dict()
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        return state
+    state["state"] = {i: {k: _full(v).cpu() if torch.is_tensor(v) else v for k, v in s.items()}
+                      for i, s in state["state"].items()}
+    return state
 
-    return FSDP.optim_state_dict(model, optimizer)
+
+def _like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of the whole tensor ``full`` laid out as ``ref`` (no communication)."""
+    if not _is_sharded(ref):
+        return full
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(full.to(ref.device, ref.dtype), ref.device_mesh, ref.placements, src_data_rank=None)
 
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict, fsdp: bool) -> None:
     if fsdp:
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        state = FSDP.optim_state_dict_to_load(model, optimizer, state)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        state = dict(state, state={i: {k: _like(v, params[int(i)]) if torch.is_tensor(v) and v.ndim else v
+                                       for k, v in s.items()} for i, s in state["state"].items()})
     optimizer.load_state_dict(state)
 
 
 def load_full_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load full (unsharded) weights into an FSDP model on every rank (strict=False)."""
-    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(rank0_only=False)):
-        model.load_state_dict(state, strict=False)
+    """Load full (unsharded) weights into an FSDP model: each rank keeps its shard."""
+    own = model.state_dict()
+    with torch.no_grad():
+        for name, full in state.items():
+            target = own[name]
+            if _is_sharded(target):
+                target.to_local().copy_(_like(full, target).to_local())
+            else:
+                target.copy_(full)

@@ -56,7 +56,7 @@ from lavislike.runners.data import (
     make_loader,
     move_to_device,
 )
-from lavislike.runners.distributed import wrap_model
+from lavislike.runners.distributed import clip_grad_norm, no_grad_sync, sync_replicated_grads, wrap_model
 from lavislike.runners.optim import build_optimizer
 
 logger = logging.getLogger("lavislike")
@@ -206,16 +206,13 @@ class RunnerBase:
         self.amp_dtype = self._amp_dtype()
         if self.amp_dtype is not None:
             store_frozen_in(self._model, self.amp_dtype, self.device)
-        self.scaler = (torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None)
         self._trainable_names = list(trainable_state_dict(self._model))
-        self.optimizer = build_optimizer(self._model, run.init_lr, run.weight_decay, (run.beta1, run.beta2),
-                                         run.layer_decay or 1.0) if not run.evaluate else None
         self._wrapped, self.fsdp = wrap_model(self._model, self.device, fsdp=run.fsdp,
                                               find_unused_parameters=run.find_unused_parameters)
-        if self.fsdp and self.optimizer is not None:
-            # FSDP flattens parameters: the optimizer must see the wrapped (sharded) views
-            self.optimizer = build_optimizer(self._wrapped, run.init_lr, run.weight_decay,
-                                             (run.beta1, run.beta2), run.layer_decay or 1.0)
+        self.scaler = self._grad_scaler()
+        # built after wrapping: FSDP2 replaces the sharded parameters (same names, DTensors)
+        self.optimizer = build_optimizer(self._model, run.init_lr, run.weight_decay, (run.beta1, run.beta2),
+                                         run.layer_decay or 1.0) if not run.evaluate else None
         from lavislike.datasets.bad_data import BadSampleTracker, rows_report
 
         ds_cfgs = list(self.cfg.datasets.values()) if "datasets" in self.cfg and self.cfg.datasets else []
@@ -229,6 +226,15 @@ class RunnerBase:
         self.metrics = MetricsWriter(self.output_dir, tensorboard=run.tensorboard)
         self._ready = True
         logger.info("output folder: %s (world size %d, device %s)", self.output_dir, D.get_world_size(), self.device)
+
+    def _grad_scaler(self):
+        if self.amp_dtype != torch.float16:
+            return None
+        if self.fsdp:
+            from lavislike.runners.distributed import sharded_grad_scaler
+
+            return sharded_grad_scaler(self.device.type)
+        return torch.amp.GradScaler(self.device.type)
 
     def _write_config(self) -> None:
         if self._save_config is not None:
@@ -321,9 +327,7 @@ class RunnerBase:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _micro_step(self, batch: dict, sync: bool) -> dict[str, torch.Tensor]:
-        no_sync = getattr(self.model, "no_sync", None)
-        ctx = no_sync() if (not sync and no_sync is not None and D.get_world_size() > 1) else nullcontext()
-        with ctx:
+        with no_grad_sync(self.model, self.fsdp, sync):
             with self._autocast():
                 out = self.task.train_step(self.model, batch)
             if "loss" not in out:
@@ -370,12 +374,13 @@ class RunnerBase:
                     f"run.max_grad_norm or check the data")
             return None
         self.nan_streak = 0
+        if self.fsdp:
+            sync_replicated_grads(self._model)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.run.max_grad_norm:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            clip = getattr(self.model, "clip_grad_norm_", None) if self.fsdp else None
-            (clip(self.run.max_grad_norm) if clip else torch.nn.utils.clip_grad_norm_(params, self.run.max_grad_norm))
+            clip_grad_norm(params, self.run.max_grad_norm, self.fsdp)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -499,12 +504,10 @@ class RunnerBase:
 
     # -- checkpoints ---------------------------------------------------------------------
     def model_state(self) -> dict[str, torch.Tensor]:
-        from lavislike.runners.distributed import gather_full_state
+        from lavislike.runners.distributed import gather_full
 
-        if self.fsdp:
-            full = gather_full_state(self.model)
-            return {k: v for k, v in full.items() if k in set(self._trainable_names)}
-        return trainable_state_dict(self.unwrapped_model)
+        state = trainable_state_dict(self.unwrapped_model)
+        return gather_full(state) if self.fsdp else state
 
     def _load_fn(self) -> Callable[[dict], None] | None:
         from lavislike.runners.distributed import load_full_state
