@@ -58,6 +58,7 @@ from lavislike.runners.data import (
 )
 from lavislike.runners.distributed import wrap_model
 from lavislike.runners.optim import build_optimizer
+from lavislike.runners.precision import cast_frozen_parts, resolve_frozen_precision
 
 logger = logging.getLogger("lavislike")
 
@@ -83,6 +84,9 @@ class RunnerConfig(RunConfig):
     fsdp: bool = False
     progress_bar: bool = True
     tensorboard: bool = True
+    # model | auto | fp32 | bf16 | fp16: the dtype frozen parts are stored in (runners/precision.py);
+    # the recommended CPU training configuration is frozen_precision=auto with amp=true
+    frozen_precision: str = "model"
 
 
 def _flatten_datasets(datasets: dict) -> dict[str, dict[str, Dataset]]:
@@ -203,6 +207,8 @@ class RunnerBase:
         if accum < 1:
             raise ConfigError(f"run.accum_grad_iters must be >= 1, got {accum}")
         self._model.to(self.device)
+        # frozen parts' storage first: with run.amp_dtype null autocast follows it
+        cast_frozen_parts(self._model, resolve_frozen_precision(run.frozen_precision, self.device))
         self.amp_dtype = self._amp_dtype()
         if self.amp_dtype is not None:
             store_frozen_in(self._model, self.amp_dtype, self.device)

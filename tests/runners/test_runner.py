@@ -124,3 +124,15 @@ def test_one_host_read_per_step(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (tmp_path / "sync" / "metrics.jsonl").read_text().splitlines()]
     logged = [row for row in rows if "loss_mse" in row]
     assert len(logged) == 2 and all(row["loss"] > 0 for row in logged)
+
+
+def test_frozen_precision_casts_frozen_parts_only(tmp_path):
+    from lavislike.models.freezing import freeze
+
+    model = _model()
+    freeze(model.frozen)
+    r = make_runner(tmp_path / "bf16", model=model, frozen_precision="bf16")
+    r.setup()
+    assert model.frozen.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    assert all(p.dtype == torch.float32 for g in r.optimizer.param_groups for p in g["params"])
