@@ -43,6 +43,7 @@ from lavislike.common.checkpoint import (
 from lavislike.common.io import write_json_atomic
 from lavislike.common.logging import MetricsWriter, plot_curves, setup_logging
 from lavislike.config.schema import RunConfig, with_schema_defaults
+from lavislike.datasets.feature_cache import verify_feature_caches
 from lavislike.errors import ConfigError, LavislikeError
 from lavislike.registry import LR_SCHEDULERS, RUNNERS
 from lavislike.runners.amp import choose_amp_dtype, store_frozen_in
@@ -213,6 +214,8 @@ class RunnerBase:
         if self.amp_dtype is not None:
             store_frozen_in(self._model, self.amp_dtype, self.device)
         self.scaler = (torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None)
+        # after every dtype decision: the cache fingerprint includes the encoder's dtype
+        verify_feature_caches(self._model, self.datasets)
         self._trainable_names = list(trainable_state_dict(self._model))
         self.optimizer = build_optimizer(self._model, run.init_lr, run.weight_decay, (run.beta1, run.beta2),
                                          run.layer_decay or 1.0) if not run.evaluate else None
