@@ -56,6 +56,22 @@ SIZES = {
         retrieval=dict(images=32, texts_per_image=5, k=16),
         repeats=3,
     ),
+    # the paper's models: EVA-CLIP ViT-g/14 widths, BERT-base Q-Former, OPT-2.7B; batches per
+    # GPU as LAVIS's BLIP-2 configs (stage 1: 100, stage 2: 64); for bench/gpu_steps.py
+    "paper": dict(
+        vision=dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
+                    image_size=224, patch_size=14),
+        qformer=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                     cross_attention_frequency=2),
+        num_query_tokens=32,
+        opt=dict(hidden_size=2560, ffn_dim=10240, num_hidden_layers=32, num_attention_heads=32, vocab_size=50272),
+        batch=100,
+        stage2_batch=64,
+        gen_batch=16,
+        max_new_tokens=30,
+        retrieval=dict(images=1000, texts_per_image=5, k=128),
+        repeats=10,
+    ),
 }
 
 CAPTIONS = [
@@ -83,6 +99,8 @@ class Row:
     ref_ms: Optional[float]
     parity: Optional[float]
     note: str = ""
+    goal: Optional[float] = None  # issue 13's bound on ours / reference (None: no goal)
+    gflops: Optional[float] = None  # work of one timed call of ours (forward + backward)
 
     @property
     def ratio(self) -> Optional[float]:
@@ -283,3 +301,56 @@ def main_wrapper(run: Callable[[argparse.Namespace], list[Row]], description: st
     rows = run(args)
     print(format_table(rows))
     sys.stdout.flush()
+
+
+# -- the recommended CPU training configuration (issue 13) ----------------------------------
+def recommended(model: torch.nn.Module) -> Callable:
+    """Put ``model`` in the recommended CPU configuration: frozen parts stored in bf16 where
+    the CPU has native bf16 (``run.frozen_precision=auto``), bf16 autocast (``run.amp=true``).
+
+    Returns a function wrapping a step in that autocast.
+    """
+    from contextlib import nullcontext
+
+    from lavislike.runners.precision import cast_frozen_parts, resolve_frozen_precision
+
+    dtype = resolve_frozen_precision("auto", torch.device("cpu"))
+    cast_frozen_parts(model, dtype)
+
+    def wrap(fn: Callable[[], object]) -> Callable[[], object]:
+        def go():
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype is not None else nullcontext()
+            with ctx:
+                return fn()
+        return go
+
+    return wrap
+
+
+def rel_diff(a, b) -> float:
+    """Relative difference ``|a - b| / |b|`` (Frobenius) over (lists of) tensors."""
+    if isinstance(a, (list, tuple)):
+        return max(rel_diff(x, y) for x, y in zip(a, b))
+    a, b = torch.as_tensor(a).detach().float(), torch.as_tensor(b).detach().float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate (GFLOP/s, best of ``repeats``) at torch's thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def count_gflops(fn: Callable[[], object]) -> float:
+    """Floating-point operations of one call (forward and backward), in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
