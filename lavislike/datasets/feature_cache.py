@@ -135,6 +135,17 @@ class FeatureCache:
                             f"changed since it was made; rerun lavislike cache-features --cfg-path <your config>")
 
 
+def _check_range(exact: torch.Tensor, stored: torch.Tensor, dtype: str, folder: Path) -> None:
+    """fp16 has a narrow range: refuse features it overflows or flushes towards zero."""
+    if dtype != "fp16":
+        return
+    exact = exact.detach().float().cpu()
+    error = ((stored.float() - exact).norm() / exact.norm().clamp_min(1e-30)).item()
+    if not torch.isfinite(stored).all() or error > 1e-2:
+        raise DataError(f"feature cache {folder}: the encoder's features do not fit fp16 (relative error "
+                        f"{error:.1e}; max |x| {exact.abs().max().item():.1e}); use --dtype bf16 or fp32")
+
+
 def _np_storage(dtype: torch.dtype):
     return np.float32 if dtype == torch.float32 else np.uint16  # fp16 / bf16 as raw 16-bit words
 
@@ -150,8 +161,9 @@ def write_cache(folder: str | Path, keys: list[str], batches: Iterable[torch.Ten
     folder.mkdir(parents=True, exist_ok=True)
     (folder / META).unlink(missing_ok=True)
     array, start = None, 0
-    for feats in batches:
-        feats = feats.detach().to("cpu", torch_dtype)
+    for exact in batches:
+        feats = exact.detach().to("cpu", torch_dtype)
+        _check_range(exact, feats, dtype, folder)
         if array is None:
             array = np.memmap(folder / DATA, dtype=_np_storage(torch_dtype), mode="w+",
                               shape=(len(keys), *feats.shape[1:]))

@@ -139,3 +139,13 @@ def test_random_augmentation_is_refused(tmp_path, corpus, monkeypatch, capsys):
     assert "datasets.synthetic_caption.feature_cache (train)" in err and "random augmentation" in err
     with pytest.raises(ConfigError, match="random augmentation"):
         setup_task(load_config(path, [])).build_datasets(load_config(path, []))
+
+
+def test_features_outside_fp16_range_are_refused(tmp_path):
+    from lavislike.datasets.feature_cache import write_cache
+
+    tiny = torch.full((2, 3, 4), 1e-9)
+    with pytest.raises(DataError, match="do not fit fp16.*use --dtype bf16"):
+        write_cache(tmp_path / "c", ["a", "b"], [tiny], [], {}, "fp16")
+    cache = write_cache(tmp_path / "c", ["a", "b"], [tiny], [], {}, "bf16")
+    assert cache.features("b").float().allclose(tiny[1], rtol=1e-2)
