@@ -92,6 +92,11 @@ def test_loss_from_cache_matches_loss_from_images(tmp_path, corpus, monkeypatch,
     (ref_embeds, ref), (got_embeds, got) = outputs(model, from_images), outputs(model, from_cache)
     if dtype == "fp32":
         assert torch.equal(got_embeds, ref_embeds) and torch.equal(got, ref)
+        # evaluation reads the cache too: the same captions as from the images
+        val_img, val_cache = (d["synthetic_caption"]["val"] for d in (from_images, from_cache))
+        gen = dict(num_beams=2, max_length=6, min_length=2)
+        assert (model.generate(collate([val_cache[i] for i in range(2)]), **gen)
+                == model.generate(collate([val_img[i] for i in range(2)]), **gen))
     else:
         rel = ((got_embeds - ref_embeds).norm() / ref_embeds.norm()).item()
         assert 0 < rel < 2e-3
