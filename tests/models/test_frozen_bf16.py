@@ -3,8 +3,8 @@
 trainable parts still get their gradients.
 
 Tolerance: bf16 keeps 8 significant bits (relative rounding 2**-9 = 0.2% per value); after
-the tiny ViT and OPT the features and the loss stay within 3% of fp32 (the paper-size ViT:
-about 1%, bench/README.md). The fp32 reference is the same model uncast, which
+the tiny ViT and OPT the features and the loss stay within 3% of fp32 (the bench's ViT:
+0.3%, bench/README.md). The fp32 reference is the same model uncast, which
 tests/models/test_blip2_opt.py checks against transformers.
 """
 from __future__ import annotations
