@@ -233,7 +233,7 @@ class BaseDataset(Dataset):
         """Read and process the row's image or video."""
         path = self.media_path(ann)
         if self.feature_cache is not None:
-            feats = self.feature_cache.features(ann[self.media_key])
+            feats = self.feature_cache.features(str(ann[self.media_key]))
             if feats is None:
                 raise BadSampleError(path, "unreadable when the feature cache was made")
             return feats

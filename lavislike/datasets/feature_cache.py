@@ -179,9 +179,12 @@ def write_cache(folder: str | Path, keys: list[str], batches: Iterable[torch.Ten
 
 
 # -- datasets --------------------------------------------------------------------------------
-def image_keys(dataset: Any) -> list[str]:
-    """The distinct image paths (relative to ``vis_root``) of a dataset, in row order."""
-    return list(dict.fromkeys(ann[dataset.media_key] for ann in dataset.annotation))
+def image_rows(dataset: Any) -> dict[str, dict]:
+    """The first row of each distinct image (key: its path relative to ``vis_root``), in order."""
+    rows: dict[str, dict] = {}
+    for ann in dataset.annotation:
+        rows.setdefault(str(ann[dataset.media_key]), ann)
+    return rows
 
 
 def check_cacheable(dataset: Any, where: str) -> None:
@@ -226,25 +229,26 @@ def verify_feature_caches(model: nn.Module, datasets: dict[str, dict[str, Any]])
 class _ImageFiles(torch.utils.data.Dataset):
     """The distinct images of a dataset, processed; an unreadable one gives None."""
 
-    def __init__(self, dataset: Any, keys: list[str]):
-        self.dataset, self.keys = dataset, keys
+    def __init__(self, dataset: Any, rows: list[dict]):
+        self.dataset, self.rows = dataset, rows
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.rows)
 
     def __getitem__(self, i: int):
         from lavislike.datasets.bad_data import BadSampleError
 
         try:
-            return self.dataset.load_media({self.dataset.media_key: self.keys[i]})
+            return self.dataset.load_media(self.rows[i])
         except BadSampleError:
             return None
 
 
 def encode_dataset(model: nn.Module, dataset: Any, batch_size: int, num_workers: int = 0):
     """``(keys, feature batches, bad keys)``: the frozen encoder over each distinct image."""
-    keys, bad = image_keys(dataset), []
-    loader = torch.utils.data.DataLoader(_ImageFiles(dataset, keys), batch_size=batch_size,
+    rows, bad = image_rows(dataset), []
+    keys = list(rows)
+    loader = torch.utils.data.DataLoader(_ImageFiles(dataset, list(rows.values())), batch_size=batch_size,
                                          num_workers=num_workers, collate_fn=list)
     device = next(model.image_encoder.parameters()).device
 

@@ -154,3 +154,32 @@ def test_features_outside_fp16_range_are_refused(tmp_path):
         write_cache(tmp_path / "c", ["a", "b"], [tiny], [], {}, "fp16")
     cache = write_cache(tmp_path / "c", ["a", "b"], [tiny], [], {}, "bf16")
     assert cache.features("b").float().allclose(tiny[1], rtol=1e-2)
+
+
+def test_own_data_from_a_datasets_dataset_is_cached(tmp_path):
+    """Images stored inside a ``datasets`` dataset (own_caption): cached and read back."""
+    datasets = pytest.importorskip("datasets")
+    import numpy as np
+    from PIL import Image
+    from torch import nn
+
+    from lavislike.datasets import load_datasets
+    from lavislike.datasets.feature_cache import attach_feature_cache, encode_dataset, write_cache
+    from lavislike.registry import IMAGE_ENCODERS
+
+    rng = np.random.default_rng(0)
+    pics = [Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in range(3)]
+    datasets.Dataset.from_dict({"image": pics, "text": ["a", "b", "c"]}).save_to_disk(str(tmp_path / "saved"))
+    eval32 = {"name": "blip_image_eval", "image_size": 32}
+    train = load_datasets("own_caption", {"data": str(tmp_path / "saved"), "val_ratio": 0,
+                                          "vis_processor": {"train": eval32, "eval": eval32}})["train"]
+    model = nn.Module()
+    model.image_encoder = IMAGE_ENCODERS.get("eva_vit_tiny").from_config({"name": "eva_vit_tiny"})
+    model.cfg = OmegaConf.create({"image_encoder": {"name": "eva_vit_tiny", "image_size": 32}})
+    keys, batches, bad = encode_dataset(model, train, batch_size=2)
+    write_cache(tmp_path / "fc", keys, batches, bad, {}, "fp32")
+    expected = [train[i]["image"] for i in range(len(train))]
+    attach_feature_cache(train, tmp_path / "fc", "own_caption")
+    with torch.no_grad():
+        for i, image in enumerate(expected):
+            assert torch.equal(train[i]["image_features"], model.image_encoder(image[None])[0])
