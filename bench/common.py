@@ -56,23 +56,16 @@ SIZES = {
         retrieval=dict(images=32, texts_per_image=5, k=16),
         repeats=3,
     ),
-    # the paper's models: EVA-CLIP ViT-g/14 widths, BERT-base Q-Former, OPT-2.7B; batches per
-    # GPU as LAVIS's BLIP-2 configs (stage 1: 100, stage 2: 64); for bench/gpu_steps.py
-    "paper": dict(
-        vision=dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
-                    image_size=224, patch_size=14),
-        qformer=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                     cross_attention_frequency=2),
-        num_query_tokens=32,
-        opt=dict(hidden_size=2560, ffn_dim=10240, num_hidden_layers=32, num_attention_heads=32, vocab_size=50272),
-        batch=100,
-        stage2_batch=64,
-        gen_batch=16,
-        max_new_tokens=30,
-        retrieval=dict(images=1000, texts_per_image=5, k=128),
-        repeats=10,
-    ),
 }
+
+# the paper's models (EVA-CLIP ViT-g/14 widths, BERT-base Q-Former, OPT-2.7B): ``base`` at full
+# width and depth; batches per GPU as LAVIS's BLIP-2 configs (stage 1: 100, stage 2: 64)
+SIZES["paper"] = dict(
+    SIZES["base"],
+    vision=dict(SIZES["base"]["vision"], hidden_size=1408, intermediate_size=6144, num_hidden_layers=39),
+    opt=dict(SIZES["base"]["opt"], num_hidden_layers=32),
+    batch=100, stage2_batch=64, gen_batch=16, max_new_tokens=30, repeats=10,
+)
 
 CAPTIONS = [
     "a cat sitting on a red mat next to the window",
