@@ -272,11 +272,10 @@ def cache_features(cfg: DictConfig, dtype: str = "fp16", batch_size: Optional[in
     """What ``lavislike cache-features`` does: encode every split of each dataset that sets
     ``feature_cache`` with the config's model; returns ``{"<dataset>/<split>": folder}``."""
     from lavislike.datasets.builder import resolve_storage
-    from lavislike.models.freezing import is_frozen
+    from lavislike.models.freezing import is_frozen, parse_precision
     from lavislike.registry import DATASETS
-    from lavislike.runners.launch import seed_everything
-    from lavislike.models.freezing import parse_precision
     from lavislike.runners.amp import choose_amp_dtype, store_frozen_in
+    from lavislike.runners.launch import seed_everything
     from lavislike.runners.precision import cast_frozen_parts, resolve_frozen_precision
     from lavislike.tasks import setup_task
 
