@@ -58,6 +58,15 @@ SIZES = {
     ),
 }
 
+# the paper's models (EVA-CLIP ViT-g/14 widths, BERT-base Q-Former, OPT-2.7B): ``base`` at full
+# width and depth; batches per GPU as LAVIS's BLIP-2 configs (stage 1: 100, stage 2: 64)
+SIZES["paper"] = dict(
+    SIZES["base"],
+    vision=dict(SIZES["base"]["vision"], hidden_size=1408, intermediate_size=6144, num_hidden_layers=39),
+    opt=dict(SIZES["base"]["opt"], num_hidden_layers=32),
+    batch=100, stage2_batch=64, gen_batch=16, max_new_tokens=30, repeats=10,
+)
+
 CAPTIONS = [
     "a cat sitting on a red mat next to the window",
     "two dogs running in the park",
@@ -83,6 +92,8 @@ class Row:
     ref_ms: Optional[float]
     parity: Optional[float]
     note: str = ""
+    goal: Optional[float] = None  # issue 13's bound on ours / reference (None: no goal)
+    gflops: Optional[float] = None  # work of one timed call of ours (forward + backward)
 
     @property
     def ratio(self) -> Optional[float]:
@@ -283,3 +294,57 @@ def main_wrapper(run: Callable[[argparse.Namespace], list[Row]], description: st
     rows = run(args)
     print(format_table(rows))
     sys.stdout.flush()
+
+
+# -- the recommended CPU training configuration (issue 13) ----------------------------------
+def recommended(model: torch.nn.Module) -> Callable:
+    """Put ``model`` in the recommended CPU configuration: frozen parts stored in bf16 where
+    the CPU has native bf16 (``run.frozen_precision=auto``), bf16 autocast (``run.amp=true``).
+
+    Returns a function wrapping a step in that autocast.
+    """
+    from contextlib import nullcontext
+
+    from lavislike.runners.precision import cast_frozen_parts, resolve_frozen_precision
+
+    dtype = resolve_frozen_precision("auto", torch.device("cpu"))
+    cast_frozen_parts(model, dtype)
+
+    def wrap(fn: Callable[[], object]) -> Callable[[], object]:
+        def go():
+            ctx = torch.autocast("cpu", dtype=torch.bfloat16) if dtype is not None else nullcontext()
+            with ctx:
+                return fn()
+        return go
+
+    return wrap
+
+
+def rel_diff(a, b) -> float:
+    """Relative difference ``|a - b| / |b|`` (Frobenius) over (lists of) tensors."""
+    if isinstance(a, (list, tuple)):
+        return max(rel_diff(x, y) for x, y in zip(a, b))
+    a, b = torch.as_tensor(a).detach().float(), torch.as_tensor(b).detach().float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate (GFLOP/s, best of ``repeats``) at torch's thread count,
+    on the benchmark's clock (``--clock cpu``: per CPU-second of this process)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = _CLOCK()
+        a @ b
+        best = min(best, _CLOCK() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
+def count_gflops(fn: Callable[[], object]) -> float:
+    """Floating-point operations of one call (forward and backward), in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9

@@ -25,8 +25,30 @@ def main() -> None:
         rows.extend(bench.run(args))
     print()
     print(common.format_table(rows))
+    print()
+    print(issue_table(rows, common.matmul_peak_gflops()))
     print(f"(size={args.size}, threads={common.torch.get_num_threads()}, clock={args.clock}, "
           f"total {time.perf_counter() - start:.0f} s)")
+
+
+def issue_table(rows: list, peak: float) -> str:
+    """Issue 13's view: ours / reference per row against its goal, and the share of the
+    machine's fp32 matmul peak the stage-1 step reaches."""
+    lines = [f"{'row (issue 13)':<40} {'ours/ref':>8} {'goal':>6}  met", "-" * 62]
+    for r in rows:
+        if r.ratio is None:
+            continue
+        goal = r.goal if r.goal is not None else (0.2 if r.metric.startswith("retrieval") else None)
+        share = 1 / r.ratio
+        met = "-" if goal is None else ("yes" if share <= goal else "NO")
+        lines.append(f"{r.metric:<40} {share:8.2f} {'<=' + format(goal, '.2f') if goal else '':>6}  {met}")
+    lines.append(f"fp32 matmul peak of this machine: {peak:.0f} GFLOP/s ({common.torch.get_num_threads()} threads)")
+    for r in rows:
+        if r.gflops and r.ours_ms:
+            rate = r.gflops / (r.ours_ms / 1000)
+            lines.append(f"{r.metric}: {r.gflops:.1f} GFLOP in {r.ours_ms:.0f} ms = {rate:.0f} GFLOP/s, "
+                         f"{100 * rate / peak:.0f}% of peak")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

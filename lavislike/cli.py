@@ -77,6 +77,14 @@ def _finetune(args: argparse.Namespace) -> int:
     return finetune_main(args)
 
 
+@command("cache-features")
+def _cache_features(args: argparse.Namespace) -> None:
+    from lavislike.datasets.feature_cache import cache_features
+
+    for split, folder in cache_features(_load(args), dtype=args.dtype, batch_size=args.batch_size).items():
+        print(f"{split}: {folder}")
+
+
 @command("make-synthetic")
 def _make_synthetic(args: argparse.Namespace) -> None:
     from lavislike.common.paths import cache_path
@@ -124,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     from lavislike.finetune import add_arguments as finetune_arguments
 
     finetune_arguments(sub.add_parser("finetune", help="fine-tune on your own images and texts (no code)"))
+    p = sub.add_parser("cache-features", help="run the frozen image encoder once over the datasets that set "
+                       "feature_cache and store its output")
+    _with_config(p)
+    p.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="stored precision")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=None, help="default: run.batch_size_eval")
     sub.add_parser("download", add_help=False, help="download a dataset (lavislike download --help)")
     p = sub.add_parser("make-synthetic", help="generate the synthetic corpus")
     p.add_argument("--out", default=None, help="folder (default: $LAVISLIKE_CACHE/synthetic)")

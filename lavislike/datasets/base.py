@@ -129,6 +129,8 @@ class BaseDataset(Dataset):
     required_keys: tuple[str, ...] = ()
     text_keys: tuple[str, ...] = ()  # a row whose text here has no word is bad (lists: per caption)
     media_key = "image"
+    # set by datasets.<name>.feature_cache: items carry the cached ``image_features``
+    feature_cache = None
 
     def __init__(
         self,
@@ -199,7 +201,10 @@ class BaseDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict | SkippedSample:
         try:
-            return self.get_item(index)
+            item = self.get_item(index)
+            if self.feature_cache is not None:
+                item["image_features"] = item.pop(self.media_key)
+            return item
         except BadSampleError as exc:
             origin = self.row_origin(index)
             skipped = SkippedSample(exc.path, exc.reason, self.name, index, "" if exc.path == origin else origin)
@@ -227,6 +232,11 @@ class BaseDataset(Dataset):
     def load_media(self, ann: dict):
         """Read and process the row's image or video."""
         path = self.media_path(ann)
+        if self.feature_cache is not None:
+            feats = self.feature_cache.features(str(ann[self.media_key]))
+            if feats is None:
+                raise BadSampleError(path, "unreadable when the feature cache was made")
+            return feats
         if self.media_key == "image":
             image = load_image(path)
             return self.vis_processor(image) if self.vis_processor else image

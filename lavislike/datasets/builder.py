@@ -78,6 +78,9 @@ class DatasetConfig:
     max_bad_fraction: Optional[float] = 0.1  # ... or past this fraction at epoch end
     # weight of this corpus when several are mixed; None: its size (a stream: 1), as LAVIS
     sample_ratio: Optional[float] = None
+    # folder of frozen image-encoder features (lavislike cache-features): items carry
+    # image_features instead of image; see lavislike/datasets/feature_cache.py
+    feature_cache: Optional[str] = None
 
 
 def _as_list(value: Any) -> list:
@@ -202,6 +205,11 @@ class BaseDatasetBuilder:
                 missing[split] = absent or ["(no storage configured)"]
                 continue
             datasets[split] = self.build_split(split, paths, root)
+            if self.config.get("feature_cache"):
+                from lavislike.datasets.feature_cache import attach_feature_cache
+
+                attach_feature_cache(datasets[split], resolve_storage(self.config.feature_cache) / split,
+                                     f"datasets.{self.name}.feature_cache ({split})")
         if not datasets:
             files = "; ".join(f"{s}: {', '.join(map(str, p))}" for s, p in missing.items())
             raise DataError(f"{self.name}: annotation files not found ({files}); {self.download_hint}")

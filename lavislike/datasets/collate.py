@@ -8,6 +8,9 @@ key                       type in the batch       meaning
 ========================  ======================  =======================================
 ``image``                 FloatTensor (B,3,H,W)   processed images
 ``video``                 FloatTensor (B,T,3,H,W) processed frames
+``image_features``        Tensor (B,P,C)          the frozen image encoder's output
+                                                  (before ``ln_vision``) read from a
+                                                  feature cache, instead of ``image``
 ``image_id``              LongTensor (B,)         integer image id (train: dense id per
                                                   distinct image, so ITC can treat
                                                   captions of the same image as
@@ -41,7 +44,7 @@ import torch
 from lavislike.datasets.bad_data import BAD_SAMPLES_KEY, SkippedSample
 from lavislike.errors import DataError
 
-STACK_KEYS = ("image", "video")
+STACK_KEYS = ("image", "video", "image_features")
 LONG_KEYS = ("image_id", "index", "n_answers")
 
 

@@ -16,6 +16,8 @@ Stable API for subclasses and callers:
 
 * ``Blip2Base.__init__(cfg)`` with the merged model config (:class:`Blip2BaseConfig` keys);
 * ``encode_image(image) -> (B, P, C)`` features after ``ln_vision`` in the Q-Former dtype;
+* ``image_embeds(samples)`` - the same from ``samples["image"]`` or from cached
+  ``samples["image_features"]`` (:mod:`lavislike.datasets.feature_cache`);
 * ``query_outputs(image_embeds, input_ids=None, text_mask=None) -> (B, Q, H)``;
 * ``tokenizer`` (property, settable), ``tokenize(texts, max_length=None) -> (ids, mask)``;
 * ``trainable_state_dict()``, ``device``, ``dtype``, ``train(mode)``;
@@ -41,7 +43,7 @@ from torch import nn
 from lavislike.common.dist import get_world_size
 from lavislike.common.paths import require_local
 from lavislike.config.schema import ModelConfig
-from lavislike.errors import CheckpointError, ConfigError
+from lavislike.errors import CheckpointError, ConfigError, DataError
 from lavislike.models.freezing import (
     cpu_fp16_fallback,
     freeze,
@@ -200,6 +202,19 @@ class Blip2Base(nn.Module):
         with frozen_forward(self.image_encoder):
             feats = self.image_encoder(image)
         return self.ln_vision(feats.to(self.ln_vision.weight.dtype)).to(self.dtype)
+
+    def image_embeds(self, samples: dict) -> torch.Tensor:
+        """:meth:`encode_image` of ``samples["image"]``, or, when the batch comes from a
+        feature cache, ``ln_vision`` of its ``image_features`` (the encoder is skipped)."""
+        feats = samples.get("image_features")
+        if feats is None:
+            if "image" not in samples:
+                raise DataError(f"the batch has no 'image' (keys: {', '.join(sorted(samples))})")
+            return self.encode_image(samples["image"])
+        if not self.freeze_image_encoder:
+            raise ConfigError("image_features from a feature cache need a frozen image encoder "
+                              "(model.image_encoder.freeze: true)")
+        return self.ln_vision(feats.to(self.device, self.ln_vision.weight.dtype)).to(self.dtype)
 
     def query_outputs(
         self,

@@ -139,16 +139,17 @@ class Blip2Qformer(Blip2Base):
 
     # -- training -------------------------------------------------------------------
     def forward(self, samples: dict) -> dict:
-        """ITC + ITM + ITG on a batch with ``image`` and ``text_input`` (optional ``image_id``).
+        """ITC + ITM + ITG on a batch with ``image`` (or cached ``image_features``) and
+        ``text_input`` (optional ``image_id``).
 
         Returns:
             ``{"loss", "loss_itc", "loss_itm", "loss_lm"}``.
         """
-        image, texts = _require(samples, "image"), _require(samples, "text_input")
+        texts = _require(samples, "text_input")
         if self.cfg.get("itc_clamp_temp", False):
             with torch.no_grad():
                 self.temp.clamp_(0.001, 0.5)
-        image_embeds = self.encode_image(image)
+        image_embeds = self.image_embeds(samples)
         bs = image_embeds.shape[0]
         sizes = gather_sizes(bs, image_embeds.device)  # ranks' batches differ after dropped samples
         # the cross-attention keys/values of the images are projected once, for ITC and ITM
@@ -224,7 +225,7 @@ class Blip2Qformer(Blip2Base):
             raise ConfigError(f"extract_features: mode '{mode}' is not one of {', '.join(modes)}")
         out = Blip2Features()
         if mode in ("image", "multimodal"):
-            image_embeds = self.encode_image(_require(samples, "image"))
+            image_embeds = self.image_embeds(samples)
         if mode in ("text", "multimodal"):
             input_ids, text_mask = self.tokenize(_require(samples, "text_input"))
         if mode == "image":
@@ -264,7 +265,7 @@ class Blip2Qformer(Blip2Base):
         Returns:
             ``B x num_captions`` captions, image-major.
         """
-        image_embeds = self.encode_image(_require(samples, "image"))
+        image_embeds = self.image_embeds(samples)
         width = num_captions if use_nucleus_sampling else max(num_beams, num_captions)
         image_embeds = image_embeds.repeat_interleave(width, 0)
         n = image_embeds.shape[0]
@@ -350,7 +351,7 @@ class Blip2ImageTextMatching(Blip2Qformer):
 
     def forward(self, samples: dict, match_head: str = "itm") -> torch.Tensor:
         """``itm``: logits (B, 2) (index 1 = match); ``itc``: similarity (B, 1) per pair."""
-        image_embeds = self.encode_image(_require(samples, "image"))
+        image_embeds = self.image_embeds(samples)
         texts = _require(samples, "text_input")
         input_ids, text_mask = self.tokenize(texts)
         if match_head == "itm":

@@ -252,15 +252,17 @@ class Blip2LLM(Blip2Base):
         return out
 
     # -- the visual prompt -------------------------------------------------------------
-    def soft_prompt(self, image: torch.Tensor, texts: Optional[Sequence[str]] = None) -> torch.Tensor:
+    def soft_prompt(self, image: Optional[torch.Tensor], texts: Optional[Sequence[str]] = None, *,
+                    image_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Projected query outputs ``(B, Q, D_llm)``: the visual prompt the LLM reads.
 
         Args:
-            image: (B, 3, H, W).
+            image: (B, 3, H, W); None when ``image_embeds`` is given.
             texts: one question (or prompt) per image; with ``qformer_text_input`` it joins
                 the queries in the Q-Former (required then), otherwise it is ignored.
+            image_embeds: (B, P, C) image features after ``ln_vision`` (:meth:`image_embeds`).
         """
-        embeds = self.encode_image(image)
+        embeds = self.encode_image(image) if image_embeds is None else image_embeds
         if not self.question_aware:
             return self.llm_proj(self.query_outputs(embeds))
         if texts is None:
@@ -288,7 +290,7 @@ class Blip2LLM(Blip2Base):
         Returns:
             ``{"loss", "loss_lm"}``.
         """
-        image = _require(samples, "image")
+        embeds = self.image_embeds(samples)
         texts = _as_list(_require(samples, "text_input"))
         prompts = self._prompts(samples.get("prompt", self.cfg.prompt), len(texts))
         outputs = samples.get("text_output")
@@ -297,7 +299,7 @@ class Blip2LLM(Blip2Base):
         else:
             prefixes, targets = self._causal_texts(texts, prompts, outputs)
         # the Q-Former reads the question, never the target: a caption's prompt instead
-        soft = self.soft_prompt(image, texts if outputs is not None else prompts)
+        soft = self.soft_prompt(None, texts if outputs is not None else prompts, image_embeds=embeds)
         loss = self.llm.lm_loss(soft, prefixes, targets, self.cfg.max_txt_len)
         return {"loss": loss, "loss_lm": loss}
 
@@ -371,14 +373,14 @@ class Blip2LLM(Blip2Base):
         Returns:
             ``B * num_captions`` strings, image-major.
         """
-        image = _require(samples, "image")
-        prompts = self._prompts(samples.get("prompt", self.cfg.prompt), image.shape[0])
+        embeds = self.image_embeds(samples)
+        prompts = self._prompts(samples.get("prompt", self.cfg.prompt), embeds.shape[0])
         generation = self.llm.generation_kwargs(
             use_nucleus_sampling=use_nucleus_sampling, num_beams=num_beams, max_length=max_length,
             min_length=min_length, top_p=top_p, repetition_penalty=repetition_penalty,
             length_penalty=length_penalty, num_captions=num_captions, temperature=temperature,
         )
-        ids = self.llm.generate_ids(self.soft_prompt(image, prompts), prompts, self.cfg.max_txt_len, **generation)
+        ids = self.llm.generate_ids(self.soft_prompt(None, prompts, image_embeds=embeds), prompts, self.cfg.max_txt_len, **generation)
         return self.llm.decode(ids)
 
     @torch.no_grad()
@@ -409,11 +411,11 @@ class Blip2LLM(Blip2Base):
                 paper's prompt for the LLM family; ``""`` = the bare question.
             length_penalty: beam-score length exponent (-1 favours short answers).
         """
-        image = _require(samples, "image")
+        embeds = self.image_embeds(samples)
         questions = _as_list(_require(samples, "text_input"))
         template = prompt if prompt is not None else (self.cfg.vqa_prompt or self.llm.DEFAULT_VQA_PROMPT)
         texts = [_fill(template, q) for q in questions]
-        soft = self.soft_prompt(image, questions)
+        soft = self.soft_prompt(None, questions, image_embeds=embeds)
         if inference_method == "generate":
             generation = self.llm.generation_kwargs(
                 num_beams=num_beams, max_length=max_len, min_length=min_len, length_penalty=length_penalty

@@ -43,6 +43,7 @@ from lavislike.common.checkpoint import (
 from lavislike.common.io import write_json_atomic
 from lavislike.common.logging import MetricsWriter, plot_curves, setup_logging
 from lavislike.config.schema import RunConfig, with_schema_defaults
+from lavislike.datasets.feature_cache import verify_feature_caches
 from lavislike.errors import ConfigError, LavislikeError
 from lavislike.registry import LR_SCHEDULERS, RUNNERS
 from lavislike.runners.amp import choose_amp_dtype, store_frozen_in
@@ -58,6 +59,7 @@ from lavislike.runners.data import (
 )
 from lavislike.runners.distributed import clip_grad_norm, no_grad_sync, sync_replicated_grads, wrap_model
 from lavislike.runners.optim import build_optimizer
+from lavislike.runners.precision import cast_frozen_parts, resolve_frozen_precision
 
 logger = logging.getLogger("lavislike")
 
@@ -83,6 +85,9 @@ class RunnerConfig(RunConfig):
     fsdp: bool = False
     progress_bar: bool = True
     tensorboard: bool = True
+    # model | auto | fp32 | bf16 | fp16: the dtype frozen parts are stored in (runners/precision.py);
+    # the recommended CPU training configuration is frozen_precision=auto with amp=true
+    frozen_precision: str = "model"
 
 
 def _flatten_datasets(datasets: dict) -> dict[str, dict[str, Dataset]]:
@@ -203,9 +208,13 @@ class RunnerBase:
         if accum < 1:
             raise ConfigError(f"run.accum_grad_iters must be >= 1, got {accum}")
         self._model.to(self.device)
+        # frozen parts' storage first: with run.amp_dtype null autocast follows it
+        cast_frozen_parts(self._model, resolve_frozen_precision(run.frozen_precision, self.device))
         self.amp_dtype = self._amp_dtype()
         if self.amp_dtype is not None:
             store_frozen_in(self._model, self.amp_dtype, self.device)
+        # after every dtype decision: the cache fingerprint includes the encoder's dtype
+        verify_feature_caches(self._model, self.datasets)
         self._trainable_names = list(trainable_state_dict(self._model))
         self._wrapped, self.fsdp = wrap_model(self._model, self.device, fsdp=run.fsdp,
                                               find_unused_parameters=run.find_unused_parameters)

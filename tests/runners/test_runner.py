@@ -103,3 +103,37 @@ def test_default_output_folder_is_under_cwd(tmp_path, monkeypatch):
     r.train()
     runs = list((tmp_path / "output" / "exp1").iterdir())
     assert len(runs) == 1 and (runs[0] / "metrics.jsonl").is_file()
+
+
+def test_one_host_read_per_step(tmp_path, monkeypatch):
+    """A step reads one tensor back to the host: the all-reduced losses, which also decide
+    the non-finite skip on every rank; logging adds no per-step reads."""
+    r = make_runner(tmp_path / "sync", max_epoch=1, log_freq=3, progress_bar=False)
+    reads = []
+    for name in ("item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, _original=original):
+            # the training loop's reads (not the sampler's CPU-side shuffle or the DataLoader's seed)
+            if sys._getframe(1).f_code.co_filename.endswith("runner_base.py"):
+                reads.append(1)
+            return _original(self)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    out = r.train()
+    assert out["global_step"] == 6 and len(reads) == 6
+    rows = [json.loads(line) for line in (tmp_path / "sync" / "metrics.jsonl").read_text().splitlines()]
+    logged = [row for row in rows if "loss_mse" in row]
+    assert len(logged) == 2 and all(row["loss"] > 0 for row in logged)
+
+
+def test_frozen_precision_casts_frozen_parts_only(tmp_path):
+    from lavislike.models.freezing import freeze
+
+    model = _model()
+    freeze(model.frozen)
+    r = make_runner(tmp_path / "bf16", model=model, frozen_precision="bf16")
+    r.setup()
+    assert model.frozen.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    assert all(p.dtype == torch.float32 for g in r.optimizer.param_groups for p in g["params"])

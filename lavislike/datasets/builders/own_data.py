@@ -81,7 +81,7 @@ class OwnRows:
         return rows
 
     def load_media(self, ann: dict):
-        if "_hf_index" not in ann:
+        if "_hf_index" not in ann or self.feature_cache is not None:
             return super().load_media(ann)
         value = self.source.hf[int(ann["_hf_index"])][self.source.hf_column]
         if self.media_key != "image":
