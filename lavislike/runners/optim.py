@@ -112,6 +112,10 @@ def adamw_implementation(params: list[torch.Tensor]) -> dict[str, bool]:
         return {}
     if not params:
         return {}
+    # FSDP2 leaves small trainable tensors replicated next to its sharded DTensors, and the
+    # fused / foreach kernels refuse such a mix: the per-tensor loop handles it
+    if len({type(p) for p in params}) > 1:
+        return {"foreach": False}
     devices = {p.device.type for p in params}
     floating = all(p.is_floating_point() for p in params)
     if floating and devices <= set(fused_devices()):
