@@ -176,7 +176,11 @@ class Blip2LLM(Blip2Base):
 
     def tie_weights(self) -> None:
         super().tie_weights()
-        self.llm.model.tie_weights()
+        self.llm.model.tie_weights()  # the LM head only where it is meant to be tied
+
+    def follow_state_layout_(self, state: dict) -> None:
+        """Before loading ``state``: its LLM head tied or apart, as it holds it."""
+        self.llm.follow_state_tying_(state, "llm.model.")
 
     def init_missing_(self, names: set[str]) -> None:
         names = self._load_missing_text_parts(names)
@@ -278,10 +282,10 @@ class Blip2LLM(Blip2Base):
         Decoder-only: ``prompt + text_input`` followed by the end-of-text token, loss on the
         text only (queries and prompt masked). With ``text_output`` the (prompt-formatted)
         ``text_input`` is the masked part and ``text_output`` the target.
-        Encoder-decoder: ``text_input`` into the encoder and ``text_output`` as the target;
-        without ``text_output`` the prompt (if any) is the encoder text and ``text_input``
-        the target, else each caption is split at a random word (prefix language
-        modelling as in the paper).
+        Encoder-decoder: ``text_input`` into the encoder as it is (no prompt added, as
+        LAVIS) and ``text_output`` as the target; without ``text_output`` captions that all
+        start with the prompt (a prompted text processor) are split there, others at a
+        random word (prefix language modelling as in the paper).
         With ``qformer_text_input`` the Q-Former also reads ``text_input`` when the batch has
         ``text_output`` (the question) and the prompts otherwise (never the caption).
 
@@ -321,10 +325,14 @@ class Blip2LLM(Blip2Base):
     def _seq2seq_texts(
         self, texts: list[str], prompts: list[str], outputs: Optional[Sequence[str]]
     ) -> tuple[list[str], list[str]]:
+        # text_input goes to the encoder as it is: the prompt is never added in training
+        # (LAVIS's Blip2T5.forward); it belongs to generate / predict_answers
         if outputs is not None:
-            return [_fill(p, t) for p, t in zip(prompts, texts)], list(_as_list(outputs))
-        if any(prompts):
-            return prompts, [t[len(p):].strip() if p and t.startswith(p) else t for p, t in zip(prompts, texts)]
+            return list(texts), list(_as_list(outputs))
+        if any(p and all(t.startswith(p) for t in texts) for p in prompts):
+            # captions from a prompted text processor: the prompt they start with is the
+            # encoder text, the rest the target
+            return prompts, [t[len(p):].strip() for p, t in zip(prompts, texts)]
         return _prefix_lm_split(texts, int(self.cfg.prefix_lm_min_words))
 
     @staticmethod

@@ -235,6 +235,9 @@ def load_model_from_config(
             require_local(base_source, "model.pretrained" if cfg.pretrained else "model.hf_hub_id", CheckpointError)
             base, _, _ = read_state(model, base_source)
             state = {**base, **state}
+        follow = getattr(model, "follow_state_layout_", None)
+        if follow is not None:
+            follow(state)  # e.g. FlanT5's separate LM head: never re-tied over the file
         allow = model.allowed_missing(fmt)
         if partial:
             allow = allow + (r".*",)

@@ -130,6 +130,9 @@ def save_hf_llm(model: nn.Module, folder: str | os.PathLike) -> None:
         num_query_tokens=model.qformer.cfg.num_query_token,
         image_token_index=image_id,
     )
+    # written as it is (transformers 5 sets it true for every T5): a FlanT5 head of its own
+    # must load untied in any transformers version
+    config.text_config.tie_word_embeddings = model.llm.output_tied
     config.architectures = ["Blip2ForConditionalGeneration"]
     state = export_hf_state(model, HF_LLM)
     dups = tied_duplicates(model.llm.model, "language_model.")
