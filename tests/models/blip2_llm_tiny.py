@@ -121,6 +121,8 @@ def assert_generation_matches(ours, tok, img, prompts, expected, **generation) -
     assert got.tolist() == expected.tolist()
     captions = ours.generate({"image": img, "prompt": prompts}, **generation)
     assert captions == [t.strip() for t in tok.batch_decode(expected, skip_special_tokens=True)]
+    out = ours.generate({"image": img, "prompt": prompts}, return_ids=True, **generation)
+    assert out.ids.tolist() == expected.tolist() and out.texts == captions
 
 
 def hf_inputs(tok, texts, side: str, image_id: int, suffix: str = ""):

@@ -167,10 +167,10 @@ def test_generate_greedy_and_beam(tiny_bert_tokenizer_dir):
     ids = torch.full((1, 1), tok.bos_token_id)
     emb = model.encode_image(images[:1])
     q = model.qformer.query_tokens
-    for _ in range(5):
+    for _ in range(6):  # max_length / min_length count generated tokens ([DEC] not)
         h = model.qformer(query_embeds=q, input_ids=ids, image_embeds=emb, causal=True).last_hidden_state
         logits = model.qformer.lm_logits(h[:, -1])
-        if ids.shape[1] < 3:
+        if ids.shape[1] < 1 + 3:
             logits[:, tok.sep_token_id] = -float("inf")
         nxt = logits.argmax(-1, keepdim=True)
         ids = torch.cat([ids, nxt], 1)
