@@ -29,6 +29,7 @@ from lavislike.models.convert.hf import (
     hf_vision_config,
     qformer_block,
     read_hf_config,
+    require_tokenizer,
     vision_block,
     write_hf_weights,
 )
@@ -79,6 +80,7 @@ def from_hf_llm(
         )
     if getattr(hf.qformer_config, "use_qformer_text_input", False):
         raise CheckpointError(f"{folder}: Q-Former text input (InstructBLIP-style) is not a BLIP-2 stage-2 model")
+    require_tokenizer(folder, "from_hf")
     arch = "blip2_t5" if hf.text_config.is_encoder_decoder else "blip2_opt"
     derived = {
         "image_encoder": vision_block(hf.vision_config),

@@ -29,6 +29,7 @@ from torch import nn
 from lavislike.common.paths import require_local
 from lavislike.common.suggest import did_you_mean
 from lavislike.errors import CheckpointError, ConfigError
+from lavislike.models.convert.hf import require_tokenizer
 from lavislike.models.llms.tying import declared_tied, embedding_names, is_tied, set_tied_, tying_in_state
 
 
@@ -133,6 +134,10 @@ def build_hf_config(cfg: Any):
         ) from None
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
 def raw_config(cfg: Any) -> dict:
     """The LLM config as written (``hf_config`` or ``path``'s config.json, overrides on top),
     before ``transformers`` normalises it."""
@@ -201,8 +206,12 @@ class LLMAdapter(nn.Module, abc.ABC):
             try:
                 with real_parameters(), torch.device(device if direct else "cpu"):
                     model = auto.from_pretrained(str(cfg.path), config=hf_config, dtype=dtype, **kwargs)
-            except OSError as exc:
-                raise CheckpointError(f"llm.path='{cfg.path}': cannot load the weights ({exc})") from None
+            except (OSError, RuntimeError, ValueError, EnvironmentError) as exc:
+                raise CheckpointError(f"llm.path='{cfg.path}': cannot load the weights ({_one_line(exc)})") from None
+            except Exception as exc:  # SafetensorError, UnpicklingError: damaged or hostile files
+                raise CheckpointError(
+                    f"llm.path='{cfg.path}': cannot load the weights ({type(exc).__name__}: {_one_line(exc)})"
+                ) from None
             if not direct:
                 model.to(device)
             # from_pretrained kept the head apart only if the file holds it apart; record
@@ -226,10 +235,12 @@ class LLMAdapter(nn.Module, abc.ABC):
             if not source:
                 raise ConfigError("llm.tokenizer and llm.path are both unset: nothing to read a tokenizer from")
             require_local(source, "model.llm.tokenizer" if self.cfg.tokenizer else "model.llm.path", CheckpointError)
+            key = "llm.tokenizer" if self.cfg.tokenizer else "llm.path"
+            require_tokenizer(resolve_tokenizer_path(str(source)), key)
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer_path(str(source)))
             except (OSError, ValueError) as exc:
-                raise CheckpointError(f"llm.tokenizer='{source}': cannot load the tokenizer ({exc})") from None
+                raise CheckpointError(f"{key}='{source}': cannot load the tokenizer ({_one_line(exc)})") from None
             self._setup_tokenizer(self._tokenizer)
         return self._tokenizer
 
