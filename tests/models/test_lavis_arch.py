@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoTokenizer
-
 from test_convert_stage1 import hf_to_lavis_names
-from tiny_models import build_tiny_hf_blip2_retrieval
+from tiny_models import assert_itm_like_hf, build_tiny_hf_blip2_retrieval
 from lavislike.errors import ConfigError
 from lavislike.models import load_model, load_model_and_preprocess
 from lavislike.models.convert.lavis_arch import lavis_arch
@@ -73,13 +71,7 @@ def test_loads_by_its_shapes_and_scores_as_transformers(odd_pth, tiny_bert_token
     from PIL import Image
 
     assert vis["eval"](Image.new("RGB", (40, 30))).shape == (3, 20, 20)  # the processors follow
-    images = torch.randn(2, 3, 20, 20)
-    tok = AutoTokenizer.from_pretrained(str(tiny_bert_tokenizer_dir))
-    enc = tok(TEXTS, padding="longest", return_tensors="pt")
-    with torch.no_grad():
-        ref = hf(pixel_values=images, input_ids=enc.input_ids, attention_mask=enc.attention_mask,
-                 use_image_text_matching_head=True).logits_per_image
-    torch.testing.assert_close(model({"image": images, "text_input": TEXTS}), ref, atol=1e-5, rtol=1e-5)
+    assert_itm_like_hf(model, hf, tiny_bert_tokenizer_dir, TEXTS)
 
 
 @pytest.mark.parametrize(
