@@ -113,3 +113,31 @@ def test_config_path_checks_the_file(odd_pth, tiny_bert_tokenizer_dir):
     with pytest.raises(ConfigError, match=r"^model\.qformer\.num_query_token=4 does not fit .*odd\.pth, "
                                           r"whose weights imply qformer\.num_query_token=3$"):
         load_model_from_config(cfg)
+
+
+def test_stage2_file_sizes_the_qformer(tmp_path):
+    """A LAVIS stage-2 file (no image encoder, no Q-Former text parts): the Q-Former's depth,
+    FFN and queries come from it; the loss is transformers'."""
+    from blip2_llm_tiny import NUM_QUERY, hf_inputs, images, lavis_state, save_hf_blip2, save_llm
+    from lavislike.models.convert.hf import vision_block
+
+    folder, hf, tok = save_hf_blip2(tmp_path / "hf", "opt", seed=2)
+    pth = tmp_path / "stage2.pth"
+    torch.save({"model": lavis_state(hf.state_dict(), "opt_proj")}, pth)
+    encoder = {**vision_block(hf.config.vision_config), "pretrained": ""}
+    model = load_model("blip2_opt", "tiny", checkpoint=pth, llm=save_llm(hf, tok, "opt", tmp_path / "llm"),
+                       image_encoder=encoder, ln_vision_eps=1e-5,
+                       qformer={"num_attention_heads": 4, "hidden_dropout_prob": 0.0,
+                                "attention_probs_dropout_prob": 0.0})
+    assert len(model.qformer.layers) == 3 and model.qformer.cfg.num_query_token == NUM_QUERY
+    # the file has no image encoder (LAVIS's runner leaves frozen parts out): transformers' one
+    model.image_encoder.load_converted(model.image_encoder.convert_hf_state_dict(hf.vision_model.state_dict()))
+    texts = ["a dog on a couch", "two cats laying on a red blanket"]
+    img = images(seed=7)
+    ids, mask = hf_inputs(tok, texts, "right", hf.config.image_token_index, suffix="\n")
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :NUM_QUERY] = -100
+    with torch.no_grad():
+        ref = hf(pixel_values=img, input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss = model({"image": img, "text_input": texts})["loss"]
+    assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
