@@ -249,7 +249,8 @@ def load_model(
         for key in ("arch", "model_type"):
             layers.pop(key, None)
     raw = None
-    if checkpoint is not None and checkpoint_format(checkpoint) == "lavis" and Path(checkpoint).is_file():
+    if (checkpoint is not None and checkpoint_format(checkpoint) == "lavis"
+            and (Path(checkpoint).is_file() or checkpoint.startswith(("http://", "https://")))):
         # a LAVIS file has no config: its shapes give the sizes the type YAML does not
         raw = read_lavis(checkpoint)
         layers = lavis_layers(name, model_type, overrides, raw, checkpoint)
