@@ -105,3 +105,16 @@ def tiny_stage1_overrides(tokenizer_dir: Path, **extra) -> dict:
     }
     base.update(extra)
     return base
+
+
+def assert_itm_like_hf(model, hf, tokenizer_dir: Path, texts: list[str]) -> None:
+    """Our ITM logits for random images equal ``Blip2ForImageTextRetrieval``'s."""
+    from transformers import AutoTokenizer
+
+    size = hf.config.vision_config.image_size
+    images = torch.randn(2, 3, size, size)
+    enc = AutoTokenizer.from_pretrained(str(tokenizer_dir))(texts, padding="longest", return_tensors="pt")
+    with torch.no_grad():
+        ref = hf(pixel_values=images, input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                 use_image_text_matching_head=True).logits_per_image
+    torch.testing.assert_close(model({"image": images, "text_input": texts}), ref, atol=1e-5, rtol=1e-5)

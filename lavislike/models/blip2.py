@@ -32,6 +32,7 @@ from lavislike.models import losses
 from lavislike.models.base import Blip2Base, Blip2BaseConfig
 from lavislike.models.convert.hf import HF_DROP, HF_RETRIEVAL, HF_RETRIEVAL_ALLOW_MISSING
 from lavislike.models.convert.lavis import LAVIS_ALLOW_MISSING, LAVIS_DROP, LAVIS_STAGE1
+from lavislike.models.generation import GenerationOutput
 from lavislike.models.qformer_decoding import decode
 from lavislike.registry import MODELS
 
@@ -245,22 +246,26 @@ class Blip2Qformer(Blip2Base):
         samples: dict,
         use_nucleus_sampling: bool = False,
         num_beams: int = 3,
-        max_length: int = 30,
-        min_length: int = 10,
+        max_length: int = 29,
+        min_length: int = 9,
         top_p: float = 0.9,
         repetition_penalty: float = 1.0,
         num_captions: int = 1,
-    ) -> list[str]:
+        return_ids: bool = False,
+    ) -> list[str] | GenerationOutput:
         """Q-Former captioning (ITG head): beam search, greedy (``num_beams=1``) or nucleus.
 
         Args:
             samples: ``image`` (B, 3, H, W).
             use_nucleus_sampling: sample with ``top_p`` instead of beam search.
             num_beams: beam width (1 = greedy).
-            max_length / min_length: token counts, ``[DEC]`` included (HF semantics).
+            max_length / min_length: generated tokens (``[SEP]`` included, ``[DEC]`` not),
+                as the LLM models count; the defaults are LAVIS's 30 / 10, which count ``[DEC]``.
             top_p: nucleus mass when sampling.
             repetition_penalty: > 1 discourages repeated tokens (HF semantics).
             num_captions: captions per image (sampling; with beams, the best ``num_captions``).
+            return_ids: return a :class:`~lavislike.models.generation.GenerationOutput`
+                (captions and token ids) instead of the captions.
 
         Returns:
             ``B x num_captions`` captions, image-major.
@@ -283,11 +288,12 @@ class Blip2Qformer(Blip2Base):
         seqs = decode(
             step, self.qformer.lm_logits(first.last_hidden_state[:, -1]), first.past_key_values, bos,
             num_beams=1 if use_nucleus_sampling else num_beams, sample=use_nucleus_sampling,
-            eos_id=tok.sep_token_id, pad_id=tok.pad_token_id, max_length=max_length,
-            min_length=min_length, top_p=top_p, repetition_penalty=repetition_penalty,
+            eos_id=tok.sep_token_id, pad_id=tok.pad_token_id, max_length=max_length + 1,
+            min_length=min_length + 1, top_p=top_p, repetition_penalty=repetition_penalty,
             num_return=num_captions,
         )
-        return [t.strip() for t in tok.batch_decode(seqs, skip_special_tokens=True)]
+        texts = [t.strip() for t in tok.batch_decode(seqs, skip_special_tokens=True)]
+        return GenerationOutput(texts, seqs[:, 1:]) if return_ids else texts
 
     # -- retrieval (used by the retrieval task) ---------------------------------------
     @torch.no_grad()

@@ -24,7 +24,7 @@ from lavislike.common.paths import require_local
 from lavislike.config import model_config, preprocess_config
 from lavislike.errors import CheckpointError
 from lavislike.models.base import params_on_meta
-from lavislike.models.convert.keymap import check_keys
+from lavislike.models.convert.keymap import check_keys, check_shapes
 from lavislike.registry import MODELS
 
 logger = logging.getLogger(__name__)
@@ -69,36 +69,101 @@ def saved_config(source: Optional[str]) -> Optional[DictConfig]:
     _, config = _lavislike_files(source)
     if config is None:
         return None
-    saved = OmegaConf.load(config)
+    try:
+        saved = OmegaConf.load(config)
+    except Exception as exc:  # a YAML error carries a multi-line message
+        raise CheckpointError(f"{config}: not a readable config ({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(saved, DictConfig):
+        raise CheckpointError(f"{config}: not a model config (a mapping with a 'model' block)")
     return saved.model if "model" in saved else saved
 
 
-def read_state(model: nn.Module, source: str) -> tuple[dict[str, torch.Tensor], str, bool]:
-    """Weights of ``source`` converted to ``model``'s keys: ``(state, format, partial)``."""
+def read_state(
+    model: nn.Module, source: str, raw: Optional[dict[str, torch.Tensor]] = None
+) -> tuple[dict[str, torch.Tensor], str, bool]:
+    """Weights of ``source`` converted to ``model``'s keys: ``(state, format, partial)``;
+    ``raw``: the LAVIS file's tensors when already read."""
     fmt = checkpoint_format(source)
     if fmt == "lavis":
-        from lavislike.models.image_encoders.weights import load_weights
-
-        return model.convert_lavis_state(load_weights(source), source), fmt, False
+        return model.convert_lavis_state(raw if raw is not None else read_lavis(source), source), fmt, False
     if fmt == "hf":
         from lavislike.models.convert.hf import read_hf_state
 
         return model.convert_hf_state(read_hf_state(source), source), fmt, False
-    from safetensors import safe_open
+    from lavislike.models.image_encoders.weights import read_safetensors
 
     weights, _ = _lavislike_files(source)
     if not weights.is_file():
         raise CheckpointError(f"checkpoint '{source}': {weights} not found")
-    with safe_open(str(weights), framework="pt") as fh:
-        meta = fh.metadata() or {}
-        # runner-written weights (checkpoints, model_best) are trainable-only and say so
-        # by their global_step
-        partial = meta.get(PARTIAL_KEY, "1" if "global_step" in meta else "0") == "1"
-        state = {k: fh.get_tensor(k) for k in fh.keys()}
+    state, meta = read_safetensors(weights)
+    # runner-written weights (checkpoints, model_best) are trainable-only and say so by
+    # their global_step
+    partial = meta.get(PARTIAL_KEY, "1" if "global_step" in meta else "0") == "1"
     from lavislike.models.convert.lavis_llm import drop_unused
 
     # a stage-1 file initialising a stage-2 model: drop the heads it has no place for
     return drop_unused(state, model.state_dict().keys()), fmt, partial
+
+
+def read_lavis(source: str) -> dict[str, torch.Tensor]:
+    """The tensors of a LAVIS ``.pth`` (file or URL), ``torch.load(weights_only=True)``."""
+    from lavislike.models.image_encoders.weights import load_weights
+
+    return load_weights(source)
+
+
+# -- the architecture a LAVIS file implies -------------------------------------------------
+def lavis_layers(name: str, model_type: Optional[str], overrides: dict,
+                 raw: dict[str, torch.Tensor], source: str) -> DictConfig:
+    """The user's ``overrides`` plus the sizes the LAVIS file's shapes fix (over the type's).
+
+    Raises:
+        ConfigError: a size the user set that the file contradicts, or an attention head
+            count a new width needs (heads are not in the shapes).
+    """
+    from lavislike.errors import ConfigError
+    from lavislike.models.convert.lavis_arch import fit_to_config, flatten, lavis_arch, preset_mismatch
+
+    typed = model_config(name, model_type)
+    implied = lavis_arch(raw)
+    user = flatten(OmegaConf.to_container(OmegaConf.create(overrides or {}), resolve=True))
+    sizes = implied.get("image_encoder", {})
+    encoder = user.get("image_encoder.name")
+    switch = encoder is None and preset_mismatch(typed, sizes) is not None
+    fitted = fit_to_config(implied, typed, "eva_vit" if switch else encoder)
+    if switch:
+        # the type's fixed-size encoder is not the file's: an eva_vit of the file's sizes
+        keep = {k: typed.image_encoder[k] for k in ("precision", "freeze", "pretrained") if k in typed.image_encoder}
+        fitted["image_encoder"] = {"name": "eva_vit", **keep, **fitted.get("image_encoder", {})}
+        if "image_encoder.heads" not in user:
+            raise ConfigError(
+                f"{source}: its EVA ViT (width {sizes.get('width')}, depth {sizes.get('depth')}) is not "
+                f"{typed.image_encoder.name}'s; set model.image_encoder.heads (attention heads are not "
+                "stored in the weights)"
+            )
+    for key, value in flatten(fitted).items():
+        if key in user and user[key] != value and key != "image_encoder.image_size":
+            raise ConfigError(
+                f"model.{key}={user[key]} contradicts {source}, whose weights imply {key}={value}"
+            )
+    width = fitted.get("qformer", {}).get("hidden_size")
+    if width is not None and width != typed.qformer.hidden_size and "qformer.num_attention_heads" not in user:
+        raise ConfigError(
+            f"{source}: its Q-Former width is {width}, not {typed.qformer.hidden_size}; set "
+            "model.qformer.num_attention_heads (attention heads are not stored in the weights)"
+        )
+    return OmegaConf.merge(OmegaConf.create(fitted), OmegaConf.create(overrides or {}))
+
+
+def check_lavis_arch(cfg: DictConfig, raw: dict[str, torch.Tensor], source: str) -> None:
+    """Raise naming the first config key the LAVIS file's shapes contradict."""
+    from lavislike.errors import ConfigError
+    from lavislike.models.convert.lavis_arch import contradictions, lavis_arch
+
+    found = contradictions(cfg, lavis_arch(raw))
+    if found:
+        key, current, implied = found[0]
+        raise ConfigError(f"{key}={current} does not fit {source}, whose weights imply {implied}")
 
 
 # -- loading into a meta-built model ------------------------------------------------------
@@ -183,8 +248,14 @@ def load_model(
             model_type = saved.model_type
         for key in ("arch", "model_type"):
             layers.pop(key, None)
+    raw = None
+    if (checkpoint is not None and checkpoint_format(checkpoint) == "lavis"
+            and (Path(checkpoint).is_file() or checkpoint.startswith(("http://", "https://")))):
+        # a LAVIS file has no config: its shapes give the sizes the type YAML does not
+        raw = read_lavis(checkpoint)
+        layers = lavis_layers(name, model_type, overrides, raw, checkpoint)
     cfg = model_config(name, model_type, layers)
-    return load_model_from_config(cfg, device, checkpoint=checkpoint, is_eval=is_eval)
+    return load_model_from_config(cfg, device, checkpoint=checkpoint, is_eval=is_eval, _raw=raw)
 
 
 def load_model_from_config(
@@ -192,6 +263,7 @@ def load_model_from_config(
     device: str | torch.device = "cpu",
     checkpoint: Optional[str | os.PathLike] = None,
     is_eval: bool = False,
+    _raw: Optional[dict[str, torch.Tensor]] = None,
 ) -> nn.Module:
     """Build the model of a merged ``model`` config and load the weights it names.
 
@@ -225,22 +297,30 @@ def load_model_from_config(
         if cfg.get("image_encoder") is not None and cfg.image_encoder.get("pretrained"):
             cfg.image_encoder.pretrained = ""
         sources = []
+    raw = None
     if sources:
         require_local(sources[0], key, CheckpointError)
+        if checkpoint_format(sources[0]) == "lavis":
+            raw = _raw if _raw is not None else read_lavis(sources[0])
+            check_lavis_arch(cfg, raw, sources[0])  # one line naming the key, not a size mismatch
     model = build_model(cfg, device, meta=bool(sources))
     if sources:
-        state, fmt, partial = read_state(model, sources[0])
+        state, fmt, partial = read_state(model, sources[0], raw)
         base_source = str(cfg.pretrained or cfg.hf_hub_id or "")
         if partial and cfg.load_pretrained and base_source and base_source != sources[0]:
             require_local(base_source, "model.pretrained" if cfg.pretrained else "model.hf_hub_id", CheckpointError)
             base, _, _ = read_state(model, base_source)
             state = {**base, **state}
+        follow = getattr(model, "follow_state_layout_", None)
+        if follow is not None:
+            follow(state)  # e.g. FlanT5's separate LM head: never re-tied over the file
         allow = model.allowed_missing(fmt)
         if partial:
             allow = allow + (r".*",)
         if cfg.get("image_encoder") is not None and cfg.image_encoder.get("pretrained"):
             allow = allow + (r"image_encoder\..*",)  # read from the encoder's own source below
         missing, _ = check_keys(sources[0], model.state_dict().keys(), state, allow_missing=allow)
+        check_shapes(sources[0], model.state_dict(), state)
         still_meta = assign_state(model, state, device)
         still_meta = _load_encoder_pretrained(model, cfg, still_meta, device)
         if still_meta:
@@ -331,5 +411,13 @@ def load_model_and_preprocess(
 ) -> tuple[nn.Module, dict, dict]:
     """``(model, vis_processors, txt_processors)``; see :func:`load_model` for the args."""
     model = load_model(name, model_type, is_eval, device, checkpoint, **overrides)
-    vis, txt = load_preprocess(preprocess_config(name, model.cfg.model_type))
+    config = preprocess_config(name, model.cfg.model_type)
+    size = model.cfg.get("image_encoder", {}).get("image_size")
+    if size is not None:
+        # the image processors follow the model's size (a checkpoint's or an override's)
+        for split in ("train", "eval"):
+            block = config.vis_processor.get(split)
+            if block is not None and "image_size" in block:
+                block.image_size = size
+    vis, txt = load_preprocess(config)
     return model, vis, txt

@@ -124,7 +124,9 @@ def _beam_search(
 
     while True:
         cur_len = seqs.shape[1]
-        logp = F.log_softmax(_process(logits, seqs, eos_id, min_length, repetition_penalty), -1)
+        # as transformers (and so LAVIS): the processors act on log-probabilities, so banning
+        # the end token does not renormalise the others
+        logp = _process(F.log_softmax(logits.float(), -1), seqs, eos_id, min_length, repetition_penalty)
         cand = (beam_scores[..., None] + logp.view(bsz, nb, vocab)).view(bsz, nb * vocab)
         top_scores, top_idx = cand.topk(2 * nb, 1)
         beam_of, token = top_idx // vocab, top_idx % vocab

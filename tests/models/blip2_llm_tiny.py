@@ -56,9 +56,21 @@ def build_hf_blip2(kind: str, seed: int = 0):
     return model.eval(), tok
 
 
-def save_hf_blip2(folder: Path, kind: str, seed: int = 0):
-    """Save :func:`build_hf_blip2`'s model and tokenizer; returns ``(folder, model, tok)``."""
+def untie_lm_head_(model) -> None:
+    """Give the HF model's LLM an output head of its own, unlike its input embedding (as
+    FlanT5 checkpoints hold it; transformers 5 builds every T5 tied)."""
+    lm = model.language_model
+    gen = torch.Generator().manual_seed(11)
+    lm.lm_head.weight = torch.nn.Parameter(torch.randn(lm.lm_head.weight.shape, generator=gen) * 0.25)
+    assert lm.lm_head.weight is not lm.get_input_embeddings().weight
+
+
+def save_hf_blip2(folder: Path, kind: str, seed: int = 0, untied: bool = False):
+    """Save :func:`build_hf_blip2`'s model and tokenizer; returns ``(folder, model, tok)``.
+    ``untied``: the LLM's LM head is its own tensor (:func:`untie_lm_head_`)."""
     model, tok = build_hf_blip2(kind, seed)
+    if untied:
+        untie_lm_head_(model)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return Path(folder), model, tok
@@ -109,6 +121,8 @@ def assert_generation_matches(ours, tok, img, prompts, expected, **generation) -
     assert got.tolist() == expected.tolist()
     captions = ours.generate({"image": img, "prompt": prompts}, **generation)
     assert captions == [t.strip() for t in tok.batch_decode(expected, skip_special_tokens=True)]
+    out = ours.generate({"image": img, "prompt": prompts}, return_ids=True, **generation)
+    assert out.ids.tolist() == expected.tolist() and out.texts == captions
 
 
 def hf_inputs(tok, texts, side: str, image_id: int, suffix: str = ""):
@@ -136,6 +150,17 @@ def hf_new_tokens(hf, tok, img, prompts, **kw) -> torch.Tensor:
     with torch.no_grad():
         out = hf.generate(pixel_values=img, input_ids=ids, attention_mask=mask, pad_token_id=tok.pad_token_id, **kw)
     return out[:, ids.shape[1]:]
+
+
+def hf_t5_loss(hf, tok, img, inputs, outputs):
+    """transformers' prefix-LM loss: ``inputs`` after the queries into the encoder,
+    ``outputs`` as labels."""
+    ids, mask = hf_inputs(tok, inputs, "right", hf.config.image_token_index)
+    out = tok(outputs, padding=True, return_tensors="pt")
+    labels = out.input_ids.masked_fill(out.attention_mask == 0, -100)
+    with torch.no_grad():
+        return hf(pixel_values=img, input_ids=ids, attention_mask=mask, labels=labels,
+                  decoder_attention_mask=out.attention_mask).loss
 
 
 def images(batch: int = 2, seed: int = 0) -> torch.Tensor:

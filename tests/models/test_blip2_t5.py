@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import Blip2ForConditionalGeneration
 
-from blip2_llm_tiny import assert_generation_matches, hf_inputs, images, save_hf_blip2
+from blip2_llm_tiny import assert_generation_matches, hf_inputs, hf_t5_loss, images, save_hf_blip2
 from lavislike.models.blip2_llm import Blip2T5
 from lavislike.models.convert.hf_llm import from_hf_llm
 
@@ -16,17 +16,8 @@ PROMPTS = ["a photo of", "Question: how many people are there? Short answer:"]
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
-    folder, hf, tok = save_hf_blip2(tmp_path_factory.mktemp("t5"), "t5", seed=1)
+    folder, hf, tok = save_hf_blip2(tmp_path_factory.mktemp("t5"), "t5", seed=1, untied=True)
     return from_hf_llm(folder), hf, tok
-
-
-def hf_loss(hf, tok, img, inputs, outputs):
-    ids, mask = hf_inputs(tok, inputs, "right", hf.config.image_token_index)
-    out = tok(outputs, padding=True, return_tensors="pt")
-    labels = out.input_ids.masked_fill(out.attention_mask == 0, -100)
-    with torch.no_grad():
-        return hf(pixel_values=img, input_ids=ids, attention_mask=mask, labels=labels,
-                  decoder_attention_mask=out.attention_mask).loss
 
 
 def test_from_hf_builds_blip2_t5(pair):
@@ -41,7 +32,7 @@ def test_prefix_lm_loss_matches_transformers(pair):
     ours, hf, tok = pair
     img = images()
     loss = ours({"image": img, "text_input": INPUTS, "text_output": OUTPUTS})["loss"]
-    assert loss.item() == pytest.approx(hf_loss(hf, tok, img, INPUTS, OUTPUTS).item(), abs=1e-5)
+    assert loss.item() == pytest.approx(hf_t5_loss(hf, tok, img, INPUTS, OUTPUTS).item(), abs=1e-5)
     loss.backward()
     assert ours.llm_proj.weight.grad.abs().sum() > 0 and all(p.grad is None for p in ours.llm.parameters())
     ours.zero_grad()
@@ -55,8 +46,21 @@ def test_prompted_captions_put_the_prompt_in_the_encoder(pair):
         loss = ours({"image": img, "text_input": ["a photo of a dog", "a photo of two cats"]})["loss"]
     finally:
         ours.cfg.prompt = ""
-    expected = hf_loss(hf, tok, img, ["a photo of"] * 2, ["a dog", "two cats"])
+    expected = hf_t5_loss(hf, tok, img, ["a photo of"] * 2, ["a dog", "two cats"])
     assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_training_feeds_text_input_without_the_prompt(pair):
+    """LAVIS's Blip2T5.forward: text_input into the encoder as it is; the model's prompt is
+    for generation only."""
+    ours, hf, tok = pair
+    img = images(seed=8)
+    ours.cfg.prompt = "a photo of"
+    try:
+        loss = ours({"image": img, "text_input": INPUTS, "text_output": OUTPUTS})["loss"]
+    finally:
+        ours.cfg.prompt = ""
+    assert loss.item() == pytest.approx(hf_t5_loss(hf, tok, img, INPUTS, OUTPUTS).item(), abs=1e-5)
 
 
 def test_plain_captions_are_split_for_prefix_lm(pair):
@@ -70,7 +74,7 @@ def test_plain_captions_are_split_for_prefix_lm(pair):
     inputs = [" ".join(c.split()[:k]) for c, k in zip(captions, cuts)]
     outputs = [" ".join(c.split()[k:]) for c, k in zip(captions, cuts)]
     assert all(inputs) and all(outputs)
-    assert loss.item() == pytest.approx(hf_loss(hf, tok, img, inputs, outputs).item(), abs=1e-5)
+    assert loss.item() == pytest.approx(hf_t5_loss(hf, tok, img, inputs, outputs).item(), abs=1e-5)
 
 
 def _hf_generate(hf, tok, img, prompts, **kw):
@@ -109,7 +113,7 @@ def test_answer_ranking_picks_the_most_likely_answer(pair):
     for b, q in enumerate(questions):
         for a, ans in enumerate(candidates):
             n = len(tok(ans).input_ids)
-            scores[b, a] = -hf_loss(hf, tok, img[b : b + 1], [f"Question: {q} Short answer:"], [ans]) * n
+            scores[b, a] = -hf_t5_loss(hf, tok, img[b : b + 1], [f"Question: {q} Short answer:"], [ans]) * n
     assert got == [candidates[i] for i in scores.argmax(1).tolist()]
 
 

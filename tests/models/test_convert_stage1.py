@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from tiny_models import build_tiny_hf_blip2_retrieval, tiny_stage1_overrides
+from tiny_models import assert_itm_like_hf, build_tiny_hf_blip2_retrieval, tiny_stage1_overrides
 from lavislike.errors import CheckpointError
 from lavislike.models import load_model, load_model_and_preprocess, model_zoo
 
@@ -98,14 +98,7 @@ def test_lavis_pth_loads_with_correct_mapping(lavis_pth, tiny_bert_tokenizer_dir
     torch.testing.assert_close(model.qformer.lm_head.norm.weight,
                                state["Qformer.cls.predictions.transform.LayerNorm.weight"])
     assert model.qformer.lm_head.decoder.weight is model.qformer.embeddings.word_embeddings.weight
-    size = hf.config.vision_config.image_size
-    images = torch.randn(2, 3, size, size)
-    tok = AutoTokenizer.from_pretrained(str(tiny_bert_tokenizer_dir))
-    enc = tok(TEXTS, padding="longest", return_tensors="pt")
-    with torch.no_grad():
-        ref = hf(pixel_values=images, input_ids=enc.input_ids, attention_mask=enc.attention_mask,
-                 use_image_text_matching_head=True).logits_per_image
-    torch.testing.assert_close(model({"image": images, "text_input": TEXTS}), ref, atol=1e-5, rtol=1e-5)
+    assert_itm_like_hf(model, hf, tiny_bert_tokenizer_dir, TEXTS)
 
 
 def test_lavis_pth_unknown_and_missing_keys_are_named(lavis_pth, tmp_path, tiny_bert_tokenizer_dir):
@@ -167,10 +160,10 @@ def test_generate_greedy_and_beam(tiny_bert_tokenizer_dir):
     ids = torch.full((1, 1), tok.bos_token_id)
     emb = model.encode_image(images[:1])
     q = model.qformer.query_tokens
-    for _ in range(5):
+    for _ in range(6):  # max_length / min_length count generated tokens ([DEC] not)
         h = model.qformer(query_embeds=q, input_ids=ids, image_embeds=emb, causal=True).last_hidden_state
         logits = model.qformer.lm_logits(h[:, -1])
-        if ids.shape[1] < 3:
+        if ids.shape[1] < 1 + 3:
             logits[:, tok.sep_token_id] = -float("inf")
         nxt = logits.argmax(-1, keepdim=True)
         ids = torch.cat([ids, nxt], 1)

@@ -136,6 +136,13 @@ def vqa_texts(kind: str) -> tuple[str, list[str], list[str]]:
     return prompt, prefixes, targets
 
 
+def train_inputs(kind: str) -> list[str]:
+    """The training ``text_input``: FlanT5 reads it as it is (LAVIS; the model's prompt is
+    for generation only), so the batch carries the formatted question, which the Q-Former
+    reads too (LAVIS InstructBLIP); OPT's prompt template formats the bare question."""
+    return vqa_texts(kind)[1] if kind == "t5" else list(QUESTIONS)
+
+
 def test_option_builds_the_qformer_text_parts(setup):
     ours, plain = setup[4], setup[5]
     assert ours.cfg.qformer.text_input and ours.qformer.embeddings.word_embeddings is not None
@@ -166,10 +173,10 @@ def test_vqa_loss_matches_instructblip(setup):
     prompt, prefixes, targets = vqa_texts(kind)
     ours.cfg.prompt = prompt
     try:
-        loss = ours({"image": img, "text_input": QUESTIONS, "text_output": ANSWERS})["loss"]
+        loss = ours({"image": img, "text_input": train_inputs(kind), "text_output": ANSWERS})["loss"]
     finally:
         ours.cfg.prompt = ""
-    ref = hf_vqa_loss(setup, img, prefixes, targets, *qformer_ids(qtok, QUESTIONS))
+    ref = hf_vqa_loss(setup, img, prefixes, targets, *qformer_ids(qtok, train_inputs(kind)))
     assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
     blind = hf_vqa_loss(setup, img, prefixes, targets, *no_text(2))
     # the Q-Former text changes the reference by well over the 1e-5 parity tolerance (the random
@@ -252,7 +259,7 @@ def test_without_the_option_the_qformer_ignores_the_question(setup):
     torch.testing.assert_close(a, ref, atol=1e-5, rtol=1e-5)
     plain.cfg.prompt = prompt
     try:
-        loss = plain({"image": img, "text_input": QUESTIONS, "text_output": ANSWERS})["loss"]
+        loss = plain({"image": img, "text_input": train_inputs(kind), "text_output": ANSWERS})["loss"]
     finally:
         plain.cfg.prompt = ""
     assert loss.item() == pytest.approx(hf_vqa_loss(setup, img, prefixes, targets, *no_text(2)).item(), abs=1e-5)
@@ -301,7 +308,7 @@ def test_lavis_checkpoints_load_the_qformer_text_parts(setup, tmp_path):
 
     img = images(seed=7)
     prompt, prefixes, targets = vqa_texts(kind)
-    ref = hf_vqa_loss(setup, img, prefixes, targets, *qformer_ids(qtok, QUESTIONS))
+    ref = hf_vqa_loss(setup, img, prefixes, targets, *qformer_ids(qtok, train_inputs(kind)))
     with pytest.raises(CheckpointError, match="qformer_text_from"):
         load(paths["stage2"])
     for model in (load(paths["full"]), load(paths["stage2"], qformer_text_from=str(paths["stage1_text"]))):
@@ -311,5 +318,5 @@ def test_lavis_checkpoints_load_the_qformer_text_parts(setup, tmp_path):
                                    hf.qformer.encoder.layer[1].output.dense.weight)
         model.cfg.prompt = prompt
         with torch.no_grad():
-            loss = model({"image": img, "text_input": QUESTIONS, "text_output": ANSWERS})["loss"]
+            loss = model({"image": img, "text_input": train_inputs(kind), "text_output": ANSWERS})["loss"]
         assert loss.item() == pytest.approx(ref.item(), abs=1e-5)

@@ -72,22 +72,32 @@ def local_folder(source: str | os.PathLike) -> Path:
 
 def read_hf_state(source: str | os.PathLike) -> dict[str, torch.Tensor]:
     """All tensors of an HF model folder or hub id (safetensors, else pytorch_model*.bin)."""
-    folder = local_folder(source)
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
-        from safetensors.torch import load_file
+    from lavislike.models.image_encoders.weights import load_state_dict_file
 
-        state: dict[str, torch.Tensor] = {}
-        for f in files:
-            state.update(load_file(str(f)))
-        return state
-    bins = sorted(folder.glob("pytorch_model*.bin"))
-    if not bins:
+    folder = local_folder(source)
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
         raise CheckpointError(f"{folder}: no *.safetensors or pytorch_model*.bin weights found")
-    state = {}
-    for f in bins:
-        state.update(torch.load(f, map_location="cpu", weights_only=True))
+    state: dict[str, torch.Tensor] = {}
+    for f in files:  # damaged files and hostile pickles raise one line naming the file
+        state.update(load_state_dict_file(f))
     return state
+
+
+# what a folder needs for AutoTokenizer to read a real vocabulary (transformers 5 builds a
+# one-token tokenizer from a folder holding none of them, without an error)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt",
+                   "sentencepiece.bpe.model")
+
+
+def require_tokenizer(folder: str | os.PathLike, key: str) -> None:
+    """Raise naming ``folder`` when it is a local folder without tokenizer files."""
+    path = Path(folder)
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"{key}='{folder}' has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); "
+            "save the tokenizer there or point the key at one"
+        )
 
 
 def convert_hf_state(
@@ -232,6 +242,7 @@ def from_hf(source: str | os.PathLike, device: str | torch.device = "cpu", is_ev
             f"{folder}: from_hf builds blip2_image_text_matching from a Blip2ForImageTextRetrieval "
             f"folder; this one is {archs or getattr(hf, 'model_type', '?')}"
         )
+    require_tokenizer(folder, "from_hf")
     derived = {
         "image_encoder": vision_block(hf.vision_config),
         "ln_vision_eps": hf.vision_config.layer_norm_eps,

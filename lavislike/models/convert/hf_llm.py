@@ -29,6 +29,7 @@ from lavislike.models.convert.hf import (
     hf_vision_config,
     qformer_block,
     read_hf_config,
+    require_tokenizer,
     vision_block,
     write_hf_weights,
 )
@@ -79,6 +80,7 @@ def from_hf_llm(
         )
     if getattr(hf.qformer_config, "use_qformer_text_input", False):
         raise CheckpointError(f"{folder}: Q-Former text input (InstructBLIP-style) is not a BLIP-2 stage-2 model")
+    require_tokenizer(folder, "from_hf")
     arch = "blip2_t5" if hf.text_config.is_encoder_decoder else "blip2_opt"
     derived = {
         "image_encoder": vision_block(hf.vision_config),
@@ -130,6 +132,9 @@ def save_hf_llm(model: nn.Module, folder: str | os.PathLike) -> None:
         num_query_tokens=model.qformer.cfg.num_query_token,
         image_token_index=image_id,
     )
+    # written as it is (transformers 5 sets it true for every T5): a FlanT5 head of its own
+    # must load untied in any transformers version
+    config.text_config.tie_word_embeddings = model.llm.output_tied
     config.architectures = ["Blip2ForConditionalGeneration"]
     state = export_hf_state(model, HF_LLM)
     dups = tied_duplicates(model.llm.model, "language_model.")

@@ -115,6 +115,28 @@ def check_keys(
     return missing, unexpected
 
 
+# config keys that size the parts a shape mismatch most often comes from
+_SHAPE_HINTS: tuple[tuple[str, str], ...] = (
+    ("llm_proj.", "the LLM's width (model.llm) or the Q-Former's (model.qformer.hidden_size)"),
+    ("llm.", "model.llm (its config.json or hf_config)"),
+    ("image_encoder.", "model.image_encoder"),
+    ("qformer.", "model.qformer"),
+)
+
+
+def check_shapes(source: str, expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> None:
+    """Raise naming the first tensor of ``state`` whose shape is not the model's (instead of
+    torch's "size mismatch" list)."""
+    for key, value in state.items():
+        target = expected.get(key)
+        if target is not None and tuple(target.shape) != tuple(value.shape):
+            hint = next((h for p, h in _SHAPE_HINTS if key.startswith(p)), "the model config")
+            raise CheckpointError(
+                f"{source}: {key} has shape {tuple(value.shape)}, the model built from the config has "
+                f"{tuple(target.shape)}; check {hint}"
+            )
+
+
 def split_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> tuple[dict, dict]:
     """``(keys under prefix with it stripped, the other keys)``."""
     inside, rest = {}, {}

@@ -5,6 +5,7 @@ differ in their blocks and in the checkpoint layouts they read.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
@@ -14,6 +15,8 @@ from lavislike.errors import CheckpointError
 from lavislike.models.image_encoders.base import ImageEncoder, ImageEncoderConfig, resize_pos_embed
 
 __all__ = ["TINY_SIZES", "ViTEncoder", "ViTPresetConfig"]
+
+logger = logging.getLogger(__name__)
 
 # the CPU-sized towers of tests and demos (32 px images -> a 4x4 grid)
 TINY_SIZES: dict[str, Any] = {"patch_size": 8, "width": 32, "depth": 2, "heads": 4, "mlp_ratio": 4.0}
@@ -64,6 +67,11 @@ class ViTEncoder(ImageEncoder):
     def fit_pos_embed(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Resample ``sd["pos_embed"]`` to this encoder's grid when the sizes differ."""
         if "pos_embed" in sd and sd["pos_embed"].shape != self.pos_embed.shape:
+            # LAVIS does this to fine-tune at a higher resolution; never silently
+            logger.warning(
+                "image encoder: resampling the checkpoint's position embedding (%d positions) to "
+                "%d for image_size=%d", sd["pos_embed"].shape[1], self.pos_embed.shape[1], self.image_size,
+            )
             sd["pos_embed"] = resize_pos_embed(
                 sd["pos_embed"], self.grid, 1, self.POS_EMBED_ALIGN_CORNERS
             )

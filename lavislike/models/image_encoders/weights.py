@@ -14,7 +14,7 @@ import torch
 from lavislike.common.paths import cache_path
 from lavislike.errors import CheckpointError
 
-__all__ = ["load_state_dict_file", "load_weights", "unwrap_state_dict"]
+__all__ = ["load_state_dict_file", "load_weights", "read_safetensors", "unwrap_state_dict"]
 
 _HUB_PREFIX = "hf-hub:"
 _WRAPPER_KEYS = ("model", "state_dict", "module")
@@ -32,15 +32,27 @@ def unwrap_state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{source}: no state dict of tensors found in the checkpoint")
 
 
+def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file; a truncated or damaged file raises
+    one line naming it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            return {k: fh.get_tensor(k) for k in fh.keys()}, meta
+    except Exception as exc:  # SafetensorError, OSError: truncated, garbled header, ...
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or damaged?): {reason}") from None
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` file or a ``.pth``/``.bin`` (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
+        return read_safetensors(path)[0]
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors carry long messages; keep one line

@@ -29,6 +29,8 @@ from torch import nn
 from lavislike.common.paths import require_local
 from lavislike.common.suggest import did_you_mean
 from lavislike.errors import CheckpointError, ConfigError
+from lavislike.models.convert.hf import require_tokenizer
+from lavislike.models.llms.tying import declared_tied, embedding_names, is_tied, set_tied_, tying_in_state
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -132,6 +134,21 @@ def build_hf_config(cfg: Any):
         ) from None
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def raw_config(cfg: Any) -> dict:
+    """The LLM config as written (``hf_config`` or ``path``'s config.json, overrides on top),
+    before ``transformers`` normalises it."""
+    from transformers import PretrainedConfig
+
+    data = dict(_plain(cfg.hf_config)) if cfg.hf_config is not None else {}
+    if cfg.hf_config is None and cfg.path:
+        data = PretrainedConfig.get_config_dict(str(cfg.path))[0]
+    return {**data, **dict(_plain(cfg.config_overrides) or {})}
+
+
 class LLMAdapter(nn.Module, abc.ABC):
     """Base of the LLM adapters: a frozen ``transformers`` model + its tokenizer.
 
@@ -189,13 +206,21 @@ class LLMAdapter(nn.Module, abc.ABC):
             try:
                 with real_parameters(), torch.device(device if direct else "cpu"):
                     model = auto.from_pretrained(str(cfg.path), config=hf_config, dtype=dtype, **kwargs)
-            except OSError as exc:
-                raise CheckpointError(f"llm.path='{cfg.path}': cannot load the weights ({exc})") from None
+            except (OSError, RuntimeError, ValueError, EnvironmentError) as exc:
+                raise CheckpointError(f"llm.path='{cfg.path}': cannot load the weights ({_one_line(exc)})") from None
+            except Exception as exc:  # SafetensorError, UnpicklingError: damaged or hostile files
+                raise CheckpointError(
+                    f"llm.path='{cfg.path}': cannot load the weights ({type(exc).__name__}: {_one_line(exc)})"
+                ) from None
             if not direct:
                 model.to(device)
+            # from_pretrained kept the head apart only if the file holds it apart; record
+            # that, or the next tie_weights() would re-tie it
+            set_tied_(model, is_tied(model))
         else:
             with torch.device(device):
                 model = auto.from_config(hf_config, dtype=dtype, **kwargs)
+            set_tied_(model, declared_tied(raw_config(cfg)))
         return cls(cfg, model)
 
     @property
@@ -210,10 +235,12 @@ class LLMAdapter(nn.Module, abc.ABC):
             if not source:
                 raise ConfigError("llm.tokenizer and llm.path are both unset: nothing to read a tokenizer from")
             require_local(source, "model.llm.tokenizer" if self.cfg.tokenizer else "model.llm.path", CheckpointError)
+            key = "llm.tokenizer" if self.cfg.tokenizer else "llm.path"
+            require_tokenizer(resolve_tokenizer_path(str(source)), key)
             try:
                 self._tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer_path(str(source)))
             except (OSError, ValueError) as exc:
-                raise CheckpointError(f"llm.tokenizer='{source}': cannot load the tokenizer ({exc})") from None
+                raise CheckpointError(f"{key}='{source}': cannot load the tokenizer ({_one_line(exc)})") from None
             self._setup_tokenizer(self._tokenizer)
         return self._tokenizer
 
@@ -229,6 +256,20 @@ class LLMAdapter(nn.Module, abc.ABC):
             # Llama-style tokenizers ship no pad token; padding is masked out everywhere
             # (targets come from the attention mask), so any id works.
             tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+
+    # -- the output head ------------------------------------------------------------------
+    @property
+    def output_tied(self) -> bool:
+        """True when the LM head is the input embedding (OPT); false for FlanT5's own head."""
+        return is_tied(self.model)
+
+    def follow_state_tying_(self, state: dict, prefix: str = "") -> None:
+        """Tie or untie the LM head as the checkpoint ``state`` holds it (keys ``prefix`` +
+        the ``transformers`` names); a state without the LLM changes nothing."""
+        names = embedding_names(self.model)
+        tied = tying_in_state(state, names, prefix) if names is not None else None
+        if tied is not None and tied != self.output_tied:
+            set_tied_(self.model, tied)
 
     # -- properties ---------------------------------------------------------------------
     @property

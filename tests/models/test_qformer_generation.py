@@ -1,0 +1,82 @@
+"""The Q-Former captioner's token ids against transformers' own ``generate``.
+
+transformers has no Q-Former captioner, so its generic ``GenerationMixin`` drives our
+Q-Former's full (uncached) forward pass: the greedy / beam-search logic and the length
+semantics are transformers', the scores the Q-Former's (whose forward is checked against
+transformers' BLIP-2 elsewhere). Lengths count generated tokens, as ``max_new_tokens``.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutput
+
+from tiny_models import tiny_stage1_overrides
+from lavislike.models import load_model
+
+
+class QFormerCaptioner(PreTrainedModel, GenerationMixin):
+    """Our Q-Former's LM head as a transformers causal LM (the whole text re-read each step)."""
+
+    config_class = PretrainedConfig
+
+    def __init__(self, blip2):
+        super().__init__(PretrainedConfig(vocab_size=blip2.qformer.cfg.vocab_size))
+        self.blip2 = blip2
+
+    def forward(self, input_ids, image_embeds=None, **_):
+        queries = self.blip2.qformer.query_tokens
+        hidden = self.blip2.qformer(
+            query_embeds=queries.expand(input_ids.shape[0], -1, -1), input_ids=input_ids,
+            image_embeds=image_embeds, causal=True,
+        ).last_hidden_state
+        return CausalLMOutput(logits=self.blip2.qformer.lm_logits(hidden[:, queries.shape[1]:]))
+
+    def prepare_inputs_for_generation(self, input_ids, image_embeds=None, **_):
+        return {"input_ids": input_ids, "image_embeds": image_embeds}
+
+
+def _until_end(ids: torch.Tensor, tok) -> torch.Tensor:
+    """Ids with everything after the first end token as padding (transformers' beam search
+    pads finished rows with the end token, ours with the pad token)."""
+    ended = (ids == tok.sep_token_id).long().cumsum(1) - (ids == tok.sep_token_id).long()
+    return ids.masked_fill(ended > 0, tok.pad_token_id)
+
+
+@pytest.fixture(scope="module")
+def captioner(tiny_bert_tokenizer_dir):
+    torch.manual_seed(0)
+    model = load_model("blip2", "tiny", is_eval=True, **tiny_stage1_overrides(tiny_bert_tokenizer_dir))
+    with torch.no_grad():  # wider than the init, so that captions depend on the image
+        for name, p in model.named_parameters():
+            if p.dim() > 1 and not name.startswith("image_encoder"):
+                p.normal_(0, 0.3)
+        # a likely end token, so that captions end at different lengths and min_length binds
+        model.qformer.lm_head.decoder.bias[model.tokenizer.sep_token_id] += 4.0
+    return model
+
+
+@pytest.mark.parametrize(
+    "num_beams, max_length, min_length, penalty",
+    [(1, 7, 2, 1.0), (3, 7, 2, 1.0), (3, 5, 5, 1.0), (1, 12, 1, 1.0), (1, 8, 3, 1.5), (3, 8, 3, 1.5)],
+)
+def test_token_ids_match_transformers_generate(captioner, num_beams, max_length, min_length, penalty):
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(num_beams + max_length))
+    tok = captioner.tokenizer
+    embeds = captioner.encode_image(images)
+    start = torch.full((3, 1), tok.bos_token_id)
+    with torch.no_grad():
+        ref = QFormerCaptioner(captioner).eval().generate(
+            input_ids=start, image_embeds=embeds, num_beams=num_beams, do_sample=False,
+            max_new_tokens=max_length, min_new_tokens=min_length, repetition_penalty=penalty,
+            eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id, use_cache=False,
+        )[:, 1:]
+    out = captioner.generate({"image": images}, num_beams=num_beams, max_length=max_length,
+                             min_length=min_length, repetition_penalty=penalty, return_ids=True)
+    if min_length < max_length:  # some captions end early, some run to max_length
+        assert (out.ids == tok.sep_token_id).any()
+    assert _until_end(out.ids, tok).tolist() == _until_end(ref, tok).tolist()
+    assert out.texts == [t.strip() for t in tok.batch_decode(ref, skip_special_tokens=True)]
+    assert captioner.generate({"image": images}, num_beams=num_beams, max_length=max_length,
+                              min_length=min_length, repetition_penalty=penalty) == out.texts
