@@ -106,13 +106,33 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def build_hf_config(cfg: Any):
-    """The ``transformers`` config for ``cfg`` (``hf_config`` dict or ``path``'s config.json)."""
+def known_config(path: Optional[str]) -> Optional[dict]:
+    """The architecture facts ``known_configs.yaml`` keeps for hub id ``path`` (or None)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    known = OmegaConf.load(Path(__file__).with_name("known_configs.yaml"))
+    return OmegaConf.to_container(known[path]) if path in known else None
+
+
+def build_hf_config(cfg: Any, known_fallback: bool = False):
+    """The ``transformers`` config for ``cfg`` (``hf_config`` dict or ``path``'s config.json).
+
+    Args:
+        known_fallback: when ``path``'s config.json cannot be read, use the facts
+            ``known_configs.yaml`` keeps for it (for builds that read no weights from ``path``).
+    """
     from transformers import AutoConfig
 
     overrides = dict(_plain(cfg.config_overrides) or {})
-    if cfg.hf_config is not None:
-        data = dict(_plain(cfg.hf_config))
+    data = dict(_plain(cfg.hf_config)) if cfg.hf_config is not None else None
+    if data is None and known_fallback and known_config(cfg.path) is not None:
+        try:
+            return AutoConfig.from_pretrained(str(cfg.path), **overrides)
+        except OSError:  # offline and not cached: the kept facts describe the same model
+            data = known_config(cfg.path)
+    if data is not None:
         model_type = data.pop("model_type", None)
         if model_type is None:
             raise ConfigError("llm.hf_config needs a 'model_type' (e.g. opt, t5, llama)")
@@ -175,11 +195,12 @@ class LLMAdapter(nn.Module, abc.ABC):
         device = torch.device(device) if device is not None else torch.get_default_device()
         dtype = resolve_dtype(cfg.dtype, cls.GPU_DTYPE, device)
         auto = getattr(transformers, cls.AUTO_CLASS)
-        hf_config = build_hf_config(cfg)
+        reads_weights = cfg.load_weights and device.type != "meta" and cfg.hf_config is None
+        hf_config = build_hf_config(cfg, known_fallback=not reads_weights)
         kwargs = {}
         if cfg.attn_implementation:
             kwargs["attn_implementation"] = cfg.attn_implementation
-        if cfg.load_weights and device.type != "meta" and cfg.hf_config is None:
+        if reads_weights:
             import importlib.util
 
             # straight to the GPU needs accelerate's device_map; without it: CPU, then move
