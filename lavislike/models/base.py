@@ -27,12 +27,11 @@ Stable API for subclasses and callers:
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -75,27 +74,6 @@ class Blip2BaseConfig(ModelConfig):
     ln_vision_eps: float = 1e-5
     tokenizer: str = "bert-base-uncased"
     max_txt_len: int = 32
-
-
-@contextlib.contextmanager
-def params_on_meta() -> Iterator[None]:
-    """Create parameters on the ``meta`` device (no memory, no init cost); buffers stay real.
-
-    Buffers are often computed in ``__init__`` (position ids, rotary tables) and not saved
-    in checkpoints, so they must keep their values; parameters all come from a checkpoint.
-    """
-    original = nn.Module.register_parameter
-
-    def register(module: nn.Module, name: str, param: Optional[nn.Parameter]) -> None:
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        original(module, name, param)
-
-    nn.Module.register_parameter = register
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original
 
 
 def resolve_tokenizer_path(spec: str) -> str:

@@ -23,7 +23,7 @@ from torch import nn
 from lavislike.common.paths import require_local
 from lavislike.config import model_config, preprocess_config
 from lavislike.errors import CheckpointError
-from lavislike.models.base import params_on_meta
+from lavislike.models.meta_init import params_on_meta
 from lavislike.models.convert.keymap import check_keys
 from lavislike.registry import MODELS
 

@@ -19,9 +19,8 @@ Interface used by :mod:`lavislike.models.blip2_llm`:
 from __future__ import annotations
 
 import abc
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
@@ -29,27 +28,10 @@ from torch import nn
 from lavislike.common.paths import require_local
 from lavislike.common.suggest import did_you_mean
 from lavislike.errors import CheckpointError, ConfigError
+from lavislike.models.meta_init import real_parameters
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# captured at import, before any model build can patch it (loading.params_on_meta)
-_REGISTER_PARAMETER = nn.Module.register_parameter
-
-
-@contextlib.contextmanager
-def real_parameters() -> Iterator[None]:
-    """Create real parameters even inside ``params_on_meta()``.
-
-    A model built on ``meta`` gets its weights from a checkpoint; a frozen LLM's weights are
-    not in BLIP-2 checkpoints but in ``llm.path``, so they are read for real while the rest
-    stays on ``meta``.
-    """
-    current = nn.Module.register_parameter
-    nn.Module.register_parameter = _REGISTER_PARAMETER
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = current
 
 
 @dataclass
