@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lavislike.common.dist import get_world_size
-from lavislike.common.paths import require_local
+from lavislike.common.paths import require_local, resolve_package_path as resolve_tokenizer_path
 from lavislike.config.schema import ModelConfig
 from lavislike.errors import CheckpointError, ConfigError
 from lavislike.models.freezing import (
@@ -74,23 +74,6 @@ class Blip2BaseConfig(ModelConfig):
     ln_vision_eps: float = 1e-5
     tokenizer: str = "bert-base-uncased"
     max_txt_len: int = 32
-
-
-def resolve_tokenizer_path(spec: str) -> str:
-    """``pkg:module/sub/dir`` -> the folder inside that installed package; others unchanged."""
-    if not spec.startswith("pkg:"):
-        return spec
-    import importlib.util
-    from pathlib import Path
-
-    module, _, sub = spec[4:].partition("/")
-    found = importlib.util.find_spec(module)
-    if found is None or not found.submodule_search_locations:
-        raise ConfigError(f"tokenizer '{spec}': Python package '{module}' is not installed")
-    folder = Path(list(found.submodule_search_locations)[0]) / sub
-    if not folder.is_dir():
-        raise ConfigError(f"tokenizer '{spec}': {folder} is not a folder")
-    return str(folder)
 
 
 def load_tokenizer(spec: str, vocab_size: Optional[int] = None):

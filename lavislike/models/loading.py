@@ -81,7 +81,7 @@ def read_state(model: nn.Module, source: str) -> tuple[dict[str, torch.Tensor], 
 
         return model.convert_lavis_state(load_weights(source), source), fmt, False
     if fmt == "hf":
-        from lavislike.models.convert.hf import read_hf_state
+        from lavislike.models.image_encoders.weights import read_hf_state
 
         return model.convert_hf_state(read_hf_state(source), source), fmt, False
     from safetensors import safe_open

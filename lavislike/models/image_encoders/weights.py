@@ -14,7 +14,7 @@ import torch
 from lavislike.common.paths import cache_path
 from lavislike.errors import CheckpointError
 
-__all__ = ["load_state_dict_file", "load_weights", "unwrap_state_dict"]
+__all__ = ["load_state_dict_file", "load_weights", "local_folder", "read_hf_state", "unwrap_state_dict"]
 
 _HUB_PREFIX = "hf-hub:"
 _WRAPPER_KEYS = ("model", "state_dict", "module")
@@ -119,3 +119,39 @@ def load_weights(source: str, hub_key_prefix: str = "vision_model.") -> dict[str
         f"pretrained '{source}' is neither a file, an http(s) URL nor a hub repo id "
         "(org/name)"
     )
+
+
+def local_folder(source: str | os.PathLike) -> Path:
+    """A local folder for ``source`` (downloaded from the hub when it is a repo id)."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(source)))
+    except Exception as exc:
+        raise CheckpointError(
+            f"'{source}' is neither a folder nor a reachable Hugging Face hub id "
+            f"({type(exc).__name__})"
+        ) from None
+
+
+def read_hf_state(source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of an HF model folder or hub id (safetensors, else pytorch_model*.bin)."""
+    folder = local_folder(source)
+    files = sorted(folder.glob("*.safetensors"))
+    if files:
+        from safetensors.torch import load_file
+
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        return state
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if not bins:
+        raise CheckpointError(f"{folder}: no *.safetensors or pytorch_model*.bin weights found")
+    state = {}
+    for f in bins:
+        state.update(torch.load(f, map_location="cpu", weights_only=True))
+    return state

@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from lavislike.common.paths import require_local
+from lavislike.common.paths import require_local, resolve_package_path
 from lavislike.common.suggest import did_you_mean
 from lavislike.errors import CheckpointError, ConfigError
 from lavislike.models.meta_init import real_parameters
@@ -207,14 +207,12 @@ class LLMAdapter(nn.Module, abc.ABC):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            from lavislike.models.base import resolve_tokenizer_path
-
             source = self.cfg.tokenizer or self.cfg.path
             if not source:
                 raise ConfigError("llm.tokenizer and llm.path are both unset: nothing to read a tokenizer from")
             require_local(source, "model.llm.tokenizer" if self.cfg.tokenizer else "model.llm.path", CheckpointError)
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer_path(str(source)))
+                self._tokenizer = AutoTokenizer.from_pretrained(resolve_package_path(str(source)))
             except (OSError, ValueError) as exc:
                 raise CheckpointError(f"llm.tokenizer='{source}': cannot load the tokenizer ({exc})") from None
             self._setup_tokenizer(self._tokenizer)
