@@ -46,7 +46,6 @@ from lavislike.models.freezing import (
     freeze,
     frozen_forward,
     is_frozen,
-    keep_frozen_eval,
 )
 from lavislike.models.qformer import QFormer, QFormerConfig
 from lavislike.registry import IMAGE_ENCODERS
@@ -127,10 +126,6 @@ class Blip2Base(nn.Module):
         self._tokenizer = None
 
     # -- parts ------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "Blip2Base":
-        super().train(mode)
-        return keep_frozen_eval(self)
-
     @property
     def freeze_image_encoder(self) -> bool:
         return is_frozen(self.image_encoder)

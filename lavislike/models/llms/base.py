@@ -249,12 +249,6 @@ class LLMAdapter(nn.Module, abc.ABC):
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
 
-    def train(self, mode: bool = True) -> "LLMAdapter":
-        super().train(mode)
-        if self.cfg.freeze:
-            self.model.eval()
-        return self
-
     # -- shared helpers -----------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of token ids (in the LLM's dtype)."""
