@@ -52,18 +52,13 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _download(url: str) -> Path:
-    target = cache_path("weights", Path(urlparse(url).path).name or "weights.pth")
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # download_url_to_file writes a temp file and renames it: no torn files
-        try:
-            torch.hub.download_url_to_file(url, str(target), progress=True)
-        except OSError as exc:  # URLError, HTTPError, connection resets
-            raise CheckpointError(
-                f"cannot download {url} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                f"download it to {target} or point the config at a local copy"
-            ) from None
-    return target
+    """The cached copy of ``url`` (fetched once, resumable; ``#sha256=<hex>`` is checked)."""
+    from lavislike.common.fetch import Checksums, fetch
+
+    address, _, fragment = url.partition("#")
+    sha256 = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
+    target = cache_path("weights", Path(urlparse(address).path).name or "weights.pth")
+    return fetch(address, target, Checksums(sha256=sha256), error=CheckpointError)
 
 
 def _load_hub(repo_id: str, key_prefix: str) -> dict[str, torch.Tensor]:
@@ -100,7 +95,9 @@ def load_weights(source: str, hub_key_prefix: str = "vision_model.") -> dict[str
     """Read a state dict from a local file, an ``https://`` URL or a hub repo id.
 
     Args:
-        source: a file path, a URL (downloaded once into the cache), or a Hugging Face
+        source: a file path, a URL (downloaded once into the cache through
+            :func:`lavislike.common.fetch.fetch`, resumable; a ``#sha256=<hex>`` suffix is
+            verified), or a Hugging Face
             repo id (``Salesforce/blip2-itm-vit-g`` or ``hf-hub:Salesforce/...``).
         hub_key_prefix: only tensors under this prefix are read from hub repos (a BLIP-2
             repo also holds the Q-Former and the LLM).
