@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lavislike.common.dist import get_world_size
-from lavislike.common.paths import require_local, resolve_package_path as resolve_tokenizer_path
+from lavislike.common.paths import require_local, resolve_package_path
 from lavislike.config.schema import ModelConfig
 from lavislike.errors import CheckpointError, ConfigError
 from lavislike.models.freezing import (
@@ -79,12 +79,12 @@ def load_tokenizer(spec: str, vocab_size: Optional[int] = None):
     """A BERT WordPiece tokenizer with ``[DEC]`` as BOS (right truncation), as LAVIS uses.
 
     Args:
-        spec: folder, hub id or ``pkg:`` spec (see :func:`resolve_tokenizer_path`).
+        spec: folder, hub id or ``pkg:`` spec (see :func:`resolve_package_path`).
         vocab_size: the Q-Former's vocabulary size; the tokenizer must fit in it.
     """
     from transformers import AutoTokenizer
 
-    path = resolve_tokenizer_path(spec)
+    path = resolve_package_path(spec)
     require_local(path, "model.tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(path, truncation_side="right")
@@ -120,7 +120,7 @@ class Blip2Base(nn.Module):
         self.qformer = QFormer(qcfg, qcfg.encoder_width or width)
         if qcfg.init_from and not _building_on_meta(self.qformer):
             # ``pkg:<module>/<dir>`` names a BERT folder shipped inside a Python package
-            folder = resolve_tokenizer_path(qcfg.init_from)
+            folder = resolve_package_path(qcfg.init_from)
             require_local(folder, "model.qformer.init_from")
             self.qformer.load_bert(folder)
         self._tokenizer = None
