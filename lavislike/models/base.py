@@ -29,19 +29,18 @@ Stable API for subclasses and callers:
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lavislike.common.dist import get_world_size
-from lavislike.common.paths import require_local
+from lavislike.common.paths import require_local, resolve_package_path
 from lavislike.config.schema import ModelConfig
 from lavislike.errors import CheckpointError, ConfigError, DataError
 from lavislike.models.freezing import (
@@ -49,7 +48,6 @@ from lavislike.models.freezing import (
     freeze,
     frozen_forward,
     is_frozen,
-    keep_frozen_eval,
 )
 from lavislike.models.qformer import QFormer, QFormerConfig
 from lavislike.registry import IMAGE_ENCODERS
@@ -79,54 +77,16 @@ class Blip2BaseConfig(ModelConfig):
     max_txt_len: int = 32
 
 
-@contextlib.contextmanager
-def params_on_meta() -> Iterator[None]:
-    """Create parameters on the ``meta`` device (no memory, no init cost); buffers stay real.
-
-    Buffers are often computed in ``__init__`` (position ids, rotary tables) and not saved
-    in checkpoints, so they must keep their values; parameters all come from a checkpoint.
-    """
-    original = nn.Module.register_parameter
-
-    def register(module: nn.Module, name: str, param: Optional[nn.Parameter]) -> None:
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        original(module, name, param)
-
-    nn.Module.register_parameter = register
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = original
-
-
-def resolve_tokenizer_path(spec: str) -> str:
-    """``pkg:module/sub/dir`` -> the folder inside that installed package; others unchanged."""
-    if not spec.startswith("pkg:"):
-        return spec
-    import importlib.util
-    from pathlib import Path
-
-    module, _, sub = spec[4:].partition("/")
-    found = importlib.util.find_spec(module)
-    if found is None or not found.submodule_search_locations:
-        raise ConfigError(f"tokenizer '{spec}': Python package '{module}' is not installed")
-    folder = Path(list(found.submodule_search_locations)[0]) / sub
-    if not folder.is_dir():
-        raise ConfigError(f"tokenizer '{spec}': {folder} is not a folder")
-    return str(folder)
-
-
 def load_tokenizer(spec: str, vocab_size: Optional[int] = None):
     """A BERT WordPiece tokenizer with ``[DEC]`` as BOS (right truncation), as LAVIS uses.
 
     Args:
-        spec: folder, hub id or ``pkg:`` spec (see :func:`resolve_tokenizer_path`).
+        spec: folder, hub id or ``pkg:`` spec (see :func:`resolve_package_path`).
         vocab_size: the Q-Former's vocabulary size; the tokenizer must fit in it.
     """
     from transformers import AutoTokenizer
 
-    path = resolve_tokenizer_path(spec)
+    path = resolve_package_path(spec)
     require_local(path, "model.tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(path, truncation_side="right")
@@ -162,16 +122,12 @@ class Blip2Base(nn.Module):
         self.qformer = QFormer(qcfg, qcfg.encoder_width or width)
         if qcfg.init_from and not _building_on_meta(self.qformer):
             # ``pkg:<module>/<dir>`` names a BERT folder shipped inside a Python package
-            folder = resolve_tokenizer_path(qcfg.init_from)
+            folder = resolve_package_path(qcfg.init_from)
             require_local(folder, "model.qformer.init_from")
             self.qformer.load_bert(folder)
         self._tokenizer = None
 
     # -- parts ------------------------------------------------------------------------
-    def train(self, mode: bool = True) -> "Blip2Base":
-        super().train(mode)
-        return keep_frozen_eval(self)
-
     @property
     def freeze_image_encoder(self) -> bool:
         return is_frozen(self.image_encoder)

@@ -1,7 +1,8 @@
 """Freezing and precision: the one place every model part uses for both.
 
 A frozen module has no trainable parameters, stays in eval mode whatever its parents'
-``train()`` does, and runs without autograd (``torch.no_grad()``, not
+``train()`` does (one mechanism: :func:`freeze` gives the module itself a ``train`` that
+keeps it in eval, so any parent, ours or not, needs nothing), and runs without autograd (``torch.no_grad()``, not
 ``inference_mode``: its outputs feed trainable parts and must be usable in autograd).
 
 Example:
@@ -22,13 +23,11 @@ from lavislike.errors import ConfigError
 
 __all__ = [
     "PRECISIONS",
-    "FrozenAwareMixin",
     "cast_precision",
     "cpu_fp16_fallback",
     "freeze",
     "frozen_forward",
     "is_frozen",
-    "keep_frozen_eval",
     "parse_precision",
     "unfreeze",
 ]
@@ -129,17 +128,29 @@ def cpu_fp16_fallback(module: nn.Module, device: torch.device) -> None:
 
 
 # -- freezing ----------------------------------------------------------------------
-def freeze(module: nn.Module) -> nn.Module:
-    """Stop training ``module``: no gradients, eval mode, and marked frozen.
+class _StayEval:
+    """A frozen module's own ``train``: eval whatever the mode asked (a class, not a bound
+    function, so that the module survives pickling and ``copy.deepcopy`` still frozen)."""
 
-    The mark makes :func:`keep_frozen_eval` (and :class:`FrozenAwareMixin`) put it back
-    in eval mode after any ``train()`` call on a parent.
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self, mode: bool = True) -> nn.Module:
+        return nn.Module.train(self.module, False)
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Stop training ``module``: no gradients, eval mode, and kept in eval mode.
+
+    The module gets its own ``train`` (an instance attribute over its class's), which
+    ``train()`` on any parent calls and which keeps it in eval; :func:`unfreeze` removes it.
 
     Returns:
         ``module`` (changed in place).
     """
     module.requires_grad_(False)
     object.__setattr__(module, _FROZEN_ATTR, True)
+    object.__setattr__(module, "train", _StayEval(module))
     nn.Module.train(module, False)
     return module
 
@@ -148,37 +159,13 @@ def unfreeze(module: nn.Module) -> nn.Module:
     """Undo :func:`freeze`: trainable again; the mode is left to the next ``train()``."""
     module.requires_grad_(True)
     object.__setattr__(module, _FROZEN_ATTR, False)
+    module.__dict__.pop("train", None)
     return module
 
 
 def is_frozen(module: nn.Module) -> bool:
     """Whether :func:`freeze` was called on ``module`` (and not undone)."""
     return bool(getattr(module, _FROZEN_ATTR, False))
-
-
-def keep_frozen_eval(root: nn.Module) -> nn.Module:
-    """Put every frozen module under ``root`` (``root`` included) back in eval mode.
-
-    Call it at the end of a composition's ``train()``; :class:`FrozenAwareMixin` does.
-    """
-    for module in root.modules():
-        if is_frozen(module) and module.training:
-            # nn.Module.train, not module.train: a subclass override must not undo this
-            nn.Module.train(module, False)
-    return root
-
-
-class FrozenAwareMixin:
-    """Mixin for ``nn.Module`` subclasses whose ``train()`` keeps frozen parts in eval.
-
-    Example:
-        >>> class Blip2(FrozenAwareMixin, nn.Module): ...
-        >>> model.train()   # the frozen image encoder stays in eval mode
-    """
-
-    def train(self, mode: bool = True):  # type: ignore[override]
-        nn.Module.train(self, mode)  # type: ignore[arg-type]
-        return keep_frozen_eval(self)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager

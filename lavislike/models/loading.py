@@ -23,7 +23,7 @@ from torch import nn
 from lavislike.common.paths import require_local
 from lavislike.config import model_config, preprocess_config
 from lavislike.errors import CheckpointError
-from lavislike.models.base import params_on_meta
+from lavislike.models.meta_init import params_on_meta
 from lavislike.models.convert.keymap import check_keys, check_shapes
 from lavislike.registry import MODELS
 
@@ -87,7 +87,7 @@ def read_state(
     if fmt == "lavis":
         return model.convert_lavis_state(raw if raw is not None else read_lavis(source), source), fmt, False
     if fmt == "hf":
-        from lavislike.models.convert.hf import read_hf_state
+        from lavislike.models.image_encoders.weights import read_hf_state
 
         return model.convert_hf_state(read_hf_state(source), source), fmt, False
     from lavislike.models.image_encoders.weights import read_safetensors

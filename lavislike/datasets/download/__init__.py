@@ -18,7 +18,7 @@ from lavislike.datasets.download.core import (
     download,
 )
 from lavislike.datasets.download.crawled import annotations_from_img2dataset
-from lavislike.datasets.download.fetch import Checksums, fetch
+from lavislike.common.fetch import Checksums, fetch
 
 __all__ = [
     "Checksums",

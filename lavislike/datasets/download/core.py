@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Sequence
 from lavislike.common.paths import cache_dir
 from lavislike.common.suggest import did_you_mean
 from lavislike.datasets.download import archive as archive_mod
-from lavislike.datasets.download.fetch import Checksums, fetch, is_complete, sidecar_path
+from lavislike.common.fetch import Checksums, fetch, is_complete, sidecar_path
 from lavislike.datasets.download.sources import (
     CORPORA,
     Manual,

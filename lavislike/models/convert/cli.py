@@ -16,7 +16,7 @@ def convert_main(args: argparse.Namespace) -> None:
     lavislike folder carries its config; an HF folder builds ``blip2_image_text_matching``
     unless ``--arch`` names another model.
     """
-    from lavislike.models.convert.hf import from_hf
+    from lavislike.models.convert.from_hf import from_hf
     from lavislike.models.loading import checkpoint_format, load_model, saved_config
 
     fmt = checkpoint_format(args.src)

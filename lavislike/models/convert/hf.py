@@ -1,6 +1,6 @@
 """Hugging Face ``transformers`` BLIP-2 folders <-> lavislike models (stage 1).
 
-* :func:`from_hf` builds ``blip2_image_text_matching`` from a ``Blip2ForImageTextRetrieval``
+* :func:`from_hf_retrieval` builds ``blip2_image_text_matching`` from a ``Blip2ForImageTextRetrieval``
   folder or hub id: the architecture from its ``config.json``, the tokenizer from its files.
 * :func:`save_hf` writes a folder ``Blip2ForImageTextRetrieval.from_pretrained`` loads with
   the same outputs. The Q-Former LM head and the ITC temperature have no place there and
@@ -27,6 +27,7 @@ from lavislike.models.convert.keymap import (
     split_prefix,
 )
 from lavislike.models.convert.lavis import qformer_rules
+from lavislike.models.image_encoders.weights import local_folder, read_hf_state, require_tokenizer  # noqa: F401  (read_hf_state: public here too)
 
 logger = logging.getLogger(__name__)
 
@@ -52,52 +53,6 @@ HF_RETRIEVAL = HF_QFORMER + KeyMap(
 HF_DROP: tuple[str, ...] = (r"embeddings\.position_ids",)
 # what a Blip2ForImageTextRetrieval folder cannot hold
 HF_RETRIEVAL_ALLOW_MISSING: tuple[str, ...] = (r"qformer\.lm_head\..*", r"temp")
-
-
-def local_folder(source: str | os.PathLike) -> Path:
-    """A local folder for ``source`` (downloaded from the hub when it is a repo id)."""
-    path = Path(source)
-    if path.is_dir():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(str(source)))
-    except Exception as exc:
-        raise CheckpointError(
-            f"'{source}' is neither a folder nor a reachable Hugging Face hub id "
-            f"({type(exc).__name__})"
-        ) from None
-
-
-def read_hf_state(source: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of an HF model folder or hub id (safetensors, else pytorch_model*.bin)."""
-    from lavislike.models.image_encoders.weights import load_state_dict_file
-
-    folder = local_folder(source)
-    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
-    if not files:
-        raise CheckpointError(f"{folder}: no *.safetensors or pytorch_model*.bin weights found")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:  # damaged files and hostile pickles raise one line naming the file
-        state.update(load_state_dict_file(f))
-    return state
-
-
-# what a folder needs for AutoTokenizer to read a real vocabulary (transformers 5 builds a
-# one-token tokenizer from a folder holding none of them, without an error)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt",
-                   "sentencepiece.bpe.model")
-
-
-def require_tokenizer(folder: str | os.PathLike, key: str) -> None:
-    """Raise naming ``folder`` when it is a local folder without tokenizer files."""
-    path = Path(folder)
-    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise CheckpointError(
-            f"{key}='{folder}' has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); "
-            "save the tokenizer there or point the key at one"
-        )
 
 
 def convert_hf_state(
@@ -217,12 +172,10 @@ def hf_qformer_config(model: nn.Module, text_input: bool) -> dict[str, Any]:
 
 
 # -- entry points ---------------------------------------------------------------------------
-def from_hf(source: str | os.PathLike, device: str | torch.device = "cpu", is_eval: bool = True,
-            **overrides: Any) -> nn.Module:
-    """A model from a Hugging Face BLIP-2 folder or hub id.
-
-    ``Blip2ForImageTextRetrieval`` gives ``blip2_image_text_matching``;
-    ``Blip2ForConditionalGeneration`` gives ``blip2_opt`` / ``blip2_t5`` (by its LLM).
+def from_hf_retrieval(source: str | os.PathLike, device: str | torch.device = "cpu", is_eval: bool = True,
+                      **overrides: Any) -> nn.Module:
+    """``blip2_image_text_matching`` from a ``Blip2ForImageTextRetrieval`` folder or hub id
+    (:func:`lavislike.models.convert.from_hf.from_hf` picks this or the stage-2 builder).
 
     Args:
         source: folder or hub id.
@@ -233,10 +186,6 @@ def from_hf(source: str | os.PathLike, device: str | torch.device = "cpu", is_ev
     from lavislike.models.loading import load_model
 
     folder, hf, archs = read_hf_config(source)
-    if "Blip2ForConditionalGeneration" in archs:
-        from lavislike.models.convert.hf_llm import from_hf_llm
-
-        return from_hf_llm(folder, device=device, is_eval=is_eval, **overrides)
     if getattr(hf, "model_type", None) != "blip-2" or (archs and "Blip2ForImageTextRetrieval" not in archs):
         raise CheckpointError(
             f"{folder}: from_hf builds blip2_image_text_matching from a Blip2ForImageTextRetrieval "

@@ -21,7 +21,6 @@ from torch.utils.checkpoint import checkpoint
 from lavislike.common.paths import require_local
 from lavislike.errors import CheckpointError, ConfigError
 from lavislike.models.freezing import (
-    FrozenAwareMixin,
     cast_precision,
     cpu_fp16_fallback,
     freeze,
@@ -96,7 +95,7 @@ def resize_pos_embed(
     return out[0] if squeeze else out
 
 
-class ImageEncoder(FrozenAwareMixin, nn.Module, metaclass=abc.ABCMeta):
+class ImageEncoder(nn.Module, metaclass=abc.ABCMeta):
     """Base of every registered image encoder.
 
     Attributes:

@@ -14,7 +14,8 @@ import torch
 from lavislike.common.paths import cache_path
 from lavislike.errors import CheckpointError
 
-__all__ = ["load_state_dict_file", "load_weights", "read_safetensors", "unwrap_state_dict"]
+__all__ = ["load_state_dict_file", "load_weights", "local_folder", "read_hf_state", "read_safetensors",
+           "require_tokenizer", "unwrap_state_dict"]
 
 _HUB_PREFIX = "hf-hub:"
 _WRAPPER_KEYS = ("model", "state_dict", "module")
@@ -64,18 +65,13 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _download(url: str) -> Path:
-    target = cache_path("weights", Path(urlparse(url).path).name or "weights.pth")
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # download_url_to_file writes a temp file and renames it: no torn files
-        try:
-            torch.hub.download_url_to_file(url, str(target), progress=True)
-        except OSError as exc:  # URLError, HTTPError, connection resets
-            raise CheckpointError(
-                f"cannot download {url} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                f"download it to {target} or point the config at a local copy"
-            ) from None
-    return target
+    """The cached copy of ``url`` (fetched once, resumable; ``#sha256=<hex>`` is checked)."""
+    from lavislike.common.fetch import Checksums, fetch
+
+    address, _, fragment = url.partition("#")
+    sha256 = fragment[len("sha256="):] if fragment.startswith("sha256=") else None
+    target = cache_path("weights", Path(urlparse(address).path).name or "weights.pth")
+    return fetch(address, target, Checksums(sha256=sha256), error=CheckpointError)
 
 
 def _load_hub(repo_id: str, key_prefix: str) -> dict[str, torch.Tensor]:
@@ -112,7 +108,9 @@ def load_weights(source: str, hub_key_prefix: str = "vision_model.") -> dict[str
     """Read a state dict from a local file, an ``https://`` URL or a hub repo id.
 
     Args:
-        source: a file path, a URL (downloaded once into the cache), or a Hugging Face
+        source: a file path, a URL (downloaded once into the cache through
+            :func:`lavislike.common.fetch.fetch`, resumable; a ``#sha256=<hex>`` suffix is
+            verified), or a Hugging Face
             repo id (``Salesforce/blip2-itm-vit-g`` or ``hf-hub:Salesforce/...``).
         hub_key_prefix: only tensors under this prefix are read from hub repos (a BLIP-2
             repo also holds the Q-Former and the LLM).
@@ -131,3 +129,47 @@ def load_weights(source: str, hub_key_prefix: str = "vision_model.") -> dict[str
         f"pretrained '{source}' is neither a file, an http(s) URL nor a hub repo id "
         "(org/name)"
     )
+
+
+def local_folder(source: str | os.PathLike) -> Path:
+    """A local folder for ``source`` (downloaded from the hub when it is a repo id)."""
+    path = Path(source)
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(source)))
+    except Exception as exc:
+        raise CheckpointError(
+            f"'{source}' is neither a folder nor a reachable Hugging Face hub id "
+            f"({type(exc).__name__})"
+        ) from None
+
+
+def read_hf_state(source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of an HF model folder or hub id (safetensors, else pytorch_model*.bin)."""
+    folder = local_folder(source)
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise CheckpointError(f"{folder}: no *.safetensors or pytorch_model*.bin weights found")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:  # damaged files and hostile pickles raise one line naming the file
+        state.update(load_state_dict_file(f))
+    return state
+
+
+# what a folder needs for AutoTokenizer to read a real vocabulary (transformers 5 builds a
+# one-token tokenizer from a folder holding none of them, without an error)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt",
+                   "sentencepiece.bpe.model")
+
+
+def require_tokenizer(folder: str | os.PathLike, key: str) -> None:
+    """Raise naming ``folder`` when it is a local folder without tokenizer files."""
+    path = Path(folder)
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"{key}='{folder}' has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...); "
+            "save the tokenizer there or point the key at one"
+        )

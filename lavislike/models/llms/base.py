@@ -19,39 +19,21 @@ Interface used by :mod:`lavislike.models.blip2_llm`:
 from __future__ import annotations
 
 import abc
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
-from lavislike.common.paths import require_local
+from lavislike.common.paths import require_local, resolve_package_path
 from lavislike.common.suggest import did_you_mean
 from lavislike.errors import CheckpointError, ConfigError
-from lavislike.models.convert.hf import require_tokenizer
+from lavislike.models.image_encoders.weights import require_tokenizer
 from lavislike.models.llms.tying import declared_tied, embedding_names, is_tied, set_tied_, tying_in_state
+from lavislike.models.meta_init import real_parameters
 
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# captured at import, before any model build can patch it (loading.params_on_meta)
-_REGISTER_PARAMETER = nn.Module.register_parameter
-
-
-@contextlib.contextmanager
-def real_parameters() -> Iterator[None]:
-    """Create real parameters even inside ``params_on_meta()``.
-
-    A model built on ``meta`` gets its weights from a checkpoint; a frozen LLM's weights are
-    not in BLIP-2 checkpoints but in ``llm.path``, so they are read for real while the rest
-    stays on ``meta``.
-    """
-    current = nn.Module.register_parameter
-    nn.Module.register_parameter = _REGISTER_PARAMETER
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = current
 
 
 @dataclass
@@ -108,13 +90,33 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def build_hf_config(cfg: Any):
-    """The ``transformers`` config for ``cfg`` (``hf_config`` dict or ``path``'s config.json)."""
+def known_config(path: Optional[str]) -> Optional[dict]:
+    """The architecture facts ``known_configs.yaml`` keeps for hub id ``path`` (or None)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    known = OmegaConf.load(Path(__file__).with_name("known_configs.yaml"))
+    return OmegaConf.to_container(known[path]) if path in known else None
+
+
+def build_hf_config(cfg: Any, known_fallback: bool = False):
+    """The ``transformers`` config for ``cfg`` (``hf_config`` dict or ``path``'s config.json).
+
+    Args:
+        known_fallback: when ``path``'s config.json cannot be read, use the facts
+            ``known_configs.yaml`` keeps for it (for builds that read no weights from ``path``).
+    """
     from transformers import AutoConfig
 
     overrides = dict(_plain(cfg.config_overrides) or {})
-    if cfg.hf_config is not None:
-        data = dict(_plain(cfg.hf_config))
+    data = dict(_plain(cfg.hf_config)) if cfg.hf_config is not None else None
+    if data is None and known_fallback and known_config(cfg.path) is not None:
+        try:
+            return AutoConfig.from_pretrained(str(cfg.path), **overrides)
+        except OSError:  # offline and not cached: the kept facts describe the same model
+            data = known_config(cfg.path)
+    if data is not None:
         model_type = data.pop("model_type", None)
         if model_type is None:
             raise ConfigError("llm.hf_config needs a 'model_type' (e.g. opt, t5, llama)")
@@ -145,7 +147,12 @@ def raw_config(cfg: Any) -> dict:
 
     data = dict(_plain(cfg.hf_config)) if cfg.hf_config is not None else {}
     if cfg.hf_config is None and cfg.path:
-        data = PretrainedConfig.get_config_dict(str(cfg.path))[0]
+        try:
+            data = PretrainedConfig.get_config_dict(str(cfg.path))[0]
+        except OSError:  # offline and not cached: the kept facts, as build_hf_config uses them
+            if known_config(cfg.path) is None:
+                raise
+            data = dict(known_config(cfg.path))
     return {**data, **dict(_plain(cfg.config_overrides) or {})}
 
 
@@ -192,11 +199,12 @@ class LLMAdapter(nn.Module, abc.ABC):
         device = torch.device(device) if device is not None else torch.get_default_device()
         dtype = resolve_dtype(cfg.dtype, cls.GPU_DTYPE, device)
         auto = getattr(transformers, cls.AUTO_CLASS)
-        hf_config = build_hf_config(cfg)
+        reads_weights = cfg.load_weights and device.type != "meta" and cfg.hf_config is None
+        hf_config = build_hf_config(cfg, known_fallback=not reads_weights)
         kwargs = {}
         if cfg.attn_implementation:
             kwargs["attn_implementation"] = cfg.attn_implementation
-        if cfg.load_weights and device.type != "meta" and cfg.hf_config is None:
+        if reads_weights:
             import importlib.util
 
             # straight to the GPU needs accelerate's device_map; without it: CPU, then move
@@ -229,16 +237,14 @@ class LLMAdapter(nn.Module, abc.ABC):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            from lavislike.models.base import resolve_tokenizer_path
-
             source = self.cfg.tokenizer or self.cfg.path
             if not source:
                 raise ConfigError("llm.tokenizer and llm.path are both unset: nothing to read a tokenizer from")
             require_local(source, "model.llm.tokenizer" if self.cfg.tokenizer else "model.llm.path", CheckpointError)
             key = "llm.tokenizer" if self.cfg.tokenizer else "llm.path"
-            require_tokenizer(resolve_tokenizer_path(str(source)), key)
+            require_tokenizer(resolve_package_path(str(source)), key)
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(resolve_tokenizer_path(str(source)))
+                self._tokenizer = AutoTokenizer.from_pretrained(resolve_package_path(str(source)))
             except (OSError, ValueError) as exc:
                 raise CheckpointError(f"{key}='{source}': cannot load the tokenizer ({_one_line(exc)})") from None
             self._setup_tokenizer(self._tokenizer)
@@ -288,12 +294,6 @@ class LLMAdapter(nn.Module, abc.ABC):
     @property
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
-
-    def train(self, mode: bool = True) -> "LLMAdapter":
-        super().train(mode)
-        if self.cfg.freeze:
-            self.model.eval()
-        return self
 
     # -- shared helpers -----------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""Resumable, verified HTTP downloads of single files.
+"""Resumable, verified HTTP downloads of single files: the one client for every URL
+(data archives in :mod:`lavislike.datasets.download`, weights in
+:mod:`lavislike.models.image_encoders.weights`; hub ids go through ``huggingface_hub``).
 
 A download writes into ``<dest>.part`` and resumes it with an HTTP ``Range`` request
 after an interruption; the file appears under its real name only after its length
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from lavislike.errors import DataError
+from lavislike.errors import DataError, LavislikeError
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +139,7 @@ def fetch(
     record: bool = True,
     backoff: float = 2.0,
     progress: Callable[[int, int | None], None] | None = None,
+    error: type[LavislikeError] = DataError,
 ) -> Path:
     """Download ``url`` to ``dest`` unless a complete, verified copy is already there.
 
@@ -152,12 +155,13 @@ def fetch(
             thousands of small files, where the final rename is proof enough).
         backoff: base of the exponential wait (seconds) between retries.
         progress: called with (bytes so far, total bytes or None).
+        error: the error class raised (``CheckpointError`` for weights).
 
     Returns:
         ``dest`` as a Path.
 
     Raises:
-        DataError: the server refuses, the transfer stays incomplete after
+        DataError: (or ``error``) the server refuses, the transfer stays incomplete after
             ``retries`` attempts, or a checksum / size does not match.
     """
     dest = Path(dest)
@@ -176,10 +180,10 @@ def fetch(
             break
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             if isinstance(exc, urllib.error.HTTPError) and exc.code not in (408, 429, 500, 502, 503, 504):
-                raise DataError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
+                raise error(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
             attempt += 1
             if attempt > retries:
-                raise DataError(
+                raise error(
                     f"download of {url} failed after {retries} retries: {exc}; run the same "
                     f"command again to resume from {part}"
                 ) from None
@@ -193,7 +197,7 @@ def fetch(
     problem = _mismatch(expected, digests, size)
     if problem:
         part.unlink()
-        raise DataError(f"download of {url} to {dest} is corrupt: {problem}; the partial file was deleted, run again")
+        raise error(f"download of {url} to {dest} is corrupt: {problem}; the partial file was deleted, run again")
     os.replace(part, dest)
     if record:
         _write_record(dest, url, digests)
