@@ -1,7 +1,10 @@
 """Data loading for the runners: rank sharding, deterministic order, resumable position.
 
 The training order of a map-style dataset is a pure function of (seed, data epoch), so a
-resumed run re-creates it and starts at the saved position instead of replaying batches.
+resumed run re-creates it and starts at the saved position instead of replaying batches;
+each sample's random augmentation is seeded from (seed, data epoch, index)
+(:mod:`lavislike.datasets.sample_seed`), so it does not depend on the DataLoader worker
+that loads it.
 Streamed (iterable) datasets are skipped ahead by reading and dropping batches.
 
 One training corpus is read by a :class:`TrainStream`. Several are mixed by
@@ -19,6 +22,7 @@ import zlib
 from typing import Any, Callable, Iterator
 
 import torch
+from lavislike.datasets.sample_seed import SeededSamples
 from lavislike.errors import ConfigError, DataError
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Sampler
 
@@ -177,7 +181,9 @@ class TrainStream:
             return itertools.islice(iter(loader), self.consumed, None)
         self.sampler.set_epoch(self.epoch)
         self.sampler.set_start(self.consumed * self.batch_size)
-        loader = make_loader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+        # augmentation seeded per (seed, epoch, index): the same crops whichever worker loads a sample
+        seeded = SeededSamples(self.dataset, self.seed, self.epoch)
+        loader = make_loader(seeded, batch_size=self.batch_size, num_workers=self.num_workers,
                              collate_fn=self.collate_fn, sampler=self.sampler, drop_last=True,
                              seed=loader_seed, pin_memory=self.pin_memory)
         return iter(loader)
