@@ -5,7 +5,9 @@ resumed run re-creates it and starts at the saved position instead of replaying 
 each sample's random augmentation is seeded from (seed, data epoch, index)
 (:mod:`lavislike.datasets.sample_seed`), so it does not depend on the DataLoader worker
 that loads it.
-Streamed (iterable) datasets are skipped ahead by reading and dropping batches.
+A streamed dataset with ``at_position`` (LAION's webdataset shards) starts at the saved
+position without decoding what was consumed; other streams are skipped ahead by reading
+and dropping batches.
 
 One training corpus is read by a :class:`TrainStream`. Several are mixed by
 :class:`MixedTrainStream` as LAVIS's ``MultiIterLoader`` does: each micro-batch comes
@@ -23,6 +25,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from lavislike.datasets.sample_seed import SeededSamples
+from lavislike.datasets.shard_stream import StreamPosition
 from lavislike.errors import ConfigError, DataError
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Sampler
 
@@ -155,6 +158,7 @@ class TrainStream:
         self.sampler = None if self.streamed else ShardedSampler(
             len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size, pad=True,
             batch_size=batch_size)
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.consumed = epoch, consumed
         self._it: Iterator | None = None
 
@@ -173,11 +177,15 @@ class TrainStream:
     def _open(self) -> Iterator:
         loader_seed = self.seed * 1009 + self.epoch
         if self.streamed:
-            loader = make_loader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+            at_position = getattr(self.dataset, "at_position", None)
+            dataset = self.dataset if at_position is None else at_position(StreamPosition(
+                self.seed, self.epoch, self.consumed, self.batch_size, self.rank, self.world_size))
+            loader = make_loader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
                                  collate_fn=self.collate_fn, sampler=None, drop_last=True, seed=loader_seed,
                                  pin_memory=self.pin_memory)
-            if self.consumed:
-                logger.info("resume: skipping %d streamed batches", self.consumed)
+            if at_position is not None or not self.consumed:
+                return iter(loader)
+            logger.info("resume: skipping %d streamed batches by reading them", self.consumed)
             return itertools.islice(iter(loader), self.consumed, None)
         self.sampler.set_epoch(self.epoch)
         self.sampler.set_start(self.consumed * self.batch_size)
