@@ -3,6 +3,7 @@ train (outputs), kill -9 + resume (same weights as an uninterrupted run), evalua
 convert, and a run script under torchrun with two processes (gloo)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -132,6 +134,54 @@ def test_killed_run_resumes_to_the_same_weights(cache, tmp_path, processor, work
     assert not torch.equal(first["qformer.query_tokens"], a["qformer.query_tokens"])
 
 
+def write_shards(root: Path, n_shards: int = 3, per_shard: int = 7) -> str:
+    """Webdataset shards of noise JPEGs with two candidate captions each; returns the pattern."""
+    import webdataset as wds
+    from PIL import Image
+
+    folder = root / "laion" / "shards"
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(n_shards):
+        with wds.TarWriter(str(folder / f"{s:05d}.tar")) as sink:
+            for i in range(per_shard):
+                pixels = np.random.default_rng(s * 100 + i).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(pixels).save(buf, format="JPEG")
+                sink.write({"__key__": f"{s:05d}{i:04d}", "jpg": buf.getvalue(),
+                            "json": {"caption": [f"thing {s} {i}", f"a photo of item {i} in {s}"]}})
+    return f"laion/shards/{{00000..{n_shards - 1:05d}}}.tar"
+
+
+@pytest.mark.parametrize("resampled", [True, False])
+def test_killed_stream_run_resumes_to_the_same_weights(cache, tmp_path, resampled):
+    """The same on LAION webdataset shards read by two workers (random crops, a random caption
+    of two per sample, shuffle buffer, and with resampled: false an epoch end mid-run):
+    resuming after kill -9 gives the uninterrupted run's weights."""
+    pattern = write_shards(cache)
+
+    def config(name: str) -> Path:
+        cfg = yaml.safe_load(stage1_config(tmp_path / f"{name}.yaml", tmp_path / name).read_text())
+        cfg["datasets"] = {"laion": {"build_info": {"storage": pattern}, "resampled": resampled, "shuffle_buffer": 4,
+                                     "vis_processor": {"train": {"name": "blip2_image_train", "image_size": 32},
+                                                       "eval": {"name": "blip_image_eval", "image_size": 32}}}}
+        cfg["run"].update(runner="runner_iter", max_iters=6, iters_per_inner_epoch=6, batch_size_train=4,
+                          ckpt_every_steps=1, keep_last_checkpoints=20, num_workers=2)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        return tmp_path / f"{name}.yaml"
+
+    full = tmp_path / "full"
+    res = lavislike(cache, "train", "--cfg-path", str(config("full")))
+    assert res.returncode == 0, res.stderr[-3000:]
+    cut = tmp_path / "cut"
+    cfg = config("cut")
+    killed_at = kill_after_first_checkpoint(cache, cfg, cut)
+    assert 1 <= killed_at < 6
+    res = lavislike(cache, "train", "--cfg-path", str(cfg), "run.resume=true")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "skipping" not in res.stderr  # no batch was read again
+    assert_same_weights(final_weights(full), final_weights(cut))
+
+
 def test_evaluate_retrieval_prints_and_writes_recall(cache, tmp_path):
     out = tmp_path / "eval"
     cfg = {
@@ -233,13 +283,12 @@ def test_pretrain_stage1_script_with_two_processes(cache, tmp_path, fake_venv):
     assert [r["step"] for r in train if r["split"] == "train"] == [1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("runner", ["runner_base", "runner_iter"])
-def test_every_sample_bad_stops_with_one_line(cache, tmp_path, runner):
+def test_every_sample_bad_stops_with_one_line(cache, tmp_path):
     """A media folder that exists but holds none of the corpus's images makes every sample
     bad: the run must stop at once (exit 2, one line naming the dataset, a file and the
     reason), not draw replacement batches forever."""
     (cache / "synthetic" / "elsewhere").mkdir(exist_ok=True)
-    cfg = stage1_config(tmp_path / "exp.yaml", tmp_path / "out", runner=runner, max_iters=4)
+    cfg = stage1_config(tmp_path / "exp.yaml", tmp_path / "out", runner="runner_iter", max_iters=4)
     res = lavislike(cache, "train", "--cfg-path", str(cfg),
                     f"datasets.synthetic_retrieval.build_info.images.storage={cache}/synthetic/elsewhere", timeout=60)
     assert res.returncode == 2, res.stderr[-3000:]

@@ -89,15 +89,20 @@ def test_one_pass_reads_every_sample_once_split_between_ranks_and_workers(shards
     assert sorted(seen) == sorted(keys)
 
 
-def test_resume_decodes_nothing_it_skips(shards, monkeypatch):
-    """Skipping 5 batches (10 samples: two whole shards) opens no image of them."""
+@pytest.mark.parametrize("consumed, buffer", [(5, 0), (6, 0), (6, 3)])
+def test_resume_decodes_nothing_it_skips(shards, monkeypatch, consumed, buffer):
+    """Skipping 5 batches (10 samples: two whole shards) or 6 (two shards and two samples of
+    the third, buffer-shuffled or not) makes items of the next batch's samples only."""
     urls, _ = shards
     opened = []
     real = LaionDataset.to_item
     monkeypatch.setattr(LaionDataset, "to_item", lambda self, s, rng: opened.append(s["__key__"]) or real(self, s, rng))
-    s = stream(dataset(urls, resampled=False, shuffle_buffer=0), 0)
-    s.load_state_dict({"data_epoch": 0, "consumed": 5, "sampler_seed": 7})
-    s.next()
+    full = stream(dataset(urls, resampled=False, shuffle_buffer=buffer), 0)
+    expected = batches(full, consumed + 1)[-1]
+    opened.clear()
+    s = stream(dataset(urls, resampled=False, shuffle_buffer=buffer), 0)
+    s.load_state_dict({"data_epoch": 0, "consumed": consumed, "sampler_seed": 7})
+    same(batches(s, 1), [expected])
     assert len(opened) == 2
 
 
