@@ -154,9 +154,8 @@ class BadSampleTracker:
         if self.max_bad_samples is not None and len(self.skipped) > self.max_bad_samples:
             raise DataError(
                 f"{len(self.skipped)} bad samples this epoch, more than max_bad_samples="
-                f"{self.max_bad_samples}; last: {new[-1].describe()}. "
-                f"Fix or remove the files, or raise max_bad_samples in the dataset block.\n"
-                + self.report()
+                f"{self.max_bad_samples}; last: {new[-1].describe()} ({self.summary()}). "
+                f"Fix or remove the files, or raise max_bad_samples in the dataset block."
             )
 
     def add_dataset(self, dataset) -> None:
@@ -227,7 +226,7 @@ class BadSampleTracker:
         if self.max_bad_fraction is not None and st["fraction"] > self.max_bad_fraction:
             raise DataError(
                 f"{st['fraction']:.2%} of samples were bad this epoch, more than "
-                f"max_bad_fraction={self.max_bad_fraction}.\n{text}"
+                f"max_bad_fraction={self.max_bad_fraction} ({self.summary()})"
             )
         if st["skipped"]:
             logger.warning(text)
