@@ -57,16 +57,18 @@ def shuffle_buffer(items: Iterable, size: int, rng: random.Random) -> Iterator:
         yield from items
         return
     buf: list = []
+
+    def draw():
+        k = rng.randrange(len(buf))
+        buf[k], buf[-1] = buf[-1], buf[k]
+        return buf.pop()
+
     for item in items:
         buf.append(item)
         if len(buf) >= size:
-            k = rng.randrange(len(buf))
-            buf[k], buf[-1] = buf[-1], buf[k]
-            yield buf.pop()
+            yield draw()
     while buf:
-        k = rng.randrange(len(buf))
-        buf[k], buf[-1] = buf[-1], buf[k]
-        yield buf.pop()
+        yield draw()
 
 
 def tar_samples(url: str, want: Callable[[int], bool] = lambda i: True) -> Iterator[tuple[int, dict | None]]:

@@ -173,7 +173,7 @@ class LaionDataset(IterableDataset):
             shares, turn = worker_shares(pos.batches, self._worker_totals(draw, pos, workers, limit))
             worker = (turn + worker) % workers  # this loader asks its worker 0 first
             skip = shares[worker] * pos.batch_size
-        count, k = skip, pos.rank * workers + worker
+        count, k, empty = skip, pos.rank * workers + worker, 0
         while limit is None or count < limit:
             shard = draw(k)
             if shard is None:
@@ -183,7 +183,12 @@ class LaionDataset(IterableDataset):
                 skip -= self._count(url)
                 k += consumers
                 continue
+            empty += 1
+            if empty > 2 * len(self.urls) + 10:  # resampled unreadable shards would loop forever
+                raise DataError(f"{self.name}: no readable sample in {empty - 1} shard draws in a row "
+                                f"(last: {url}); check the shards")
             for i, raw in self._shard(url, random.Random(mix_seed(pos.seed, pos.epoch, k, -1)), skip):
+                empty = 0
                 seed = mix_seed(pos.seed, pos.epoch, k, i)
                 with sample_rng(seed):  # the same crop and caption wherever it is read
                     item = self.to_item(raw, random.Random(seed))
