@@ -222,7 +222,8 @@ class TrainStream:
 
     def position(self) -> dict:
         """JSON-ready data position (kept in the checkpoint's ``meta.json``)."""
-        return {"data_epoch": self.epoch, "consumed": self.consumed, "sampler_seed": self.seed}
+        return {"data_epoch": self.epoch, "consumed": self.consumed, "sampler_seed": self.seed,
+                "world_size": self.world_size, "num_workers": self.num_workers}
 
     def state_dict(self) -> dict:
         """What a resume needs (kept in the checkpoint's train state under ``data``)."""
@@ -236,6 +237,11 @@ class TrainStream:
             return
         if state.get("sampler_seed", self.seed) != self.seed:
             logger.warning("resume: run.seed changed since the checkpoint; the data order will differ")
+        split = (state.get("world_size", self.world_size), state.get("num_workers", self.num_workers))
+        if self.streamed and split != (self.world_size, self.num_workers):
+            logger.warning("resume: the checkpoint read the stream with %d processes x %d workers, this run "
+                           "uses %d x %d; a stream's order depends on them, so it will differ", *split,
+                           self.world_size, self.num_workers)
         self.epoch, self.consumed = int(state["data_epoch"]), int(state["consumed"])
         self._it = None
 

@@ -120,3 +120,14 @@ def test_counts_and_worker_shares(shards):
 def test_expand_shards_keeps_absolute_paths(shards):
     urls, _ = shards
     assert expand_shards(urls) == urls
+
+
+def test_resume_with_other_workers_warns(shards, caplog):
+    urls, _ = shards
+    first = stream(dataset(urls), 0)
+    batches(first, 2)
+    assert first.state_dict()["num_workers"] == 0 and first.state_dict()["world_size"] == 1
+    other = stream(dataset(urls), 2)
+    with caplog.at_level("WARNING"):
+        other.load_state_dict(first.state_dict())
+    assert "1 processes x 0 workers" in caplog.text and "1 x 2" in caplog.text
