@@ -93,7 +93,7 @@ def kill_after_first_checkpoint(cache: Path, cfg: Path, out: Path) -> int:
     proc = subprocess.Popen([sys.executable, "-m", "lavislike", "train", "--cfg-path", str(cfg)], cwd=REPO,
                             env=env_for(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = out / "checkpoints" / "latest"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 240
     while not latest.is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
@@ -115,7 +115,8 @@ def test_killed_run_resumes_to_the_same_weights(cache, tmp_path, processor, work
     resume; each sample's augmentation must not depend on which)."""
     run = {"max_epoch": 2, "ckpt_every_steps": 1, "keep_last_checkpoints": 20, "num_workers": workers}
     full = tmp_path / "full"
-    res = lavislike(cache, "train", "--cfg-path", str(stage1_config(tmp_path / "full.yaml", full, processor, **run)))
+    full_cfg = stage1_config(tmp_path / "full.yaml", full, processor, **run)
+    res = lavislike(cache, "train", "--cfg-path", str(full_cfg), timeout=300)  # generous: a loaded 2-core CI
     assert res.returncode == 0, res.stderr[-3000:]
 
     cut = tmp_path / "cut"
@@ -123,7 +124,7 @@ def test_killed_run_resumes_to_the_same_weights(cache, tmp_path, processor, work
     killed_at = kill_after_first_checkpoint(cache, cfg, cut)
     assert 1 <= killed_at < 8  # 2 epochs x 4 steps: killed mid-run
 
-    res = lavislike(cache, "train", "--cfg-path", str(cfg), "run.resume=true")
+    res = lavislike(cache, "train", "--cfg-path", str(cfg), "run.resume=true", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"global step {killed_at}" in res.stderr or f"step_{killed_at:09d}" in res.stderr
     assert (cut / "checkpoints" / "step_000000008").is_dir()
@@ -170,13 +171,13 @@ def test_killed_stream_run_resumes_to_the_same_weights(cache, tmp_path, resample
         return tmp_path / f"{name}.yaml"
 
     full = tmp_path / "full"
-    res = lavislike(cache, "train", "--cfg-path", str(config("full")))
+    res = lavislike(cache, "train", "--cfg-path", str(config("full")), timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     cut = tmp_path / "cut"
     cfg = config("cut")
     killed_at = kill_after_first_checkpoint(cache, cfg, cut)
     assert 1 <= killed_at < 6
-    res = lavislike(cache, "train", "--cfg-path", str(cfg), "run.resume=true")
+    res = lavislike(cache, "train", "--cfg-path", str(cfg), "run.resume=true", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert_same_weights(final_weights(full), final_weights(cut))
     assert "skipping" not in res.stderr  # no batch was read again
