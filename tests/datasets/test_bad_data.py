@@ -107,7 +107,7 @@ def test_all_bad_batches_stop_after_a_bound():
         tracker.consume(_batch(0, 4))
     msg = str(err.value)
     assert "\n" not in msg and "3 batches in a row" in msg
-    assert "coco/train[0] /imgs/0.jpg: missing file" in msg and "23 bad of 24: 23 x coco/train: missing file" in msg
+    assert "coco/train: /imgs/0.jpg: missing file" in msg and "23 bad of 24: 23 x coco/train: missing file" in msg
 
 
 def test_bad_fraction_checked_mid_epoch_after_a_minimum():
