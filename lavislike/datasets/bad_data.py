@@ -9,7 +9,10 @@ processing, or whose annotation row lacks a field is *bad*. Datasets never hand 
   under ``batch["bad_samples"]``, so the record crosses DataLoader worker processes with
   the batch. The runner feeds every batch to :meth:`BadSampleTracker.consume`, which
   counts, raises :class:`~lavislike.errors.DataError` once ``max_bad_samples`` is passed,
-  and at :meth:`BadSampleTracker.end_epoch` reports every file and reason (and checks
+  after ``max_bad_batches_in_row`` batches in a row without a usable sample (a wrong media
+  folder makes every sample bad, and an epoch that never ends never reaches its check), or
+  once ``max_bad_fraction`` is passed after at least ``min_seen_for_fraction`` samples; at
+  :meth:`BadSampleTracker.end_epoch` it reports every file and reason (and checks
   ``max_bad_fraction``).
 * **strict** (``strict: true`` in the dataset block): the first bad sample raises
   :class:`~lavislike.errors.DataError` naming the file.
@@ -97,9 +100,13 @@ class BadSampleTracker:
     Args:
         max_bad_samples: stop (DataError) when more than this many samples were skipped
             in the epoch; None for no absolute limit.
-        max_bad_fraction: stop at epoch end when skipped / seen exceeds this; None for
-            no limit.
+        max_bad_fraction: stop when skipped / seen exceeds this, at epoch end or as soon as
+            ``min_seen_for_fraction`` samples were seen in the epoch; None for no limit.
         max_report: how many individual files the epoch report lists.
+        max_bad_batches_in_row: stop after this many consecutive batches without a usable
+            sample (the runner would otherwise draw replacements forever).
+        min_seen_for_fraction: samples seen in the epoch before the fraction is checked
+            mid-epoch (the first few batches say little about the whole corpus).
     """
 
     def __init__(
@@ -107,11 +114,16 @@ class BadSampleTracker:
         max_bad_samples: int | None = None,
         max_bad_fraction: float | None = None,
         max_report: int = 20,
+        max_bad_batches_in_row: int = 20,
+        min_seen_for_fraction: int = 1000,
     ):
         self.max_bad_samples = max_bad_samples
         self.max_bad_fraction = max_bad_fraction
         self.max_report = max_report
+        self.max_bad_batches_in_row = max_bad_batches_in_row
+        self.min_seen_for_fraction = min_seen_for_fraction
         self.total_bad = 0
+        self.bad_batches_in_row = 0
         self.reset()
 
     @classmethod
@@ -142,9 +154,8 @@ class BadSampleTracker:
         if self.max_bad_samples is not None and len(self.skipped) > self.max_bad_samples:
             raise DataError(
                 f"{len(self.skipped)} bad samples this epoch, more than max_bad_samples="
-                f"{self.max_bad_samples}; last: {new[-1].describe()}. "
-                f"Fix or remove the files, or raise max_bad_samples in the dataset block.\n"
-                + self.report()
+                f"{self.max_bad_samples}; last: {new[-1].describe()} ({self.summary()}). "
+                f"Fix or remove the files, or raise max_bad_samples in the dataset block."
             )
 
     def add_dataset(self, dataset) -> None:
@@ -159,11 +170,31 @@ class BadSampleTracker:
 
         Returns:
             False when the batch holds no usable sample (skip the step), else True.
+
+        Raises:
+            DataError: past ``max_bad_samples``, ``max_bad_batches_in_row`` or (after
+                ``min_seen_for_fraction`` samples) ``max_bad_fraction``.
         """
         self.add(batch.pop(BAD_SAMPLES_KEY, []))
         n = batch_size(batch)
         self.seen += n
+        self.bad_batches_in_row = 0 if n > 0 else self.bad_batches_in_row + 1
+        if self.bad_batches_in_row >= self.max_bad_batches_in_row:
+            raise DataError(f"{self.bad_batches_in_row} batches in a row held no usable sample "
+                            f"({self.summary()}); is the media folder (build_info.images / videos) right?")
+        st = self.stats()
+        if (self.max_bad_fraction is not None and st["seen"] >= self.min_seen_for_fraction
+                and st["fraction"] > self.max_bad_fraction):
+            raise DataError(f"{st['fraction']:.2%} of the first {st['seen']} samples this epoch were bad, more than "
+                            f"max_bad_fraction={self.max_bad_fraction} ({self.summary()})")
         return n > 0
+
+    def summary(self, files: int = 3) -> str:
+        """One line: bad count per dataset and reason, and the first ``files`` bad files."""
+        counts = Counter((s.dataset or "?", s.reason) for s in self.skipped)
+        parts = [f"{n} x {name}: {reason}" for (name, reason), n in counts.most_common(3)]
+        first = "; ".join(s.describe() for s in self.skipped[:files])
+        return f"{len(self.skipped)} bad of {self.seen}: {', '.join(parts)}; first: {first}"
 
     # -- reporting --------------------------------------------------------------------
     def stats(self) -> dict:
@@ -195,7 +226,7 @@ class BadSampleTracker:
         if self.max_bad_fraction is not None and st["fraction"] > self.max_bad_fraction:
             raise DataError(
                 f"{st['fraction']:.2%} of samples were bad this epoch, more than "
-                f"max_bad_fraction={self.max_bad_fraction}.\n{text}"
+                f"max_bad_fraction={self.max_bad_fraction} ({self.summary()})"
             )
         if st["skipped"]:
             logger.warning(text)

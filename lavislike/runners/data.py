@@ -1,8 +1,13 @@
 """Data loading for the runners: rank sharding, deterministic order, resumable position.
 
 The training order of a map-style dataset is a pure function of (seed, data epoch), so a
-resumed run re-creates it and starts at the saved position instead of replaying batches.
-Streamed (iterable) datasets are skipped ahead by reading and dropping batches.
+resumed run re-creates it and starts at the saved position instead of replaying batches;
+each sample's random augmentation is seeded from (seed, data epoch, index)
+(:mod:`lavislike.datasets.sample_seed`), so it does not depend on the DataLoader worker
+that loads it.
+A streamed dataset with ``at_position`` (LAION's webdataset shards) starts at the saved
+position without decoding what was consumed; other streams are skipped ahead by reading
+and dropping batches.
 
 One training corpus is read by a :class:`TrainStream`. Several are mixed by
 :class:`MixedTrainStream` as LAVIS's ``MultiIterLoader`` does: each micro-batch comes
@@ -19,6 +24,8 @@ import zlib
 from typing import Any, Callable, Iterator
 
 import torch
+from lavislike.datasets.sample_seed import SeededSamples
+from lavislike.datasets.shard_stream import StreamPosition
 from lavislike.errors import ConfigError, DataError
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Sampler
 
@@ -151,6 +158,7 @@ class TrainStream:
         self.sampler = None if self.streamed else ShardedSampler(
             len(dataset), shuffle=True, seed=seed, rank=rank, world_size=world_size, pad=True,
             batch_size=batch_size)
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.consumed = epoch, consumed
         self._it: Iterator | None = None
 
@@ -169,15 +177,21 @@ class TrainStream:
     def _open(self) -> Iterator:
         loader_seed = self.seed * 1009 + self.epoch
         if self.streamed:
-            loader = make_loader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+            at_position = getattr(self.dataset, "at_position", None)
+            dataset = self.dataset if at_position is None else at_position(StreamPosition(
+                self.seed, self.epoch, self.consumed, self.batch_size, self.rank, self.world_size))
+            loader = make_loader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
                                  collate_fn=self.collate_fn, sampler=None, drop_last=True, seed=loader_seed,
                                  pin_memory=self.pin_memory)
-            if self.consumed:
-                logger.info("resume: skipping %d streamed batches", self.consumed)
+            if at_position is not None or not self.consumed:
+                return iter(loader)
+            logger.info("resume: skipping %d streamed batches by reading them", self.consumed)
             return itertools.islice(iter(loader), self.consumed, None)
         self.sampler.set_epoch(self.epoch)
         self.sampler.set_start(self.consumed * self.batch_size)
-        loader = make_loader(self.dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+        # augmentation seeded per (seed, epoch, index): the same crops whichever worker loads a sample
+        seeded = SeededSamples(self.dataset, self.seed, self.epoch)
+        loader = make_loader(seeded, batch_size=self.batch_size, num_workers=self.num_workers,
                              collate_fn=self.collate_fn, sampler=self.sampler, drop_last=True,
                              seed=loader_seed, pin_memory=self.pin_memory)
         return iter(loader)
@@ -208,7 +222,8 @@ class TrainStream:
 
     def position(self) -> dict:
         """JSON-ready data position (kept in the checkpoint's ``meta.json``)."""
-        return {"data_epoch": self.epoch, "consumed": self.consumed, "sampler_seed": self.seed}
+        return {"data_epoch": self.epoch, "consumed": self.consumed, "sampler_seed": self.seed,
+                "world_size": self.world_size, "num_workers": self.num_workers}
 
     def state_dict(self) -> dict:
         """What a resume needs (kept in the checkpoint's train state under ``data``)."""
@@ -222,6 +237,11 @@ class TrainStream:
             return
         if state.get("sampler_seed", self.seed) != self.seed:
             logger.warning("resume: run.seed changed since the checkpoint; the data order will differ")
+        split = (state.get("world_size", self.world_size), state.get("num_workers", self.num_workers))
+        if self.streamed and split != (self.world_size, self.num_workers):
+            logger.warning("resume: the checkpoint read the stream with %d processes x %d workers, this run "
+                           "uses %d x %d; a stream's order depends on them, so it will differ", *split,
+                           self.world_size, self.num_workers)
         self.epoch, self.consumed = int(state["data_epoch"]), int(state["consumed"])
         self._it = None
 

@@ -3,6 +3,7 @@ train (outputs), kill -9 + resume (same weights as an uninterrupted run), evalua
 convert, and a run script under torchrun with two processes (gloo)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -41,19 +43,19 @@ def lavislike(cache: Path, *args: str, timeout: int = 120) -> subprocess.Complet
                           env=env_for(cache), cwd=REPO, timeout=timeout)
 
 
-def synthetic_block(kind: str) -> dict:
+def synthetic_block(kind: str, train_processor: str = "blip_image_eval") -> dict:
     # the options pin the corpus the fixture made (a mismatch would regenerate it)
     return {f"synthetic_{kind}": {
         "seed": 0, "n_train": N_TRAIN, "n_val": N_VAL, "n_test": N_TEST, "image_size": 32, "with_video": False,
-        "vis_processor": {"train": {"name": "blip_image_eval", "image_size": 32},
+        "vis_processor": {"train": {"name": train_processor, "image_size": 32},
                           "eval": {"name": "blip_image_eval", "image_size": 32}}}}
 
 
-def stage1_config(path: Path, output_dir: Path, **run) -> Path:
+def stage1_config(path: Path, output_dir: Path, train_processor: str = "blip_image_eval", **run) -> Path:
     """A tiny stage-1 experiment YAML (32 captions, batch 8: 4 steps per epoch) written to ``path``."""
     cfg = {
         "model": {"arch": "blip2", "model_type": "tiny"},
-        "datasets": synthetic_block("retrieval"),
+        "datasets": synthetic_block("retrieval", train_processor),
         "run": {"task": "image_text_pretrain", "runner": "runner_base", "max_epoch": 1, "batch_size_train": 8,
                 "batch_size_eval": 8, "init_lr": 1e-3, "warmup_steps": 2, "k_test": 4,
                 "output_dir": str(output_dir), "device": "cpu", "progress_bar": False, "tensorboard": False,
@@ -86,37 +88,99 @@ def test_train_writes_the_output_folder(cache, tmp_path):
     assert (out / "checkpoints" / "step_000000004" / "meta.json").is_file()
 
 
-def test_killed_run_resumes_to_the_same_weights(cache, tmp_path):
-    """kill -9 after the first checkpoint (mid-epoch), resume in the same folder: the final
-    trainable weights equal an uninterrupted run's bit for bit."""
-    run = {"max_epoch": 2, "ckpt_every_steps": 1, "keep_last_checkpoints": 20}
-    full = tmp_path / "full"
-    res = lavislike(cache, "train", "--cfg-path", str(stage1_config(tmp_path / "full.yaml", full, **run)))
-    assert res.returncode == 0, res.stderr[-3000:]
-
-    cut = tmp_path / "cut"
-    cfg = stage1_config(tmp_path / "cut.yaml", cut, **run)
+def kill_after_first_checkpoint(cache: Path, cfg: Path, out: Path) -> int:
+    """Start ``lavislike train``, SIGKILL it once a checkpoint exists; the step it holds."""
     proc = subprocess.Popen([sys.executable, "-m", "lavislike", "train", "--cfg-path", str(cfg)], cwd=REPO,
                             env=env_for(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = cut / "checkpoints" / "latest"
-    deadline = time.monotonic() + 90
+    latest = out / "checkpoints" / "latest"
+    deadline = time.monotonic() + 240
     while not latest.is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=30) == -signal.SIGKILL, "the run ended before it could be killed"
-    killed_at = int(latest.read_text().strip().split("_")[1])
-    assert 1 <= killed_at < 8  # 2 epochs x 4 steps: killed mid-run
+    return int(latest.read_text().strip().split("_")[1])
 
-    res = lavislike(cache, "train", "--cfg-path", str(cfg), "run.resume=true")
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert f"global step {killed_at}" in res.stderr or f"step_{killed_at:09d}" in res.stderr
-    a, b = final_weights(full), final_weights(cut)
-    assert (cut / "checkpoints" / "step_000000008").is_dir() and set(a) == set(b)
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert set(a) == set(b)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("processor, workers", [("blip_image_eval", 0), ("blip_image_train", 2)])
+def test_killed_run_resumes_to_the_same_weights(cache, tmp_path, processor, workers):
+    """kill -9 after the first checkpoint (mid-epoch), resume in the same folder: the final
+    trainable weights equal an uninterrupted run's bit for bit - also with random crops and
+    RandAugment loaded by two DataLoader workers (batches land on other workers after the
+    resume; each sample's augmentation must not depend on which)."""
+    run = {"max_epoch": 2, "ckpt_every_steps": 1, "keep_last_checkpoints": 20, "num_workers": workers}
+    full = tmp_path / "full"
+    full_cfg = stage1_config(tmp_path / "full.yaml", full, processor, **run)
+    res = lavislike(cache, "train", "--cfg-path", str(full_cfg), timeout=300)  # generous: a loaded 2-core CI
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    cut = tmp_path / "cut"
+    cfg = stage1_config(tmp_path / "cut.yaml", cut, processor, **run)
+    killed_at = kill_after_first_checkpoint(cache, cfg, cut)
+    assert 1 <= killed_at < 8  # 2 epochs x 4 steps: killed mid-run
+
+    res = lavislike(cache, "train", "--cfg-path", str(cfg), "run.resume=true", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"global step {killed_at}" in res.stderr or f"step_{killed_at:09d}" in res.stderr
+    assert (cut / "checkpoints" / "step_000000008").is_dir()
+    a = final_weights(full)
+    assert_same_weights(a, final_weights(cut))
     # and training did move the weights (a resume that reloads the same file proves nothing)
     first = load_file(str(full / "checkpoints" / "step_000000001" / "model.safetensors"))
     assert not torch.equal(first["qformer.query_tokens"], a["qformer.query_tokens"])
+
+
+def write_shards(root: Path, n_shards: int = 3, per_shard: int = 7) -> str:
+    """Webdataset shards of noise JPEGs with two candidate captions each; returns the pattern."""
+    import webdataset as wds
+    from PIL import Image
+
+    folder = root / "laion" / "shards"
+    folder.mkdir(parents=True, exist_ok=True)
+    for s in range(n_shards):
+        with wds.TarWriter(str(folder / f"{s:05d}.tar")) as sink:
+            for i in range(per_shard):
+                pixels = np.random.default_rng(s * 100 + i).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(pixels).save(buf, format="JPEG")
+                sink.write({"__key__": f"{s:05d}{i:04d}", "jpg": buf.getvalue(),
+                            "json": {"caption": [f"thing {s} {i}", f"a photo of item {i} in {s}"]}})
+    return f"laion/shards/{{00000..{n_shards - 1:05d}}}.tar"
+
+
+@pytest.mark.parametrize("resampled", [True, False])
+def test_killed_stream_run_resumes_to_the_same_weights(cache, tmp_path, resampled):
+    """The same on LAION webdataset shards read by two workers (random crops, a random caption
+    of two per sample, shuffle buffer, and with resampled: false an epoch end mid-run):
+    resuming after kill -9 gives the uninterrupted run's weights."""
+    pattern = write_shards(cache)
+
+    def config(name: str) -> Path:
+        cfg = yaml.safe_load(stage1_config(tmp_path / f"{name}.yaml", tmp_path / name).read_text())
+        cfg["datasets"] = {"laion": {"build_info": {"storage": pattern}, "resampled": resampled, "shuffle_buffer": 4,
+                                     "vis_processor": {"train": {"name": "blip2_image_train", "image_size": 32},
+                                                       "eval": {"name": "blip_image_eval", "image_size": 32}}}}
+        cfg["run"].update(runner="runner_iter", max_iters=6, iters_per_inner_epoch=6, batch_size_train=4,
+                          ckpt_every_steps=1, keep_last_checkpoints=20, num_workers=2)
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        return tmp_path / f"{name}.yaml"
+
+    full = tmp_path / "full"
+    res = lavislike(cache, "train", "--cfg-path", str(config("full")), timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    cut = tmp_path / "cut"
+    cfg = config("cut")
+    killed_at = kill_after_first_checkpoint(cache, cfg, cut)
+    assert 1 <= killed_at < 6
+    res = lavislike(cache, "train", "--cfg-path", str(cfg), "run.resume=true", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_same_weights(final_weights(full), final_weights(cut))
+    assert "skipping" not in res.stderr  # no batch was read again
 
 
 def test_evaluate_retrieval_prints_and_writes_recall(cache, tmp_path):
@@ -218,3 +282,18 @@ def test_pretrain_stage1_script_with_two_processes(cache, tmp_path, fake_venv):
     assert (out / "checkpoints" / "step_000000004").is_dir()
     train = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in train if r["split"] == "train"] == [1, 2, 3, 4]
+
+
+def test_every_sample_bad_stops_with_one_line(cache, tmp_path):
+    """A media folder that exists but holds none of the corpus's images makes every sample
+    bad: the run must stop at once (exit 2, one line naming the dataset, a file and the
+    reason), not draw replacement batches forever."""
+    (cache / "synthetic" / "elsewhere").mkdir(exist_ok=True)
+    cfg = stage1_config(tmp_path / "exp.yaml", tmp_path / "out", runner="runner_iter", max_iters=4)
+    res = lavislike(cache, "train", "--cfg-path", str(cfg),
+                    f"datasets.synthetic_retrieval.build_info.images.storage={cache}/synthetic/elsewhere", timeout=60)
+    assert res.returncode == 2, res.stderr[-3000:]
+    lines = [l for l in res.stderr.splitlines() if l.strip() and " INFO " not in l and " WARNING " not in l]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert "synthetic_retrieval/train" in lines[0] and "missing file" in lines[0]
+    assert f"{cache}/synthetic/elsewhere/" in lines[0] and "batches in a row" in lines[0]

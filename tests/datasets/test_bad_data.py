@@ -87,6 +87,41 @@ def test_limits_stop_the_run(image_corpus):
         tracker.end_epoch()
 
 
+def _batch(n_good: int, n_bad: int) -> dict:
+    from lavislike.datasets.bad_data import SkippedSample
+
+    batch = {"text_input": ["ok"] * n_good} if n_good else {}
+    if n_bad:
+        batch["bad_samples"] = [SkippedSample(f"/imgs/{i}.jpg", "missing file", "coco/train", i) for i in range(n_bad)]
+    return batch
+
+
+def test_all_bad_batches_stop_after_a_bound():
+    """Without max_bad_samples a corpus whose every sample is bad (a wrong media folder) used
+    to be retried forever: the 3rd all-bad batch in a row stops, naming dataset and file."""
+    tracker = BadSampleTracker(max_bad_batches_in_row=3)
+    assert not tracker.consume(_batch(0, 4)) and not tracker.consume(_batch(0, 4))
+    assert tracker.consume(_batch(1, 3))  # a usable sample resets the run of bad batches
+    tracker.consume(_batch(0, 4)), tracker.consume(_batch(0, 4))
+    with pytest.raises(DataError) as err:
+        tracker.consume(_batch(0, 4))
+    msg = str(err.value)
+    assert "\n" not in msg and "3 batches in a row" in msg
+    assert "coco/train: /imgs/0.jpg: missing file" in msg and "23 bad of 24: 23 x coco/train: missing file" in msg
+
+
+def test_bad_fraction_checked_mid_epoch_after_a_minimum():
+    tracker = BadSampleTracker(max_bad_fraction=0.5, min_seen_for_fraction=20)
+    for _ in range(4):  # 16 seen, 75% bad: too few to judge yet
+        tracker.consume(_batch(1, 3))
+    with pytest.raises(DataError, match=r"75.00% of the first 20 samples .*max_bad_fraction=0.5"):
+        tracker.consume(_batch(1, 3))
+    ok = BadSampleTracker(max_bad_fraction=0.5, min_seen_for_fraction=20)
+    for _ in range(10):
+        ok.consume(_batch(3, 1))  # 25%: within the limit
+    assert ok.stats()["skipped"] == 10
+
+
 def test_annotation_rows_counted(image_corpus):
     (image_corpus / "ann.json").write_text(json.dumps([{"image": "0.jpg", "caption": "ok"}, {"image": "1.jpg"}]))
     ds = _dataset(image_corpus)

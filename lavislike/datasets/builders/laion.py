@@ -5,7 +5,9 @@ synthetic BLIP captions; the top two are kept and one is sampled at every step. 
 sample is ``<key>.jpg`` (or .jpeg/.png/.webp) plus ``<key>.json`` whose ``caption`` is a
 string or a list of candidate captions (``<key>.txt`` is the fallback). Shards are
 resampled with replacement by default (the stream never ends; ``samples_per_epoch`` cuts
-it into epochs), as LAVIS does.
+it into epochs), as LAVIS does, but in an order fixed by (seed, epoch), split between
+ranks and DataLoader workers, so a resumed run skips what it consumed without decoding it
+(:mod:`lavislike.datasets.shard_stream`).
 
 A sample with no image, an undecodable image or no caption is a
 :class:`~lavislike.datasets.bad_data.SkippedSample` (counted and reported by the runner)
@@ -13,6 +15,7 @@ or, in strict mode, a :class:`DataError` naming ``<shard>#<key>``.
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -29,6 +32,16 @@ from lavislike.common.paths import cache_path
 from lavislike.datasets.bad_data import SkippedSample, strict_error
 from lavislike.datasets.builder import BaseDatasetBuilder, DatasetConfig, _as_list
 from lavislike.datasets.collate import collate
+from lavislike.datasets.sample_seed import mix_seed, sample_rng
+from lavislike.datasets.shard_stream import (
+    READ_ERRORS,
+    StreamPosition,
+    count_samples,
+    shard_draws,
+    shuffle_buffer,
+    tar_samples,
+    worker_shares,
+)
 from lavislike.errors import ConfigError, DataError
 from lavislike.registry import DATASETS
 
@@ -57,9 +70,10 @@ class LaionDataset(IterableDataset):
         urls: shard paths or URLs (already expanded).
         vis_processor: PIL image -> tensor.
         text_processor: str -> str (or a prefix-LM dict).
-        resampled: draw shards with replacement forever (else one pass over the shards,
-            split between nodes and DataLoader workers).
-        shuffle_buffer: samples held for shuffling (0 or 1: no shuffling).
+        resampled: draw shards with replacement forever (else one shuffled pass over the
+            shards per epoch); either way draws are split between ranks and workers.
+        shuffle_buffer: samples of a shard held for shuffling (0 or 1: no shuffling); the
+            buffer empties at the end of each shard.
         samples_per_epoch: items one process yields per epoch (split between its
             DataLoader workers); None for the whole stream.
         caption_key: key of the caption(s) in the sample's json.
@@ -89,41 +103,101 @@ class LaionDataset(IterableDataset):
         self.resampled, self.shuffle_buffer = resampled, shuffle_buffer
         self.samples_per_epoch, self.caption_key = samples_per_epoch, caption_key
         self.strict, self.name = strict, name
+        self.position: StreamPosition | None = None  # None: seed 0, epoch 0, from the start
+        self._counts: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"LaionDataset(name={self.name!r}, shards={len(self.urls)}, resampled={self.resampled})"
 
-    def _pipeline(self):
-        import webdataset as wds
+    def at_position(self, position: StreamPosition) -> "LaionDataset":
+        """A copy whose order follows ``position`` (seed, epoch, batches already consumed).
 
+        :class:`~lavislike.runners.data.TrainStream` resumes through this: nothing consumed
+        is decoded again (see :mod:`lavislike.datasets.shard_stream`).
+        """
+        other = copy.copy(self)
+        other.position, other._counts = position, {}
+        return other
+
+    def _count(self, url: str) -> int:
+        if url not in self._counts:
+            self._counts[url] = count_samples(url)
+        return self._counts[url]
+
+    def _samples(self, url: str, want=lambda i: True):
+        """The shard's samples; an unreadable rest ends it (logged; strict: DataError)."""
+        try:
+            yield from tar_samples(url, want)
+        except READ_ERRORS as exc:
+            if self.strict:
+                raise DataError(f"strict mode: {self.name}: unreadable shard {url} ({exc})") from None
+            logger.warning("%s: skipping the unreadable rest of shard %s: %s", self.name, url, exc)
+
+    def _shard(self, url: str, rng: random.Random, skip: int):
+        """``(index, raw sample)`` of one shard in buffer-shuffled order, the first ``skip`` left out."""
+        if not skip:
+            yield from shuffle_buffer(self._samples(url), self.shuffle_buffer, rng)
+            return
+        rest = list(shuffle_buffer(range(self._count(url)), self.shuffle_buffer, rng))[skip:]
+        wanted, got, j = set(rest), {}, 0
+        for i, raw in self._samples(url, wanted.__contains__):
+            if raw is None:
+                continue
+            got[i] = raw
+            while j < len(rest) and rest[j] in got:
+                yield rest[j], got.pop(rest[j])
+                j += 1
+
+    def _worker_totals(self, draw, pos: StreamPosition, workers: int, limit: int | None) -> list[int | None]:
+        """Batches each of this rank's workers yields in the epoch (None: endless)."""
         if self.resampled:
-            stages = [wds.ResampledShards(self.urls)]
-        else:
-            stages = [wds.SimpleShardList(self.urls), wds.split_by_node, wds.split_by_worker]
-        stages.append(wds.tarfile_to_samples(handler=self._shard_error))
-        if self.shuffle_buffer > 1:
-            stages.append(wds.shuffle(self.shuffle_buffer))
-        return wds.DataPipeline(*stages)
-
-    def _shard_error(self, exc: Exception) -> bool:
-        """webdataset handler for unreadable shards: log and go on (strict: raise)."""
-        if self.strict:
-            raise DataError(f"strict mode: {self.name}: unreadable shard ({exc})") from None
-        logger.warning("%s: skipping unreadable shard data: %s", self.name, exc)
-        return True
+            return [None if limit is None else limit // pos.batch_size] * workers
+        consumers, totals = pos.world_size * workers, []
+        for w in range(workers):
+            draws = range(pos.rank * workers + w, len(self.urls), consumers)
+            items = sum(self._count(self.urls[draw(k)]) for k in draws)
+            totals.append((items if limit is None else min(items, limit)) // pos.batch_size)
+        return totals
 
     def __iter__(self):
+        from lavislike.common import dist
+
         info = torch.utils.data.get_worker_info()
-        workers = info.num_workers if info is not None else 1
-        # a different stream of caption choices per worker and per epoch
-        rng = random.Random(info.seed if info is not None else torch.initial_seed())
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        pos = self.position or StreamPosition(rank=dist.get_rank(), world_size=dist.get_world_size())
+        consumers = pos.world_size * workers
+        draw = shard_draws(len(self.urls), pos.seed, pos.epoch, self.resampled)
         limit = math.ceil(self.samples_per_epoch / workers) if self.samples_per_epoch else None
-        count = 0
-        for sample in self._pipeline():
-            yield self.to_item(sample, rng)
-            count += 1
-            if limit is not None and count >= limit:
+        skip = 0
+        if pos.batches:
+            shares, turn = worker_shares(pos.batches, self._worker_totals(draw, pos, workers, limit))
+            worker = (turn + worker) % workers  # this loader asks its worker 0 first
+            skip = shares[worker] * pos.batch_size
+        count, k, empty = skip, pos.rank * workers + worker, 0
+        while limit is None or count < limit:
+            shard = draw(k)
+            if shard is None:
                 return
+            url = self.urls[shard]
+            if skip and skip >= self._count(url):  # consumed as a whole: not even opened
+                skip -= self._count(url)
+                k += consumers
+                continue
+            empty += 1
+            if empty > 2 * len(self.urls) + 10:  # resampled unreadable shards would loop forever
+                raise DataError(f"{self.name}: no readable sample in {empty - 1} shard draws in a row "
+                                f"(last: {url}); check the shards")
+            for i, raw in self._shard(url, random.Random(mix_seed(pos.seed, pos.epoch, k, -1)), skip):
+                empty = 0
+                seed = mix_seed(pos.seed, pos.epoch, k, i)
+                with sample_rng(seed):  # the same crop and caption wherever it is read
+                    item = self.to_item(raw, random.Random(seed))
+                yield item
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+            skip = 0
+            k += consumers
 
     def _bad(self, where: str, reason: str) -> SkippedSample:
         skipped = SkippedSample(where, reason, self.name)
@@ -136,6 +210,8 @@ class LaionDataset(IterableDataset):
         from PIL import Image
 
         where = f"{sample.get('__url__', '?')}#{sample.get('__key__', '?')}"
+        if "__error__" in sample:
+            return self._bad(where, sample["__error__"])
         data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
         if data is None:
             return self._bad(where, f"no image ({'/'.join(IMAGE_EXTS)}) in sample")
