@@ -319,8 +319,9 @@ def load_model_from_config(
             allow = allow + (r".*",)
         if cfg.get("image_encoder") is not None and cfg.image_encoder.get("pretrained"):
             allow = allow + (r"image_encoder\..*",)  # read from the encoder's own source below
-        missing, _ = check_keys(sources[0], model.state_dict().keys(), state, allow_missing=allow)
-        check_shapes(sources[0], model.state_dict(), state)
+        expected = model.state_dict()
+        check_keys(sources[0], expected.keys(), state, allow_missing=allow)
+        check_shapes(sources[0], expected, state)
         still_meta = assign_state(model, state, device)
         still_meta = _load_encoder_pretrained(model, cfg, still_meta, device)
         if still_meta:
