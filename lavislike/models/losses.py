@@ -146,15 +146,17 @@ def itc_loss(
     return (loss_i2t + loss_t2i) / 2, sim_i2t, sim_t2i
 
 
-def positives_mask(image_ids: Optional[torch.Tensor], sizes: list[int], all_rows: bool = False) -> torch.Tensor:
+def positives_mask(image_ids: Optional[torch.Tensor], sizes: list[int], all_rows: bool = False,
+                   device: Optional[torch.device] = None) -> torch.Tensor:
     """True where sample b and global sample j are a positive pair: (B, global batch), or
     (global batch, global batch) with ``all_rows``.
 
-    Without ``image_ids`` the positives are the pairs of a sample with itself.
+    Without ``image_ids`` the positives are the pairs of a sample with itself (built on
+    ``device``; with ids, the mask is on theirs).
     """
     if image_ids is None:
         total = sum(sizes)
-        eye = torch.eye(total, dtype=torch.bool)
+        eye = torch.eye(total, dtype=torch.bool, device=device)
         if all_rows:
             return eye
         start = sum(sizes[: get_rank()])
@@ -202,7 +204,7 @@ def hard_negative_indices(
     """
     bs = sim_i2t.shape[0]
     sizes = sizes or gather_sizes(bs, sim_i2t.device)
-    pos = positives_mask(image_ids, sizes, all_rows=True).to(sim_i2t.device)
+    pos = positives_mask(image_ids, sizes, all_rows=True, device=sim_i2t.device).to(sim_i2t.device)
     weights_t2i = F.softmax(all_gather_nograd(sim_t2i, sizes).float().masked_fill(pos, NEG_INF), 1)
     weights_i2t = F.softmax(all_gather_nograd(sim_i2t, sizes).float().masked_fill(pos, NEG_INF), 1)
     generator = None  # torch's global generator (rank 0, and one process)
