@@ -222,7 +222,7 @@ class LLMAdapter(nn.Module, abc.ABC):
             try:
                 with real_parameters(), torch.device(device if direct else "cpu"):
                     model = auto.from_pretrained(str(cfg.path), config=hf_config, dtype=dtype, **kwargs)
-            except (OSError, RuntimeError, ValueError, EnvironmentError) as exc:
+            except (OSError, RuntimeError, ValueError) as exc:
                 raise CheckpointError(f"llm.path='{cfg.path}': cannot load the weights ({_one_line(exc)})") from None
             except Exception as exc:  # SafetensorError, UnpicklingError: damaged or hostile files
                 raise CheckpointError(
