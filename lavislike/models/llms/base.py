@@ -248,11 +248,12 @@ class LLMAdapter(nn.Module, abc.ABC):
             source = self.cfg.tokenizer or self.cfg.path
             if not source:
                 raise ConfigError("llm.tokenizer and llm.path are both unset: nothing to read a tokenizer from")
-            require_local(source, "model.llm.tokenizer" if self.cfg.tokenizer else "model.llm.path", CheckpointError)
             key = "llm.tokenizer" if self.cfg.tokenizer else "llm.path"
-            require_tokenizer(resolve_package_path(str(source)), key)
+            require_local(source, f"model.{key}", CheckpointError)
+            folder = resolve_package_path(str(source))
+            require_tokenizer(folder, key)
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(resolve_package_path(str(source)))
+                self._tokenizer = AutoTokenizer.from_pretrained(folder)
             except (OSError, ValueError) as exc:
                 raise CheckpointError(f"{key}='{source}': cannot load the tokenizer ({_one_line(exc)})") from None
             self._setup_tokenizer(self._tokenizer)
