@@ -194,7 +194,7 @@ class Blip2Qformer(Blip2Base):
             image_index=torch.cat([local, neg_rows, local]),
             word_embeds=torch.cat([words, words, neg_words]),
         )
-        loss_itm = losses.itm_loss(logits, bs)
+        loss_itm = losses.itm_loss(logits, bs, sizes)
 
         # ITG: [DEC] replaces [CLS]; the image pass's query keys/values are reused
         dec_ids = input_ids.clone()

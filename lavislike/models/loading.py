@@ -22,9 +22,11 @@ from torch import nn
 
 from lavislike.common.paths import require_local
 from lavislike.config import model_config, preprocess_config
-from lavislike.errors import CheckpointError
-from lavislike.models.meta_init import params_on_meta
+from lavislike.errors import CheckpointError, ConfigError
 from lavislike.models.convert.keymap import check_keys, check_shapes
+from lavislike.models.convert.lavis_arch import contradictions, fit_to_config, flatten, lavis_arch, preset_mismatch
+from lavislike.models.image_encoders.weights import load_weights, read_hf_state, read_safetensors
+from lavislike.models.meta_init import params_on_meta
 from lavislike.registry import MODELS
 
 logger = logging.getLogger(__name__)
@@ -85,13 +87,9 @@ def read_state(
     ``raw``: the LAVIS file's tensors when already read."""
     fmt = checkpoint_format(source)
     if fmt == "lavis":
-        return model.convert_lavis_state(raw if raw is not None else read_lavis(source), source), fmt, False
+        return model.convert_lavis_state(raw if raw is not None else load_weights(source), source), fmt, False
     if fmt == "hf":
-        from lavislike.models.image_encoders.weights import read_hf_state
-
         return model.convert_hf_state(read_hf_state(source), source), fmt, False
-    from lavislike.models.image_encoders.weights import read_safetensors
-
     weights, _ = _lavislike_files(source)
     if not weights.is_file():
         raise CheckpointError(f"checkpoint '{source}': {weights} not found")
@@ -105,13 +103,6 @@ def read_state(
     return drop_unused(state, model.state_dict().keys()), fmt, partial
 
 
-def read_lavis(source: str) -> dict[str, torch.Tensor]:
-    """The tensors of a LAVIS ``.pth`` (file or URL), ``torch.load(weights_only=True)``."""
-    from lavislike.models.image_encoders.weights import load_weights
-
-    return load_weights(source)
-
-
 # -- the architecture a LAVIS file implies -------------------------------------------------
 def lavis_layers(name: str, model_type: Optional[str], overrides: dict,
                  raw: dict[str, torch.Tensor], source: str) -> DictConfig:
@@ -121,9 +112,6 @@ def lavis_layers(name: str, model_type: Optional[str], overrides: dict,
         ConfigError: a size the user set that the file contradicts, or an attention head
             count a new width needs (heads are not in the shapes).
     """
-    from lavislike.errors import ConfigError
-    from lavislike.models.convert.lavis_arch import fit_to_config, flatten, lavis_arch, preset_mismatch
-
     typed = model_config(name, model_type)
     implied = lavis_arch(raw)
     user = flatten(OmegaConf.to_container(OmegaConf.create(overrides or {}), resolve=True))
@@ -157,9 +145,6 @@ def lavis_layers(name: str, model_type: Optional[str], overrides: dict,
 
 def check_lavis_arch(cfg: DictConfig, raw: dict[str, torch.Tensor], source: str) -> None:
     """Raise naming the first config key the LAVIS file's shapes contradict."""
-    from lavislike.errors import ConfigError
-    from lavislike.models.convert.lavis_arch import contradictions, lavis_arch
-
     found = contradictions(cfg, lavis_arch(raw))
     if found:
         key, current, implied = found[0]
@@ -252,7 +237,7 @@ def load_model(
     if (checkpoint is not None and checkpoint_format(checkpoint) == "lavis"
             and (Path(checkpoint).is_file() or checkpoint.startswith(("http://", "https://")))):
         # a LAVIS file has no config: its shapes give the sizes the type YAML does not
-        raw = read_lavis(checkpoint)
+        raw = load_weights(checkpoint)
         layers = lavis_layers(name, model_type, overrides, raw, checkpoint)
     cfg = model_config(name, model_type, layers)
     return load_model_from_config(cfg, device, checkpoint=checkpoint, is_eval=is_eval, _raw=raw)
@@ -301,7 +286,7 @@ def load_model_from_config(
     if sources:
         require_local(sources[0], key, CheckpointError)
         if checkpoint_format(sources[0]) == "lavis":
-            raw = _raw if _raw is not None else read_lavis(sources[0])
+            raw = _raw if _raw is not None else load_weights(sources[0])
             check_lavis_arch(cfg, raw, sources[0])  # one line naming the key, not a size mismatch
     model = build_model(cfg, device, meta=bool(sources))
     if sources:
@@ -319,8 +304,9 @@ def load_model_from_config(
             allow = allow + (r".*",)
         if cfg.get("image_encoder") is not None and cfg.image_encoder.get("pretrained"):
             allow = allow + (r"image_encoder\..*",)  # read from the encoder's own source below
-        missing, _ = check_keys(sources[0], model.state_dict().keys(), state, allow_missing=allow)
-        check_shapes(sources[0], model.state_dict(), state)
+        expected = model.state_dict()
+        check_keys(sources[0], expected.keys(), state, allow_missing=allow)
+        check_shapes(sources[0], expected, state)
         still_meta = assign_state(model, state, device)
         still_meta = _load_encoder_pretrained(model, cfg, still_meta, device)
         if still_meta:

@@ -33,15 +33,19 @@ from lavislike.common.dist import (
 NEG_INF = -10000.0  # the reference's mask value: exp() of it is exactly 0 in fp32
 
 
-def _mean(loss_sum: torch.Tensor, count) -> torch.Tensor:
-    """``W x loss_sum / (count summed over ranks)`` (see the module docstring)."""
-    total = all_reduce_sum(torch.as_tensor(count, dtype=torch.float64, device=loss_sum.device))
+def _mean(loss_sum: torch.Tensor, count, total: Optional[int] = None) -> torch.Tensor:
+    """``W x loss_sum / (count summed over ranks)`` (see the module docstring); ``total``:
+    that sum when the caller knows it from the batch sizes (no collective then)."""
+    if total is None:
+        total = all_reduce_sum(torch.as_tensor(count, dtype=torch.float64, device=loss_sum.device))
+    else:
+        total = torch.tensor(float(total), dtype=torch.float64, device=loss_sum.device)
     return loss_sum * (get_world_size() / total.clamp(min=1)).to(loss_sum.dtype)
 
 
-def _row_mean(values: torch.Tensor) -> torch.Tensor:
-    """The mean of per-row ``values`` over the global batch."""
-    return values.mean() if get_world_size() == 1 else _mean(values.sum(), values.numel())
+def _row_mean(values: torch.Tensor, total: Optional[int] = None) -> torch.Tensor:
+    """The mean of per-row ``values`` over the global batch (``total`` rows, when known)."""
+    return values.mean() if get_world_size() == 1 else _mean(values.sum(), values.numel(), total)
 
 
 def token_cross_entropy(
@@ -49,6 +53,7 @@ def token_cross_entropy(
     targets: torch.Tensor,
     label_smoothing: float = 0.0,
     layout: Optional[torch.Tensor] = None,
+    total: Optional[int] = None,
 ) -> torch.Tensor:
     """Cross-entropy of ``logits`` (N, V) against ``targets`` (N,) (-100 ignored), averaged
     over the non-ignored targets of the global batch.
@@ -62,6 +67,8 @@ def token_cross_entropy(
             ones), the boolean mask of that selection. The sum then runs over the full set
             (unselected rows ignored), so the loss is bit for bit the one computed on every
             position: the reduction's rounding follows the row index. Without smoothing only.
+        total: the non-ignored targets of all ranks, when the caller knows it (it is then
+            not summed over ranks).
     """
     reduction = "mean" if get_world_size() == 1 else "sum"
     if layout is not None and not label_smoothing:
@@ -73,7 +80,7 @@ def token_cross_entropy(
     else:
         loss = F.cross_entropy(logits, targets, ignore_index=-100, label_smoothing=label_smoothing,
                                reduction=reduction)
-    return loss if reduction == "mean" else _mean(loss, (targets != -100).sum())
+    return loss if reduction == "mean" else _mean(loss, (targets != -100).sum(), total)
 
 
 def itc_similarity(
@@ -137,24 +144,26 @@ def itc_loss(
         pos = positives_mask(image_ids, sizes=sizes)
         targets = pos.float() / pos.sum(1, keepdim=True)
         targets = 0.9 * targets + 0.1 / targets.shape[1]
-        loss_i2t = _row_mean(-(F.log_softmax(sim_i2t, 1) * targets).sum(1))
-        loss_t2i = _row_mean(-(F.log_softmax(sim_t2i, 1) * targets).sum(1))
+        loss_i2t = _row_mean(-(F.log_softmax(sim_i2t, 1) * targets).sum(1), sum(sizes))
+        loss_t2i = _row_mean(-(F.log_softmax(sim_t2i, 1) * targets).sum(1), sum(sizes))
     else:
         targets = torch.arange(bs, device=sim_i2t.device) + sum(sizes[: get_rank()])
-        loss_i2t = token_cross_entropy(sim_i2t, targets, label_smoothing)
-        loss_t2i = token_cross_entropy(sim_t2i, targets, label_smoothing)
+        loss_i2t = token_cross_entropy(sim_i2t, targets, label_smoothing, total=sum(sizes))
+        loss_t2i = token_cross_entropy(sim_t2i, targets, label_smoothing, total=sum(sizes))
     return (loss_i2t + loss_t2i) / 2, sim_i2t, sim_t2i
 
 
-def positives_mask(image_ids: Optional[torch.Tensor], sizes: list[int], all_rows: bool = False) -> torch.Tensor:
+def positives_mask(image_ids: Optional[torch.Tensor], sizes: list[int], all_rows: bool = False,
+                   device: Optional[torch.device] = None) -> torch.Tensor:
     """True where sample b and global sample j are a positive pair: (B, global batch), or
     (global batch, global batch) with ``all_rows``.
 
-    Without ``image_ids`` the positives are the pairs of a sample with itself.
+    Without ``image_ids`` the positives are the pairs of a sample with itself (built on
+    ``device``; with ids, the mask is on theirs).
     """
     if image_ids is None:
         total = sum(sizes)
-        eye = torch.eye(total, dtype=torch.bool)
+        eye = torch.eye(total, dtype=torch.bool, device=device)
         if all_rows:
             return eye
         start = sum(sizes[: get_rank()])
@@ -202,7 +211,7 @@ def hard_negative_indices(
     """
     bs = sim_i2t.shape[0]
     sizes = sizes or gather_sizes(bs, sim_i2t.device)
-    pos = positives_mask(image_ids, sizes, all_rows=True).to(sim_i2t.device)
+    pos = positives_mask(image_ids, sizes, all_rows=True, device=sim_i2t.device).to(sim_i2t.device)
     weights_t2i = F.softmax(all_gather_nograd(sim_t2i, sizes).float().masked_fill(pos, NEG_INF), 1)
     weights_i2t = F.softmax(all_gather_nograd(sim_i2t, sizes).float().masked_fill(pos, NEG_INF), 1)
     generator = None  # torch's global generator (rank 0, and one process)
@@ -217,11 +226,12 @@ def hard_negative_indices(
     return neg_text[start : start + bs], neg_image[start : start + bs]
 
 
-def itm_loss(logits: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Cross-entropy of ITM logits (3B, 2) ordered [pos B, neg B, neg B] (global mean)."""
+def itm_loss(logits: torch.Tensor, batch_size: int, sizes: Optional[list[int]] = None) -> torch.Tensor:
+    """Cross-entropy of ITM logits (3B, 2) ordered [pos B, neg B, neg B] (global mean;
+    ``sizes``: every rank's B, when known)."""
     labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
     labels[:batch_size] = 1
-    return token_cross_entropy(logits, labels)
+    return token_cross_entropy(logits, labels, total=3 * sum(sizes) if sizes else None)
 
 
 def lm_loss(hidden: torch.Tensor, labels: torch.Tensor, head, label_smoothing: float = 0.1) -> torch.Tensor:

@@ -27,7 +27,7 @@ from lavislike.models.convert.keymap import (
     split_prefix,
 )
 from lavislike.models.convert.lavis import qformer_rules
-from lavislike.models.image_encoders.weights import local_folder, read_hf_state, require_tokenizer  # noqa: F401  (read_hf_state: public here too)
+from lavislike.models.image_encoders.weights import local_folder, require_tokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ from lavislike.models.convert.hf import (
     hf_vision_config,
     qformer_block,
     read_hf_config,
-    require_tokenizer,
     vision_block,
     write_hf_weights,
 )
 from lavislike.models.convert.keymap import KeyMap
+from lavislike.models.image_encoders.weights import require_tokenizer
 
 IMAGE_TOKEN = "<image>"
 HF_LLM = HF_QFORMER + KeyMap([("language_projection.", "llm_proj."), ("language_model.", "llm.model.")])

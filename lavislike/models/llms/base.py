@@ -19,6 +19,7 @@ Interface used by :mod:`lavislike.models.blip2_llm`:
 from __future__ import annotations
 
 import abc
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence
 
@@ -90,14 +91,20 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def known_config(path: Optional[str]) -> Optional[dict]:
-    """The architecture facts ``known_configs.yaml`` keeps for hub id ``path`` (or None)."""
+@functools.lru_cache(maxsize=1)
+def _known_configs() -> dict:
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
-    known = OmegaConf.load(Path(__file__).with_name("known_configs.yaml"))
-    return OmegaConf.to_container(known[path]) if path in known else None
+    return OmegaConf.to_container(OmegaConf.load(Path(__file__).with_name("known_configs.yaml")))
+
+
+def known_config(path: Optional[str]) -> Optional[dict]:
+    """The architecture facts ``known_configs.yaml`` keeps for hub id ``path`` (or None);
+    a copy, free to change."""
+    facts = _known_configs().get(path)
+    return dict(facts) if facts is not None else None
 
 
 def build_hf_config(cfg: Any, known_fallback: bool = False):
@@ -111,11 +118,12 @@ def build_hf_config(cfg: Any, known_fallback: bool = False):
 
     overrides = dict(_plain(cfg.config_overrides) or {})
     data = dict(_plain(cfg.hf_config)) if cfg.hf_config is not None else None
-    if data is None and known_fallback and known_config(cfg.path) is not None:
+    known = known_config(cfg.path) if data is None and known_fallback else None
+    if known is not None:
         try:
             return AutoConfig.from_pretrained(str(cfg.path), **overrides)
         except OSError:  # offline and not cached: the kept facts describe the same model
-            data = known_config(cfg.path)
+            data = known
     if data is not None:
         model_type = data.pop("model_type", None)
         if model_type is None:
@@ -150,9 +158,9 @@ def raw_config(cfg: Any) -> dict:
         try:
             data = PretrainedConfig.get_config_dict(str(cfg.path))[0]
         except OSError:  # offline and not cached: the kept facts, as build_hf_config uses them
-            if known_config(cfg.path) is None:
+            data = known_config(cfg.path)
+            if data is None:
                 raise
-            data = dict(known_config(cfg.path))
     return {**data, **dict(_plain(cfg.config_overrides) or {})}
 
 
@@ -214,7 +222,7 @@ class LLMAdapter(nn.Module, abc.ABC):
             try:
                 with real_parameters(), torch.device(device if direct else "cpu"):
                     model = auto.from_pretrained(str(cfg.path), config=hf_config, dtype=dtype, **kwargs)
-            except (OSError, RuntimeError, ValueError, EnvironmentError) as exc:
+            except (OSError, RuntimeError, ValueError) as exc:
                 raise CheckpointError(f"llm.path='{cfg.path}': cannot load the weights ({_one_line(exc)})") from None
             except Exception as exc:  # SafetensorError, UnpicklingError: damaged or hostile files
                 raise CheckpointError(
@@ -240,11 +248,12 @@ class LLMAdapter(nn.Module, abc.ABC):
             source = self.cfg.tokenizer or self.cfg.path
             if not source:
                 raise ConfigError("llm.tokenizer and llm.path are both unset: nothing to read a tokenizer from")
-            require_local(source, "model.llm.tokenizer" if self.cfg.tokenizer else "model.llm.path", CheckpointError)
             key = "llm.tokenizer" if self.cfg.tokenizer else "llm.path"
-            require_tokenizer(resolve_package_path(str(source)), key)
+            require_local(source, f"model.{key}", CheckpointError)
+            folder = resolve_package_path(str(source))
+            require_tokenizer(folder, key)
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(resolve_package_path(str(source)))
+                self._tokenizer = AutoTokenizer.from_pretrained(folder)
             except (OSError, ValueError) as exc:
                 raise CheckpointError(f"{key}='{source}': cannot load the tokenizer ({_one_line(exc)})") from None
             self._setup_tokenizer(self._tokenizer)
