@@ -215,7 +215,6 @@ class RunnerBase:
             store_frozen_in(self._model, self.amp_dtype, self.device)
         # after every dtype decision: the cache fingerprint includes the encoder's dtype
         verify_feature_caches(self._model, self.datasets)
-        self._trainable_names = list(trainable_state_dict(self._model))
         self._wrapped, self.fsdp = wrap_model(self._model, self.device, fsdp=run.fsdp,
                                               find_unused_parameters=run.find_unused_parameters)
         self.scaler = self._grad_scaler()
