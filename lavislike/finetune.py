@@ -154,11 +154,11 @@ def finetune_main(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         write_text_atomic(path, text)
     cfg = load_config(_wait_for(path, text), [])
-    check_data(cfg)
+    datasets = build_data(cfg)
     from lavislike.common.checkpoint import load_trainable_weights
     from lavislike.runners.launch import build_runner
 
-    runner = build_runner(cfg, cfg_path=path)
+    runner = build_runner(cfg, cfg_path=path, datasets=datasets)
     summary = runner.train()
     model = runner.unwrapped_model
     best = out / "model_best.safetensors"
@@ -171,13 +171,12 @@ def finetune_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_data(cfg) -> None:
-    """Build the datasets once before the model: a wrong column name or images folder is
-    one line now, not after minutes of loading an LLM."""
-    from lavislike.registry import DATASETS
+def build_data(cfg) -> dict:
+    """The datasets, built before the model: a wrong column name or images folder is one
+    line now, not after minutes of loading an LLM."""
+    from lavislike.tasks import setup_task
 
-    for name, block in cfg.datasets.items():
-        DATASETS.get(str(name)).from_config(block).build_datasets()
+    return setup_task(cfg).build_datasets(cfg)
 
 
 def _wait_for(path: Path, text: str, timeout: float = 60.0) -> Path:

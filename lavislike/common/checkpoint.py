@@ -187,8 +187,9 @@ def save_checkpoint(output_dir: str | Path, global_step: int, *, model_state: di
     return final
 
 
-def _step_dirs(root: Path) -> list[Path]:
-    dirs = [p for p in root.glob("step_*") if _STEP_DIR.match(p.name) and (p / "meta.json").is_file()]
+def _step_dirs(root: Path, complete: bool = True) -> list[Path]:
+    """``step_<N>`` folders by step; ``complete``: only those with a ``meta.json``."""
+    dirs = [p for p in root.glob("step_*") if _STEP_DIR.match(p.name) and (not complete or (p / "meta.json").is_file())]
     return sorted(dirs, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
@@ -293,9 +294,9 @@ def load_latest_checkpoint(output_dir: str | Path, model: torch.nn.Module,
         CheckpointError: checkpoints exist but none of them can be read.
     """
     root = Path(output_dir) / CKPT_DIR
-    found = [p for p in root.glob("step_*") if _STEP_DIR.match(p.name)] if root.is_dir() else []
+    found = _step_dirs(root, complete=False) if root.is_dir() else []
     problems = []
-    for ckpt in sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)), reverse=True):
+    for ckpt in reversed(found):  # newest first, damaged ones (even without meta.json) included
         try:
             contents = read_checkpoint(ckpt)
         except CheckpointError as exc:

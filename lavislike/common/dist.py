@@ -186,17 +186,6 @@ def broadcast_object(obj):
     return box[0]
 
 
-def all_reduce_max(value: float) -> float:
-    """The maximum of ``value`` over ranks (``value`` in one process)."""
-    if get_world_size() == 1:
-        return value
-    t = torch.tensor([float(value)], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The user's module inside a DDP / FSDP wrapper (``model`` itself when unwrapped)."""
     return getattr(model, "module", model)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from lavislike.common.io import write_json_atomic
 from lavislike.errors import DataError, LavislikeError
 
 logger = logging.getLogger(__name__)
@@ -103,11 +104,7 @@ def is_complete(dest: Path, expected: Checksums = Checksums()) -> bool:
 
 def _write_record(dest: Path, url: str | None, digests: dict[str, str]) -> None:
     stat = dest.stat()
-    record = {"url": url, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **digests}
-    side = sidecar_path(dest)
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, side)
+    write_json_atomic(sidecar_path(dest), {"url": url, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **digests})
 
 
 def _open(url: str, offset: int, timeout: float):

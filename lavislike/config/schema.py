@@ -69,7 +69,7 @@ class RunConfig:
     experiment: Optional[str] = None
     output_dir: Optional[str] = None  # default: ./output/<experiment>/<timestamp>
     amp: bool = False
-    amp_dtype: Optional[str] = None  # bf16 | fp16; default bf16 (fp16 on GPUs without bf16)
+    amp_dtype: Optional[str] = None  # bf16 | fp16; null: the frozen parts' half dtype, else bf16 (runners/amp.py)
     resume: bool = False
     resume_ckpt_path: Optional[str] = None
     evaluate: bool = False

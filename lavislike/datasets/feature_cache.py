@@ -272,11 +272,10 @@ def cache_features(cfg: DictConfig, dtype: str = "fp16", batch_size: Optional[in
     """What ``lavislike cache-features`` does: encode every split of each dataset that sets
     ``feature_cache`` with the config's model; returns ``{"<dataset>/<split>": folder}``."""
     from lavislike.datasets.builder import resolve_storage
-    from lavislike.models.freezing import is_frozen, parse_precision
+    from lavislike.models.freezing import is_frozen
     from lavislike.registry import DATASETS
-    from lavislike.runners.amp import choose_amp_dtype, store_frozen_in
     from lavislike.runners.launch import seed_everything
-    from lavislike.runners.precision import cast_frozen_parts, resolve_frozen_precision
+    from lavislike.runners.precision import store_frozen_parts
     from lavislike.tasks import setup_task
 
     blocks = {str(n): b for n, b in (cfg.get("datasets") or {}).items() if b.get("feature_cache")}
@@ -289,11 +288,7 @@ def cache_features(cfg: DictConfig, dtype: str = "fp16", batch_size: Optional[in
     device = torch.device("cuda" if want == "auto" and torch.cuda.is_available() else ("cpu" if want == "auto" else want))
     model.to(device).eval()
     # the frozen parts' dtypes as the training run will have them (the fingerprint holds them)
-    cast_frozen_parts(model, resolve_frozen_precision(run.get("frozen_precision", "model"), device))
-    if run.get("amp"):
-        requested = run.get("amp_dtype")
-        amp = choose_amp_dtype(parse_precision(requested) if requested else None, model, device)
-        store_frozen_in(model, amp, device)
+    store_frozen_parts(model, run, device)
     if not is_frozen(model.image_encoder):
         raise ConfigError("cache-features: model.image_encoder.freeze is false; only a frozen encoder can be cached")
     batch_size = batch_size or int(run.get("batch_size_eval", 32))

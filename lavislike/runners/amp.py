@@ -22,9 +22,12 @@ from typing import Optional
 import torch
 from torch import nn
 
+from lavislike.errors import ConfigError
+
 logger = logging.getLogger("lavislike")
 
 HALF = (torch.float16, torch.bfloat16)
+AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
 def _frozen_half(module: nn.Module, device: torch.device) -> set[torch.dtype]:
@@ -48,6 +51,22 @@ def choose_amp_dtype(requested: Optional[torch.dtype], model: nn.Module, device:
         return requested
     frozen = _frozen_half(model, device)
     return frozen.pop() if len(frozen) == 1 else default_amp_dtype(device)
+
+
+def resolve_amp_dtype(amp: bool, name: Optional[str], model: nn.Module,
+                      device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype of ``run.amp`` / ``run.amp_dtype`` (None: no AMP); see :func:`choose_amp_dtype`.
+
+    Raises:
+        ConfigError: an unknown ``run.amp_dtype``, or fp16 off the GPU.
+    """
+    if not amp:
+        return None
+    if name is not None and name not in AMP_DTYPES:
+        raise ConfigError(f"run.amp_dtype: unknown '{name}'; valid: bf16, fp16")
+    if name is not None and AMP_DTYPES[name] == torch.float16 and device.type != "cuda":
+        raise ConfigError("run.amp_dtype: fp16 autocast needs a GPU; use bf16 on CPU")
+    return choose_amp_dtype(AMP_DTYPES.get(name), model, device)
 
 
 def store_frozen_in(model: nn.Module, dtype: torch.dtype, device: torch.device) -> int:

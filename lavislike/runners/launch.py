@@ -29,9 +29,11 @@ def run(cfg: DictConfig, cfg_path: str | Path | None = None, evaluate_only: bool
     return summary
 
 
-def build_runner(cfg: DictConfig, cfg_path: str | Path | None = None, evaluate_only: bool = False):
-    """The runner :func:`run` trains (task set up, model and datasets built); for callers
-    that need the trained model afterwards (``lavislike finetune``)."""
+def build_runner(cfg: DictConfig, cfg_path: str | Path | None = None, evaluate_only: bool = False,
+                 datasets: dict | None = None):
+    """The runner :func:`run` trains (task set up, model and datasets built; ``datasets``
+    already built are used as they are); for callers that need the trained model afterwards
+    (``lavislike finetune``)."""
     from lavislike.tasks import setup_task
 
     with open_dict(cfg):
@@ -45,7 +47,7 @@ def build_runner(cfg: DictConfig, cfg_path: str | Path | None = None, evaluate_o
     # (which reloads only the trained weights) would continue a different model.
     seed_everything(int(cfg.run.get("seed", 42)))
     task = setup_task(cfg)
-    return runner_cls.from_config(cfg, task=task)
+    return runner_cls.from_config(cfg, task=task, datasets=datasets)
 
 
 def check(cfg: DictConfig, cfg_path: str | Path | None = None) -> None:

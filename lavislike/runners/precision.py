@@ -24,13 +24,14 @@ import functools
 import logging
 import platform
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from lavislike.errors import ConfigError
 from lavislike.models.freezing import cast_precision, is_frozen, parse_precision
+from lavislike.runners.amp import resolve_amp_dtype, store_frozen_in
 
 logger = logging.getLogger("lavislike")
 
@@ -94,3 +95,19 @@ def cast_frozen_parts(model: nn.Module, dtype: Optional[torch.dtype]) -> list[st
     if roots:
         logger.info("frozen parts stored in %s: %s", str(dtype).replace("torch.", ""), ", ".join(roots))
     return list(roots)
+
+
+def store_frozen_parts(model: nn.Module, run: Any, device: torch.device) -> Optional[torch.dtype]:
+    """Store ``model``'s frozen parts as a run with the ``run`` keys does; returns its
+    autocast dtype (None without ``run.amp``).
+
+    ``run.frozen_precision`` first, then (``run.amp``) the autocast dtype, which with
+    ``run.amp_dtype`` null follows the frozen parts, and the frozen half-precision parts
+    stored in it (:mod:`lavislike.runners.amp`). The runner and ``lavislike cache-features``
+    both call it: the feature cache's fingerprint holds the image encoder's dtype.
+    """
+    cast_frozen_parts(model, resolve_frozen_precision(run.get("frozen_precision", "model"), device))
+    amp = resolve_amp_dtype(bool(run.get("amp", False)), run.get("amp_dtype"), model, device)
+    if amp is not None:
+        store_frozen_in(model, amp, device)
+    return amp

@@ -46,7 +46,6 @@ from lavislike.config.schema import RunConfig, with_schema_defaults
 from lavislike.datasets.feature_cache import verify_feature_caches
 from lavislike.errors import ConfigError, LavislikeError
 from lavislike.registry import LR_SCHEDULERS, RUNNERS
-from lavislike.runners.amp import choose_amp_dtype, store_frozen_in
 from lavislike.runners.data import (
     MixedTrainStream,
     ShardedSampler,
@@ -59,11 +58,9 @@ from lavislike.runners.data import (
 )
 from lavislike.runners.distributed import clip_grad_norm, no_grad_sync, sync_replicated_grads, wrap_model
 from lavislike.runners.optim import build_optimizer
-from lavislike.runners.precision import cast_frozen_parts, resolve_frozen_precision
+from lavislike.runners.precision import store_frozen_parts
 
 logger = logging.getLogger("lavislike")
-
-_AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 
 class NonFiniteLossError(LavislikeError, FloatingPointError):
@@ -174,17 +171,6 @@ class RunnerBase:
                 return runs[-1]
         return base / (self.job_id or datetime.now().strftime("%Y%m%d_%H%M%S"))
 
-    def _amp_dtype(self) -> torch.dtype | None:
-        """Autocast dtype: ``run.amp_dtype``, or (null) the frozen parts' (``runners/amp.py``)."""
-        if not self.run.amp:
-            return None
-        name = self.run.amp_dtype
-        if name is not None and name not in _AMP_DTYPES:
-            raise ConfigError(f"run.amp_dtype: unknown '{name}'; valid: bf16, fp16")
-        if name is not None and _AMP_DTYPES[name] == torch.float16 and self.device.type != "cuda":
-            raise ConfigError("run.amp_dtype: fp16 autocast needs a GPU; use bf16 on CPU")
-        return choose_amp_dtype(_AMP_DTYPES.get(name), self._model, self.device)
-
     def setup(self) -> None:
         """Process group, seeds, device, output folder, logging, model wrapping, optimizer."""
         if self._ready:
@@ -208,14 +194,10 @@ class RunnerBase:
         if accum < 1:
             raise ConfigError(f"run.accum_grad_iters must be >= 1, got {accum}")
         self._model.to(self.device)
-        # frozen parts' storage first: with run.amp_dtype null autocast follows it
-        cast_frozen_parts(self._model, resolve_frozen_precision(run.frozen_precision, self.device))
-        self.amp_dtype = self._amp_dtype()
-        if self.amp_dtype is not None:
-            store_frozen_in(self._model, self.amp_dtype, self.device)
+        # the frozen parts' storage and the autocast dtype (with run.amp_dtype null it follows them)
+        self.amp_dtype = store_frozen_parts(self._model, run, self.device)
         # after every dtype decision: the cache fingerprint includes the encoder's dtype
         verify_feature_caches(self._model, self.datasets)
-        self._trainable_names = list(trainable_state_dict(self._model))
         self._wrapped, self.fsdp = wrap_model(self._model, self.device, fsdp=run.fsdp,
                                               find_unused_parameters=run.find_unused_parameters)
         self.scaler = self._grad_scaler()

@@ -14,6 +14,7 @@ Keys are ``str(question_id)`` (ids arrive as int or str depending on the corpus)
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -23,20 +24,19 @@ from lavislike.errors import DataError
 
 logger = logging.getLogger("lavislike")
 
-_CACHE: dict[tuple[str, int], Any] = {}  # (path, mtime_ns) -> parsed JSON (read once per eval run)
-
-
-def _read_json(path: Path) -> Any:
+def _stamp(path: Path) -> tuple[str, int]:
+    """``(path, mtime)``: what the parsed files below are cached by (an evaluation per epoch
+    reads the same VQAv2 files; a rewritten file is read again)."""
     if not path.is_file():
         raise DataError(f"VQA ground truth: file not found: {path}")
-    key = (str(path), path.stat().st_mtime_ns)
-    if key not in _CACHE:
-        try:
-            _CACHE.clear()
-            _CACHE[key] = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"VQA ground truth {path} cannot be read: {exc}") from None
-    return _CACHE[key]
+    return str(path), path.stat().st_mtime_ns
+
+
+def _read_json(path: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"VQA ground truth {path} cannot be read: {exc}") from None
 
 
 def _official_files(dataset: Any) -> tuple[Path | None, Path | None]:
@@ -47,7 +47,13 @@ def _official_files(dataset: Any) -> tuple[Path | None, Path | None]:
 
 
 def read_official_annotations(path: Path) -> dict[str, dict]:
-    """``{str(question_id): {"answers": [raw answers], "answer_type", "question_type"}}``."""
+    """``{str(question_id): {"answers": [raw answers], "answer_type", "question_type"}}``
+    (cached per file version: do not modify it)."""
+    return _official_annotations(*_stamp(path))
+
+
+@functools.lru_cache(maxsize=2)
+def _official_annotations(path: str, mtime_ns: int) -> dict[str, dict]:
     data = _read_json(path)
     anns = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(anns, list):
@@ -65,12 +71,17 @@ def read_official_annotations(path: Path) -> dict[str, dict]:
     return out
 
 
-def _question_ids(path: Path) -> set[str]:
+def _question_ids(path: Path) -> frozenset[str]:
+    return _question_id_set(*_stamp(path))
+
+
+@functools.lru_cache(maxsize=2)
+def _question_id_set(path: str, mtime_ns: int) -> frozenset[str]:
     data = _read_json(path)
     questions = data.get("questions") if isinstance(data, dict) else None
     if not isinstance(questions, list):
         raise DataError(f"VQA question file {path}: expected {{\"questions\": [...]}} (VQAv2 format)")
-    return {str(q.get("question_id")) for q in questions if isinstance(q, dict)}
+    return frozenset(str(q.get("question_id")) for q in questions if isinstance(q, dict))
 
 
 def _from_rows(rows: list[dict], num_annotators: int) -> dict[str, dict]:
