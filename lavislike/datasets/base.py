@@ -42,7 +42,7 @@ import os
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from torch.utils.data import Dataset
 
@@ -159,19 +159,24 @@ class BaseDataset(Dataset):
             ann["instance_id"] = str(i)
         self.setup()
 
-    def _load_rows(self) -> list[dict]:
-        rows = []
+    def raw_rows(self) -> Iterator[tuple[str, Any]]:
+        """``("<annotation file> row <i>", row)`` for every row, before checking."""
         for path in self.ann_paths:
             for where, ann in annotation_rows(path):
-                reason = self.check_row(ann)
-                if reason is None:
-                    rows.append(ann)
-                    self.row_origins.append(f"{path} {where}")
-                    continue
-                bad = SkippedSample(f"{path} {where}", reason, self.name)
-                if self.strict:
-                    raise strict_error(bad)
-                self.bad_rows.append(bad)
+                yield f"{path} {where}", ann
+
+    def _load_rows(self) -> list[dict]:
+        rows = []
+        for where, ann in self.raw_rows():
+            reason = self.check_row(ann)
+            if reason is None:
+                rows.append(ann)
+                self.row_origins.append(where)
+                continue
+            bad = SkippedSample(where, reason, self.name)
+            if self.strict:
+                raise strict_error(bad)
+            self.bad_rows.append(bad)
         return rows
 
     def check_row(self, ann: Any) -> str | None:

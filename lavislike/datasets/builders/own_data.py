@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
 from lavislike.datasets import base
-from lavislike.datasets.bad_data import BadSampleError, SkippedSample, strict_error
+from lavislike.datasets.bad_data import BadSampleError
 from lavislike.datasets.builder import BaseDatasetBuilder, DatasetConfig
 from lavislike.datasets.own_sources import InvalidRow, Request, Source, read_source
 from lavislike.errors import ConfigError, DataError
@@ -63,18 +63,14 @@ class OwnRows:
         self.source = source
         super().__init__(vis_processor, text_processor, source.media_root, [source.label], strict=strict, name=name)
 
+    def raw_rows(self):
+        return ((where, dict(ann) if isinstance(ann, dict) else ann) for where, ann in self.source.rows)
+
+    def check_row(self, ann):
+        return ann.reason if isinstance(ann, InvalidRow) else super().check_row(ann)
+
     def _load_rows(self) -> list[dict]:
-        rows = []
-        for i, (where, ann) in enumerate(self.source.rows):
-            reason = ann.reason if isinstance(ann, InvalidRow) else self.check_row(ann)
-            if reason is None:
-                rows.append(dict(ann))
-                continue
-            bad = SkippedSample(where, reason, self.name, i)
-            if self.strict:
-                raise strict_error(bad)
-            self.bad_rows.append(bad)
-        return self.arrange(rows)
+        return self.arrange(super()._load_rows())
 
     def arrange(self, rows: list[dict]) -> list[dict]:
         """Hook: reshape the checked rows (eval splits group them per image)."""
