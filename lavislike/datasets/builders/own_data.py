@@ -25,7 +25,6 @@ Eval splits of captioning and retrieval hold one row per image with all its capt
 from __future__ import annotations
 
 import io
-import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -37,8 +36,6 @@ from lavislike.datasets.builder import BaseDatasetBuilder, DatasetConfig
 from lavislike.datasets.own_sources import InvalidRow, Request, Source, read_source
 from lavislike.errors import ConfigError, DataError
 from lavislike.registry import DATASETS
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -224,10 +221,7 @@ class OwnDataBuilder(BaseDatasetBuilder):
             if not len(ds):
                 raise DataError(f"{self.name}/{split}: no usable row in {source.label}"
                                 + (f" (first problem: {ds.bad_rows[0].describe()})" if ds.bad_rows else ""))
-            check_media_root(ds, source)
-            if ds.bad_rows:
-                logger.warning("%s/%s: skipped %d bad rows of %d: %s", self.name, split, len(ds.bad_rows),
-                               len(source.rows), "; ".join(b.describe() for b in ds.bad_rows[:20]))
+            check_media_root(ds, source)  # its bad rows are reported by the runner (bad_data.rows_report)
             out[split] = ds
         return out
 
