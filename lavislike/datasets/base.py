@@ -67,9 +67,9 @@ def annotation_rows(path: str | os.PathLike) -> list[tuple[str, Any]]:
         raise DataError(f"annotation file not found: {path}")
     try:
         if path.suffix == ".jsonl":
-            with open(path) as fh:
+            with open(path, encoding="utf-8") as fh:
                 return [(f"line {n}", json.loads(line)) for n, line in enumerate(fh, 1) if line.strip()]
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"annotation file {path} is not valid JSON: {exc}") from None

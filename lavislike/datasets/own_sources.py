@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lavislike.common.suggest import did_you_mean
+from lavislike.datasets.base import annotation_rows
 from lavislike.errors import DataError
 
 # our field -> the column names tried, in order, when the config names none
@@ -136,15 +137,7 @@ def _jsonl_rows(path: Path) -> list[tuple[str, Any]]:
 
 
 def _json_rows(path: Path) -> list[tuple[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid JSON: {exc}") from None
-    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        data = data["annotations"]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of rows (or JSONL, one row per line)")
-    return [(f"{path} row {i}", row) for i, row in enumerate(data)]
+    return [(f"{path} {where}", row) for where, row in annotation_rows(path)]  # as LAVIS files are read
 
 
 def _csv_rows(path: Path) -> tuple[list[tuple[str, Any]], list[str]]:
