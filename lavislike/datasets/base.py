@@ -54,11 +54,6 @@ _WORD = re.compile(r"\w")
 
 
 # -- files -------------------------------------------------------------------------------
-def read_annotation_file(path: str | os.PathLike) -> list[dict]:
-    """Rows of one LAVIS annotation file (.json list / {"annotations": [...]} or .jsonl)."""
-    return [row for _, row in annotation_rows(path)]
-
-
 def annotation_rows(path: str | os.PathLike) -> list[tuple[str, Any]]:
     """``(where, row)`` for each row of an annotation file; ``where`` is the file's own
     numbering: ``row <i>`` (0-based position in its list) or ``line <n>`` for ``.jsonl``."""
