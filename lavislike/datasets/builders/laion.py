@@ -278,7 +278,7 @@ class LaionBuilder(BaseDatasetBuilder):
             urls = [u for u in urls if u not in set(missing)]
         cfg = self.config
         return {
-            "train": LaionDataset(
+            "train": self.with_feature_cache("train", LaionDataset(
                 urls,
                 self.vis_processors["train"],
                 self.text_processors["train"],
@@ -288,7 +288,7 @@ class LaionBuilder(BaseDatasetBuilder):
                 caption_key=str(cfg.get("caption_key", "caption")),
                 strict=bool(cfg.get("strict", False)),
                 name=f"{self.name}/train",
-            )
+            ))  # a stream: refused when feature_cache is set, not silently read from images
         }
 
     build = build_datasets

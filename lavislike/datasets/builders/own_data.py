@@ -222,7 +222,7 @@ class OwnDataBuilder(BaseDatasetBuilder):
                 raise DataError(f"{self.name}/{split}: no usable row in {source.label}"
                                 + (f" (first problem: {ds.bad_rows[0].describe()})" if ds.bad_rows else ""))
             check_media_root(ds, source)  # its bad rows are reported by the runner (bad_data.rows_report)
-            out[split] = ds
+            out[split] = self.with_feature_cache(split, ds)
         return out
 
 
