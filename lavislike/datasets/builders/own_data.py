@@ -15,7 +15,7 @@ Splits: ``val`` / ``test`` given as their own files, or carried by the layout (s
 subfolders, a ``DatasetDict``), or else ``val_ratio`` of ``data``'s images (all rows of
 one image on the same side) drawn with ``split_seed`` - the same split in every process.
 Every row is checked as for the other corpora: a row missing a field (or a JSONL line
-that is not JSON) is skipped, logged and kept in ``dataset.bad_rows`` as
+that is not JSON) is skipped, kept in ``dataset.bad_rows`` (logged when the run starts) as
 ``<file> line <n>``; ``strict: true`` fails on it instead. ``data_type: videos`` reads
 videos (the ``video`` / ``file_name`` column) for captioning and QA.
 
