@@ -268,11 +268,11 @@ def _hf_source(ds, label: str, root: Path, request: Request) -> Source:
     media = _media_field(request)
     column = mapping[media]
     stored = type(ds.features[column]).__name__ in ("Image", "Video")  # bytes inside the dataset
-    text_columns = [c for f, c in mapping.items() if not (f == media and stored)]
-    table = ds.select_columns(list(dict.fromkeys(text_columns))).to_list()
+    text_mapping = {f: c for f, c in mapping.items() if not (f == media and stored)}
+    table = ds.select_columns(list(dict.fromkeys(text_mapping.values()))).to_list()
     rows = []
     for i, raw in enumerate(table):
-        row = rename(raw, {f: c for f, c in mapping.items() if not (f == media and stored)})
+        row = rename(raw, text_mapping)
         if stored:
             row[media] = f"{label}[{i}]"  # what reports show; the media come from the dataset
             row["_hf_index"] = i

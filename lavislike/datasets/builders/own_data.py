@@ -238,10 +238,9 @@ def check_media_root(ds, source: Source, probe: int = 20) -> None:
 
 def split_by_image(source: Source, ratio: float, seed: int) -> tuple[Source, Source]:
     """``(train, val)``: ``ratio`` of the distinct images (at least one) to val, drawn with ``seed``."""
-    keys = []
-    for i, (where, row) in enumerate(source.rows):
-        keys.append(row.get("image_id", row.get("image", row.get("video", where))) if isinstance(row, dict) else where)
-    distinct = list(dict.fromkeys(map(str, keys)))
+    keys = [str(row.get("image_id", row.get("image", row.get("video", where))) if isinstance(row, dict) else where)
+            for where, row in source.rows]
+    distinct = list(dict.fromkeys(keys))
     if len(distinct) < 2:
         raise DataError(f"{source.label}: {len(distinct)} image(s), too few to hold some out for validation; "
                         f"give a val file (--val / datasets.<name>.val) or set val_ratio=0")
@@ -249,8 +248,8 @@ def split_by_image(source: Source, ratio: float, seed: int) -> tuple[Source, Sou
     random.Random(seed).shuffle(order)
     n_val = min(len(order) - 1, max(1, round(ratio * len(order))))
     held = set(order[:n_val])
-    val = [i for i, k in enumerate(keys) if str(k) in held]
-    train = [i for i, k in enumerate(keys) if str(k) not in held]
+    val = [i for i, k in enumerate(keys) if k in held]
+    train = [i for i, k in enumerate(keys) if k not in held]
     return source.subset(train), source.subset(val)
 
 
