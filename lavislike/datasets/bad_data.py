@@ -182,10 +182,10 @@ class BadSampleTracker:
         if self.bad_batches_in_row >= self.max_bad_batches_in_row:
             raise DataError(f"{self.bad_batches_in_row} batches in a row held no usable sample "
                             f"({self.summary()}); is the media folder (build_info.images / videos) right?")
-        st = self.stats()
-        if (self.max_bad_fraction is not None and st["seen"] >= self.min_seen_for_fraction
-                and st["fraction"] > self.max_bad_fraction):
-            raise DataError(f"{st['fraction']:.2%} of the first {st['seen']} samples this epoch were bad, more than "
+        fraction = self.fraction()  # not stats(): its per-reason count walks every skipped sample
+        if (self.max_bad_fraction is not None and self.seen >= self.min_seen_for_fraction
+                and fraction > self.max_bad_fraction):
+            raise DataError(f"{fraction:.2%} of the first {self.seen} samples this epoch were bad, more than "
                             f"max_bad_fraction={self.max_bad_fraction} ({self.summary()})")
         return n > 0
 
@@ -197,12 +197,16 @@ class BadSampleTracker:
         return f"{len(self.skipped)} bad of {self.seen}: {', '.join(parts)}; first: {first}"
 
     # -- reporting --------------------------------------------------------------------
+    def fraction(self) -> float:
+        """Skipped / seen this epoch."""
+        return len(self.skipped) / self.seen if self.seen else 0.0
+
     def stats(self) -> dict:
         """``{"seen", "skipped", "fraction", "total_skipped", "reasons": {reason: n}}``."""
         return {
             "seen": self.seen,
             "skipped": len(self.skipped),
-            "fraction": len(self.skipped) / self.seen if self.seen else 0.0,
+            "fraction": self.fraction(),
             "total_skipped": self.total_bad,
             "reasons": dict(Counter(s.reason for s in self.skipped)),
         }

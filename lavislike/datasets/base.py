@@ -42,7 +42,7 @@ import os
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from torch.utils.data import Dataset
 
@@ -54,11 +54,6 @@ _WORD = re.compile(r"\w")
 
 
 # -- files -------------------------------------------------------------------------------
-def read_annotation_file(path: str | os.PathLike) -> list[dict]:
-    """Rows of one LAVIS annotation file (.json list / {"annotations": [...]} or .jsonl)."""
-    return [row for _, row in annotation_rows(path)]
-
-
 def annotation_rows(path: str | os.PathLike) -> list[tuple[str, Any]]:
     """``(where, row)`` for each row of an annotation file; ``where`` is the file's own
     numbering: ``row <i>`` (0-based position in its list) or ``line <n>`` for ``.jsonl``."""
@@ -67,9 +62,9 @@ def annotation_rows(path: str | os.PathLike) -> list[tuple[str, Any]]:
         raise DataError(f"annotation file not found: {path}")
     try:
         if path.suffix == ".jsonl":
-            with open(path) as fh:
+            with open(path, encoding="utf-8") as fh:
                 return [(f"line {n}", json.loads(line)) for n, line in enumerate(fh, 1) if line.strip()]
-        with open(path) as fh:
+        with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"annotation file {path} is not valid JSON: {exc}") from None
@@ -159,19 +154,24 @@ class BaseDataset(Dataset):
             ann["instance_id"] = str(i)
         self.setup()
 
-    def _load_rows(self) -> list[dict]:
-        rows = []
+    def raw_rows(self) -> Iterator[tuple[str, Any]]:
+        """``("<annotation file> row <i>", row)`` for every row, before checking."""
         for path in self.ann_paths:
             for where, ann in annotation_rows(path):
-                reason = self.check_row(ann)
-                if reason is None:
-                    rows.append(ann)
-                    self.row_origins.append(f"{path} {where}")
-                    continue
-                bad = SkippedSample(f"{path} {where}", reason, self.name)
-                if self.strict:
-                    raise strict_error(bad)
-                self.bad_rows.append(bad)
+                yield f"{path} {where}", ann
+
+    def _load_rows(self) -> list[dict]:
+        rows = []
+        for where, ann in self.raw_rows():
+            reason = self.check_row(ann)
+            if reason is None:
+                rows.append(ann)
+                self.row_origins.append(where)
+                continue
+            bad = SkippedSample(where, reason, self.name)
+            if self.strict:
+                raise strict_error(bad)
+            self.bad_rows.append(bad)
         return rows
 
     def check_row(self, ann: Any) -> str | None:

@@ -204,12 +204,7 @@ class BaseDatasetBuilder:
             if absent or not paths:
                 missing[split] = absent or ["(no storage configured)"]
                 continue
-            datasets[split] = self.build_split(split, paths, root)
-            if self.config.get("feature_cache"):
-                from lavislike.datasets.feature_cache import attach_feature_cache
-
-                attach_feature_cache(datasets[split], resolve_storage(self.config.feature_cache) / split,
-                                     f"datasets.{self.name}.feature_cache ({split})")
+            datasets[split] = self.with_feature_cache(split, self.build_split(split, paths, root))
         if not datasets:
             files = "; ".join(f"{s}: {', '.join(map(str, p))}" for s, p in missing.items())
             raise DataError(f"{self.name}: annotation files not found ({files}); {self.download_hint}")
@@ -218,6 +213,16 @@ class BaseDatasetBuilder:
         return datasets
 
     build = build_datasets  # LAVIS name
+
+    def with_feature_cache(self, split: str, dataset):
+        """``dataset``, reading ``<feature_cache>/<split>`` instead of images when the block
+        sets ``feature_cache`` (every builder's splits pass here)."""
+        if self.config.get("feature_cache"):
+            from lavislike.datasets.feature_cache import attach_feature_cache
+
+            attach_feature_cache(dataset, resolve_storage(self.config.feature_cache) / split,
+                                 f"datasets.{self.name}.feature_cache ({split})")
+        return dataset
 
     def build_split(self, split: str, ann_paths: list[Path], root: Path):
         """One split's dataset (override for corpus-specific construction)."""

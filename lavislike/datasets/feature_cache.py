@@ -63,8 +63,9 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def encoder_fingerprint(model: nn.Module, processor: Any) -> dict[str, str]:
-    """``{"encoder_config", "weights", "processor"}`` hashes for ``model.image_encoder``."""
+def encoder_fingerprint(model: nn.Module) -> dict[str, str]:
+    """``{"encoder_config", "weights"}`` hashes for ``model.image_encoder`` (the weights are
+    hashed in full: call it once per run, then add :func:`processor_fingerprint` per split)."""
     from lavislike.models.freezing import cpu_fp16_fallback
 
     encoder = getattr(model, "image_encoder", None)
@@ -77,8 +78,12 @@ def encoder_fingerprint(model: nn.Module, processor: Any) -> dict[str, str]:
     block = OmegaConf.to_container(block, resolve=True) if isinstance(block, DictConfig) else dict(block)
     block = {k: v for k, v in block.items() if k not in _NEUTRAL_KEYS}
     return {"encoder_config": _hash(json.dumps(block, sort_keys=True, default=str)),
-            "weights": weights_digest(encoder),
-            "processor": _hash(repr(processor))}
+            "weights": weights_digest(encoder)}
+
+
+def processor_fingerprint(encoder_print: dict[str, str], processor: Any) -> dict[str, str]:
+    """The full fingerprint: the encoder's hashes plus the image processor's (its pipeline)."""
+    return {**encoder_print, "processor": _hash(repr(processor))}
 
 
 def is_random_processor(processor: Any) -> bool:
@@ -211,7 +216,7 @@ def attach_feature_cache(dataset: Any, folder: str | Path, where: str) -> Any:
 
 def verify_feature_caches(model: nn.Module, datasets: dict[str, dict[str, Any]]) -> None:
     """Check every cached dataset against ``model``'s image encoder (raises when stale)."""
-    prints: dict[int, dict[str, str]] = {}
+    encoder_print = None
     for splits in datasets.values():
         for ds in splits.values():
             inner = getattr(ds, "datasets", [ds])  # ConcatDataset
@@ -219,10 +224,8 @@ def verify_feature_caches(model: nn.Module, datasets: dict[str, dict[str, Any]])
                 cache = getattr(part, "feature_cache", None)
                 if cache is None:
                     continue
-                key = id(part.vis_processor)
-                if key not in prints:
-                    prints[key] = encoder_fingerprint(model, part.vis_processor)
-                cache.check(prints[key])
+                encoder_print = encoder_print or encoder_fingerprint(model)
+                cache.check(processor_fingerprint(encoder_print, part.vis_processor))
 
 
 # -- lavislike cache-features --------------------------------------------------------------
@@ -292,7 +295,7 @@ def cache_features(cfg: DictConfig, dtype: str = "fp16", batch_size: Optional[in
     if not is_frozen(model.image_encoder):
         raise ConfigError("cache-features: model.image_encoder.freeze is false; only a frozen encoder can be cached")
     batch_size = batch_size or int(run.get("batch_size_eval", 32))
-    written = {}
+    encoder_print, written = encoder_fingerprint(model), {}
     for name, block in blocks.items():
         plain = OmegaConf.create(OmegaConf.to_container(block, resolve=True))
         root = resolve_storage(plain.feature_cache)
@@ -301,7 +304,7 @@ def cache_features(cfg: DictConfig, dtype: str = "fp16", batch_size: Optional[in
             where = f"datasets.{name}.feature_cache ({split})"
             check_cacheable(ds, where)
             keys, batches, bad = encode_dataset(model, ds, batch_size, int(run.get("num_workers", 0)))
-            write_cache(root / split, keys, batches, bad, encoder_fingerprint(model, ds.vis_processor), dtype)
+            write_cache(root / split, keys, batches, bad, processor_fingerprint(encoder_print, ds.vis_processor), dtype)
             logger.info("%s/%s: %d images cached in %s (%d unreadable)", name, split, len(keys), root / split, len(bad))
             written[f"{name}/{split}"] = root / split
     return written

@@ -22,11 +22,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from lavislike.common.suggest import did_you_mean
+from lavislike.datasets.base import annotation_rows
 from lavislike.errors import DataError
 
 # our field -> the column names tried, in order, when the config names none
@@ -68,11 +69,9 @@ class Source:
     media_root: Path
     hf: Any = None
     hf_column: str | None = None
-    columns: list[str] = field(default_factory=list)
 
     def subset(self, keep: Iterable[int]) -> "Source":
-        rows = [self.rows[i] for i in keep]
-        return Source(self.label, rows, self.media_root, self.hf, self.hf_column, self.columns)
+        return replace(self, rows=[self.rows[i] for i in keep])
 
 
 # -- column names -----------------------------------------------------------------------------
@@ -136,15 +135,7 @@ def _jsonl_rows(path: Path) -> list[tuple[str, Any]]:
 
 
 def _json_rows(path: Path) -> list[tuple[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid JSON: {exc}") from None
-    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        data = data["annotations"]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of rows (or JSONL, one row per line)")
-    return [(f"{path} row {i}", row) for i, row in enumerate(data)]
+    return [(f"{path} {where}", row) for where, row in annotation_rows(path)]  # as LAVIS files are read
 
 
 def _csv_rows(path: Path) -> tuple[list[tuple[str, Any]], list[str]]:
@@ -199,8 +190,8 @@ def read_source(spec: str, request: Request) -> dict[str, Source]:
         metadata = _metadata_file(path)
         if metadata is not None:
             return {"train": _table_source(metadata, path, request, images_here=True)}
-        splits = {s: _metadata_file(path / sub) for s, subs in SPLIT_FOLDERS.items() for sub in subs
-                  if _metadata_file(path / sub) is not None}
+        splits = {s: m for s, subs in SPLIT_FOLDERS.items() for sub in subs
+                  if (m := _metadata_file(path / sub)) is not None}
         if splits:
             return {s: _table_source(m, m.parent, request, images_here=True) for s, m in splits.items()}
         if any((path / m).is_file() for m in HF_DISK_MARKERS):
@@ -229,7 +220,7 @@ def _table_source(path: Path, default_root: Path, request: Request, images_here:
         configured[media] = "file_name"  # the imagefolder convention
     mapping = resolve_columns(str(path), columns, request.wanted, configured, request.config_key)
     root = Path(request.images).expanduser() if request.images and not images_here else default_root
-    return Source(str(path), [(w, rename(r, mapping)) for w, r in rows], root.resolve(), columns=columns)
+    return Source(str(path), [(w, rename(r, mapping)) for w, r in rows], root.resolve())
 
 
 def _load_from_disk(path: Path):
@@ -277,11 +268,11 @@ def _hf_source(ds, label: str, root: Path, request: Request) -> Source:
     media = _media_field(request)
     column = mapping[media]
     stored = type(ds.features[column]).__name__ in ("Image", "Video")  # bytes inside the dataset
-    text_columns = [c for f, c in mapping.items() if not (f == media and stored)]
-    table = ds.select_columns(list(dict.fromkeys(text_columns))).to_list()
+    text_mapping = {f: c for f, c in mapping.items() if not (f == media and stored)}
+    table = ds.select_columns(list(dict.fromkeys(text_mapping.values()))).to_list()
     rows = []
     for i, raw in enumerate(table):
-        row = rename(raw, {f: c for f, c in mapping.items() if not (f == media and stored)})
+        row = rename(raw, text_mapping)
         if stored:
             row[media] = f"{label}[{i}]"  # what reports show; the media come from the dataset
             row["_hf_index"] = i
@@ -289,5 +280,4 @@ def _hf_source(ds, label: str, root: Path, request: Request) -> Source:
     if stored:
         ds = ds.cast_column(column, type(ds.features[column])(decode=False))
     base = Path(request.images).expanduser() if request.images else root
-    return Source(label, rows, base.resolve(), ds if stored else None, column if stored else None,
-                  list(ds.column_names))
+    return Source(label, rows, base.resolve(), ds if stored else None, column if stored else None)

@@ -16,7 +16,6 @@ sample indices and reads only the members still to come: nothing is decoded.
 """
 from __future__ import annotations
 
-import logging
 import random
 import tarfile
 from dataclasses import dataclass
@@ -24,9 +23,7 @@ from typing import Callable, Iterable, Iterator
 
 from lavislike.datasets.sample_seed import mix_seed
 
-logger = logging.getLogger(__name__)
-
-_REMOTE = ("http://", "https://", "pipe:", "gs://", "s3://")
+REMOTE = ("http://", "https://", "pipe:", "gs://", "s3://")  # url prefixes webdataset streams (anything else is a local file)
 READ_ERRORS = (OSError, tarfile.TarError, EOFError)
 
 
@@ -82,7 +79,7 @@ def tar_samples(url: str, want: Callable[[int], bool] = lambda i: True) -> Itera
     from webdataset import gopen
     from webdataset.tariterators import base_plus_ext
 
-    local = not url.startswith(_REMOTE)
+    local = not url.startswith(REMOTE)
     stream = None if local else gopen(url)
     tf = tarfile.open(url, "r:") if local else tarfile.open(fileobj=stream, mode="r|*")
     try:

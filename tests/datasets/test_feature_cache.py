@@ -183,3 +183,13 @@ def test_own_data_from_a_datasets_dataset_is_cached(tmp_path):
     with torch.no_grad():
         for i, image in enumerate(expected):
             assert torch.equal(train[i]["image_features"], model.image_encoder(image[None])[0])
+    # the own_* builders attach it from the block's feature_cache (<folder>/<split>) as the others do
+    import shutil
+
+    shutil.copytree(tmp_path / "fc", tmp_path / "cached" / "train")
+    via_config = load_datasets("own_caption", {"data": str(tmp_path / "saved"), "val_ratio": 0,
+                                               "feature_cache": str(tmp_path / "cached"),
+                                               "vis_processor": {"train": eval32, "eval": eval32}})["train"]
+    for i in range(len(expected)):
+        item = via_config[i]
+        assert "image" not in item and torch.equal(item["image_features"], train[i]["image_features"])

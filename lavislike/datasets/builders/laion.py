@@ -35,6 +35,7 @@ from lavislike.datasets.collate import collate
 from lavislike.datasets.sample_seed import mix_seed, sample_rng
 from lavislike.datasets.shard_stream import (
     READ_ERRORS,
+    REMOTE,
     StreamPosition,
     count_samples,
     shard_draws,
@@ -49,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 _WORD = re.compile(r"\w")
-_REMOTE = ("http://", "https://", "pipe:", "gs://", "s3://")
 
 
 def expand_shards(patterns: Any) -> list[str]:
@@ -59,7 +59,7 @@ def expand_shards(patterns: Any) -> list[str]:
     out = []
     for pattern in _as_list(patterns):
         for url in braceexpand(str(pattern)):
-            out.append(url if url.startswith(_REMOTE) else str(cache_path(url)))
+            out.append(url if url.startswith(REMOTE) else str(cache_path(url)))
     return out
 
 
@@ -269,7 +269,7 @@ class LaionBuilder(BaseDatasetBuilder):
         if not storage:
             raise ConfigError(f"datasets.{self.name}.build_info.storage: set the shard pattern(s), e.g. laion/shards/{{00000..00099}}.tar")
         urls = expand_shards(storage)
-        local = [u for u in urls if not u.startswith(_REMOTE)]
+        local = [u for u in urls if not u.startswith(REMOTE)]
         missing = [u for u in local if not cache_path(u).is_file()]
         if local and len(missing) == len(local):
             raise DataError(f"{self.name}: no shard found (first missing: {missing[0]}); {self.download_hint}")
@@ -278,7 +278,7 @@ class LaionBuilder(BaseDatasetBuilder):
             urls = [u for u in urls if u not in set(missing)]
         cfg = self.config
         return {
-            "train": LaionDataset(
+            "train": self.with_feature_cache("train", LaionDataset(
                 urls,
                 self.vis_processors["train"],
                 self.text_processors["train"],
@@ -288,7 +288,7 @@ class LaionBuilder(BaseDatasetBuilder):
                 caption_key=str(cfg.get("caption_key", "caption")),
                 strict=bool(cfg.get("strict", False)),
                 name=f"{self.name}/train",
-            )
+            ))  # a stream: refused when feature_cache is set, not silently read from images
         }
 
     build = build_datasets

@@ -15,7 +15,7 @@ Splits: ``val`` / ``test`` given as their own files, or carried by the layout (s
 subfolders, a ``DatasetDict``), or else ``val_ratio`` of ``data``'s images (all rows of
 one image on the same side) drawn with ``split_seed`` - the same split in every process.
 Every row is checked as for the other corpora: a row missing a field (or a JSONL line
-that is not JSON) is skipped, logged and kept in ``dataset.bad_rows`` as
+that is not JSON) is skipped, kept in ``dataset.bad_rows`` (logged when the run starts) as
 ``<file> line <n>``; ``strict: true`` fails on it instead. ``data_type: videos`` reads
 videos (the ``video`` / ``file_name`` column) for captioning and QA.
 
@@ -25,20 +25,17 @@ Eval splits of captioning and retrieval hold one row per image with all its capt
 from __future__ import annotations
 
 import io
-import logging
 import os
 import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
 from lavislike.datasets import base
-from lavislike.datasets.bad_data import BadSampleError, SkippedSample, strict_error
+from lavislike.datasets.bad_data import BadSampleError
 from lavislike.datasets.builder import BaseDatasetBuilder, DatasetConfig
 from lavislike.datasets.own_sources import InvalidRow, Request, Source, read_source
 from lavislike.errors import ConfigError, DataError
 from lavislike.registry import DATASETS
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,18 +60,14 @@ class OwnRows:
         self.source = source
         super().__init__(vis_processor, text_processor, source.media_root, [source.label], strict=strict, name=name)
 
+    def raw_rows(self):
+        return ((where, dict(ann) if isinstance(ann, dict) else ann) for where, ann in self.source.rows)
+
+    def check_row(self, ann):
+        return ann.reason if isinstance(ann, InvalidRow) else super().check_row(ann)
+
     def _load_rows(self) -> list[dict]:
-        rows = []
-        for i, (where, ann) in enumerate(self.source.rows):
-            reason = ann.reason if isinstance(ann, InvalidRow) else self.check_row(ann)
-            if reason is None:
-                rows.append(dict(ann))
-                continue
-            bad = SkippedSample(where, reason, self.name, i)
-            if self.strict:
-                raise strict_error(bad)
-            self.bad_rows.append(bad)
-        return self.arrange(rows)
+        return self.arrange(super()._load_rows())
 
     def arrange(self, rows: list[dict]) -> list[dict]:
         """Hook: reshape the checked rows (eval splits group them per image)."""
@@ -228,11 +221,8 @@ class OwnDataBuilder(BaseDatasetBuilder):
             if not len(ds):
                 raise DataError(f"{self.name}/{split}: no usable row in {source.label}"
                                 + (f" (first problem: {ds.bad_rows[0].describe()})" if ds.bad_rows else ""))
-            check_media_root(ds, source)
-            if ds.bad_rows:
-                logger.warning("%s/%s: skipped %d bad rows of %d: %s", self.name, split, len(ds.bad_rows),
-                               len(source.rows), "; ".join(b.describe() for b in ds.bad_rows[:20]))
-            out[split] = ds
+            check_media_root(ds, source)  # its bad rows are reported by the runner (bad_data.rows_report)
+            out[split] = self.with_feature_cache(split, ds)
         return out
 
 
@@ -248,10 +238,9 @@ def check_media_root(ds, source: Source, probe: int = 20) -> None:
 
 def split_by_image(source: Source, ratio: float, seed: int) -> tuple[Source, Source]:
     """``(train, val)``: ``ratio`` of the distinct images (at least one) to val, drawn with ``seed``."""
-    keys = []
-    for i, (where, row) in enumerate(source.rows):
-        keys.append(row.get("image_id", row.get("image", row.get("video", where))) if isinstance(row, dict) else where)
-    distinct = list(dict.fromkeys(map(str, keys)))
+    keys = [str(row.get("image_id", row.get("image", row.get("video", where))) if isinstance(row, dict) else where)
+            for where, row in source.rows]
+    distinct = list(dict.fromkeys(keys))
     if len(distinct) < 2:
         raise DataError(f"{source.label}: {len(distinct)} image(s), too few to hold some out for validation; "
                         f"give a val file (--val / datasets.<name>.val) or set val_ratio=0")
@@ -259,8 +248,8 @@ def split_by_image(source: Source, ratio: float, seed: int) -> tuple[Source, Sou
     random.Random(seed).shuffle(order)
     n_val = min(len(order) - 1, max(1, round(ratio * len(order))))
     held = set(order[:n_val])
-    val = [i for i, k in enumerate(keys) if str(k) in held]
-    train = [i for i, k in enumerate(keys) if str(k) not in held]
+    val = [i for i, k in enumerate(keys) if k in held]
+    train = [i for i, k in enumerate(keys) if k not in held]
     return source.subset(train), source.subset(val)
 
 
