@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -42,9 +44,46 @@ def fake_venv(tmp_path) -> Path:
 @pytest.fixture
 def lavislike_log(caplog):
     """``caplog`` that sees the ``lavislike`` logger (which does not propagate to the root)."""
-    import logging
-
     logger = logging.getLogger("lavislike")
     logger.addHandler(caplog.handler)
     yield caplog
     logger.removeHandler(caplog.handler)
+
+
+def _drop_log_handlers() -> None:
+    logger = logging.getLogger("lavislike")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+
+
+@pytest.fixture
+def fresh_log_handlers():
+    """Each in-process run logs to the stderr pytest captures for it: drop the handlers
+    ``setup_logging`` bound to an earlier test's streams."""
+    yield
+    _drop_log_handlers()
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys, fresh_log_handlers):
+    """``cli(*args, env=..., cwd=...)``: ``lavislike ARGS`` run in this process by its ``main``,
+    as a ``CompletedProcess`` (exit status, stdout, stderr). The imports are paid once per
+    session instead of once per command; tests of the entry point itself start a process."""
+    from lavislike.cli import main
+
+    def run(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        capsys.readouterr()
+        _drop_log_handlers()
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's --help and usage errors
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(["lavislike", *args], code, out.out, out.err)
+
+    return run

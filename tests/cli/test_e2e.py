@@ -39,8 +39,15 @@ def env_for(cache: Path) -> dict:
 
 
 def lavislike(cache: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``lavislike ARGS`` in a fresh process: where a run is killed or compared with a killed
+    one (same process set-up), or could hang; the other tests run ``main`` in-process."""
     return subprocess.run([sys.executable, "-m", "lavislike", *args], capture_output=True, text=True,
                           env=env_for(cache), cwd=REPO, timeout=timeout)
+
+
+def in_process(cli, cache: Path, *args: str) -> subprocess.CompletedProcess:
+    """``lavislike ARGS`` by its ``main`` (the ``cli`` fixture), reading the corpus in ``cache``."""
+    return cli(*args, env={"LAVISLIKE_CACHE": str(cache)}, cwd=REPO)
 
 
 def synthetic_block(kind: str, train_processor: str = "blip_image_eval") -> dict:
@@ -70,10 +77,10 @@ def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(output_dir / "checkpoints" / latest / "model.safetensors"))
 
 
-def test_train_writes_the_output_folder(cache, tmp_path):
+def test_train_writes_the_output_folder(cache, tmp_path, cli):
     out = tmp_path / "run"
     cfg = stage1_config(tmp_path / "exp.yaml", out)
-    res = lavislike(cache, "train", "--cfg-path", str(cfg), "run.init_lr=5e-4")
+    res = in_process(cli, cache, "train", "--cfg-path", str(cfg), "run.init_lr=5e-4")
     assert res.returncode == 0, res.stderr[-3000:]
     saved = yaml.safe_load((out / "config.yaml").read_text())
     # resolved: the command-line override, the schema defaults and the model type's keys
@@ -183,7 +190,7 @@ def test_killed_stream_run_resumes_to_the_same_weights(cache, tmp_path, resample
     assert "skipping" not in res.stderr  # no batch was read again
 
 
-def test_evaluate_retrieval_prints_and_writes_recall(cache, tmp_path):
+def test_evaluate_retrieval_prints_and_writes_recall(cache, tmp_path, cli):
     out = tmp_path / "eval"
     cfg = {
         "model": {"arch": "blip2", "model_type": "tiny"},
@@ -192,7 +199,7 @@ def test_evaluate_retrieval_prints_and_writes_recall(cache, tmp_path):
                 "output_dir": str(out), "device": "cpu", "progress_bar": False, "tensorboard": False},
     }
     (tmp_path / "ret.yaml").write_text(yaml.safe_dump(cfg))
-    res = lavislike(cache, "evaluate", "--cfg-path", str(tmp_path / "ret.yaml"))
+    res = in_process(cli, cache, "evaluate", "--cfg-path", str(tmp_path / "ret.yaml"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert "txt_r1" in res.stderr and "img_r10" in res.stderr
     written = sorted((out / "result").glob("test*_retrieval.json"))
@@ -208,7 +215,7 @@ def test_evaluate_retrieval_prints_and_writes_recall(cache, tmp_path):
     assert not (out / "checkpoints").exists()  # evaluation trains nothing
 
 
-def test_train_initialises_stage2_from_a_stage1_checkpoint(cache, tmp_path):
+def test_train_initialises_stage2_from_a_stage1_checkpoint(cache, tmp_path, cli):
     """`model.pretrained` names what `lavislike train` builds: a runner-written stage-1
     file (trainable weights only) gives the stage-2 model its Q-Former."""
     from omegaconf import OmegaConf
@@ -217,7 +224,7 @@ def test_train_initialises_stage2_from_a_stage1_checkpoint(cache, tmp_path):
     from lavislike.tasks import setup_task
 
     stage1 = tmp_path / "s1"
-    res = lavislike(cache, "train", "--cfg-path", str(stage1_config(tmp_path / "s1.yaml", stage1)))
+    res = in_process(cli, cache, "train", "--cfg-path", str(stage1_config(tmp_path / "s1.yaml", stage1)))
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = stage1 / "checkpoints" / "step_000000004" / "model.safetensors"
     exp = {"model": {"arch": "blip2_opt", "model_type": "tiny", "load_pretrained": True, "pretrained": str(ckpt)},
@@ -234,7 +241,7 @@ def test_train_initialises_stage2_from_a_stage1_checkpoint(cache, tmp_path):
     assert OmegaConf.select(cfg, "model.pretrained") == str(ckpt)
 
 
-def test_convert_lavis_pth_to_ours_to_hf(cache, tmp_path):
+def test_convert_lavis_pth_to_ours_to_hf(cache, tmp_path, cli):
     from transformers import Blip2ForImageTextRetrieval
 
     from lavislike.models import load_model
@@ -243,11 +250,11 @@ def test_convert_lavis_pth_to_ours_to_hf(cache, tmp_path):
     torch.manual_seed(0)
     model = load_model("blip2", "tiny", load_pretrained=False)
     torch.save({"model": to_lavis_state(model)}, tmp_path / "blip2_tiny.pth")
-    res = lavislike(cache, "convert", str(tmp_path / "blip2_tiny.pth"), str(tmp_path / "ours"),
-                    "--arch", "blip2", "--model-type", "tiny")
+    res = in_process(cli, cache, "convert", str(tmp_path / "blip2_tiny.pth"), str(tmp_path / "ours"),
+                     "--arch", "blip2", "--model-type", "tiny")
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "ours" / "model.safetensors").is_file()
-    res = lavislike(cache, "convert", str(tmp_path / "ours"), str(tmp_path / "hf"), "--to", "hf")
+    res = in_process(cli, cache, "convert", str(tmp_path / "ours"), str(tmp_path / "hf"), "--to", "hf")
     assert res.returncode == 0, res.stderr[-3000:]
     hf = Blip2ForImageTextRetrieval.from_pretrained(str(tmp_path / "hf"))
     ours = model.state_dict()
@@ -258,9 +265,9 @@ def test_convert_lavis_pth_to_ours_to_hf(cache, tmp_path):
     torch.testing.assert_close(hf.itm_head.weight, ours["itm_head.weight"])
 
 
-def test_convert_bad_input_is_one_line(cache, tmp_path):
+def test_convert_bad_input_is_one_line(cache, tmp_path, cli):
     (tmp_path / "x.pth").write_bytes(b"")
-    res = lavislike(cache, "convert", str(tmp_path / "x.pth"), str(tmp_path / "o"))
+    res = in_process(cli, cache, "convert", str(tmp_path / "x.pth"), str(tmp_path / "o"))
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "--arch" in res.stderr
 

@@ -1,6 +1,4 @@
 """A command-line override whose value is no YAML (a dict typed by hand) is one line naming it."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +16,7 @@ def test_bad_yaml_value_names_the_override():
         load_config(CFG, ["run.k_test=4", BAD])
 
 
-def test_cli_prints_one_line_exit_2():
-    res = subprocess.run([sys.executable, "-m", "lavislike", "config", "--cfg-path", str(CFG), BAD],
-                         capture_output=True, text=True, cwd=REPO, timeout=120)
+def test_cli_prints_one_line_exit_2(cli):
+    res = cli("config", "--cfg-path", str(CFG), BAD, cwd=REPO)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().count("\n") == 0 and "model.qformer" in res.stderr

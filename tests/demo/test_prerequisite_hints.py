@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from lavislike.common.paths import missing_hint
@@ -43,23 +42,28 @@ def test_hints_for_demo_cache_entries_and_tiny_runs(tmp_path, monkeypatch):
     assert missing_hint(tmp_path / "blip2" / "pretrain_stage2" / "model_best.safetensors") is None
 
 
-def test_cli_names_the_stage1_weights_then_the_prepared_llm(tmp_path):
+def in_process(cli, args: list[str], cache: Path, out: Path) -> subprocess.CompletedProcess:
+    """``lavislike ARGS`` by its ``main`` (the ``cli`` fixture), with ``run``'s cache and outputs."""
+    return cli(*args, env={"LAVISLIKE_CACHE": str(cache), "LAVISLIKE_OUTPUT": str(out)}, cwd=REPO)
+
+
+def test_cli_names_the_stage1_weights_then_the_prepared_llm(tmp_path, cli):
     cache, out = tmp_path / "cache", tmp_path / "out"
-    cmd = [sys.executable, "-m", "lavislike", "train", "--cfg-path", "projects/blip2_tiny/train/pretrain_stage2.yaml"]
-    line = one_line(run(cmd, cache, out))
+    cmd = ["train", "--cfg-path", "projects/blip2_tiny/train/pretrain_stage2.yaml"]
+    line = one_line(in_process(cli, cmd, cache, out))
     weights = out / "blip2_tiny" / "pretrain_stage1" / "model_best.safetensors"
     assert f"model.pretrained: {weights} not found" in line and STAGE1_CMD in line
 
     weights.parent.mkdir(parents=True)
     weights.write_bytes(b"")  # present: the next missing piece is the frozen LLM
-    line = one_line(run(cmd, cache, out))
+    line = one_line(in_process(cli, cmd, cache, out))
     assert line.endswith(f"model.llm.path: {cache / 'demo' / 'opt_tiny'} not found; create it with: {PREPARE}")
 
 
-def test_cli_names_the_image_encoder_of_stage1(tmp_path):
+def test_cli_names_the_image_encoder_of_stage1(tmp_path, cli):
     cache, out = tmp_path / "cache", tmp_path / "out"
-    line = one_line(run([sys.executable, "-m", "lavislike", "train", "--cfg-path",
-                         "projects/blip2_tiny/train/pretrain_stage1.yaml"], cache, out))
+    line = one_line(in_process(cli, ["train", "--cfg-path", "projects/blip2_tiny/train/pretrain_stage1.yaml"],
+                               cache, out))
     encoder = cache / "demo" / "vision_encoder.safetensors"
     assert line.endswith(f"model.image_encoder.pretrained: {encoder} not found; create it with: {PREPARE}")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,16 +48,21 @@ def write_jsonl(path: Path, rows: list[dict], keys: dict[str, str]) -> Path:
     return path
 
 
+def own_env(tmp: Path) -> dict:
+    """The variables a run here is given on top of the caller's: outputs and caches in ``tmp``, offline."""
+    return dict(LAVISLIKE_OUTPUT=str(tmp / "output"), LAVISLIKE_CACHE=str(tmp / "cache"), HF_HUB_OFFLINE="1",
+                TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+                OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
 def env(tmp: Path) -> dict:
-    return dict(os.environ, LAVISLIKE_OUTPUT=str(tmp / "output"), LAVISLIKE_CACHE=str(tmp / "cache"),
-                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return dict(os.environ, **own_env(tmp))
 
 
-def finetune(tmp: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``lavislike finetune ARGS`` in a fresh process, from ``tmp``."""
-    return subprocess.run([sys.executable, "-m", "lavislike", "finetune", *args], capture_output=True, text=True,
-                          env=env(tmp), cwd=tmp, timeout=timeout)
+def finetune(cli, tmp: Path, *args: str) -> subprocess.CompletedProcess:
+    """``lavislike finetune ARGS`` from ``tmp``, run in-process by the ``cli`` fixture (the
+    two-process test starts the run script itself)."""
+    return cli("finetune", *args, env=own_env(tmp), cwd=tmp)
 
 
 def load_line(stdout: str) -> str:

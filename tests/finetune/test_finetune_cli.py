@@ -51,7 +51,7 @@ def vqa_accuracy(results: list[dict], truth: dict[str, str]) -> float:
     return 100.0 * sum(norm(r["answer"]) == truth[r["question_id"]] for r in results) / len(results)
 
 
-def test_caption_imagefolder_trains_validates_and_the_printed_line_captions(tmp_path):
+def test_caption_imagefolder_trains_validates_and_the_printed_line_captions(tmp_path, cli):
     """Split subfolders train/ + validation/ with metadata.jsonl (file_name, text)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -62,7 +62,7 @@ def test_caption_imagefolder_trains_validates_and_the_printed_line_captions(tmp_
     for folder, rows in (("train", train), ("validation", val)):
         write_jsonl(data / folder / "metadata.jsonl", rows, {"file_name": "file_name", "caption": "text"})
     out = tmp_path / "run"
-    res = finetune(tmp_path, "--task", "captioning", "--data", str(data), *TINY_OPT, "--output", str(out),
+    res = finetune(cli, tmp_path, "--task", "captioning", "--data", str(data), *TINY_OPT, "--output", str(out),
                    *FAST, *DECODE)
     assert res.returncode == 0, res.stderr[-3000:]
     exp = yaml.safe_load((out / "finetune.yaml").read_text())
@@ -92,14 +92,14 @@ def test_caption_imagefolder_trains_validates_and_the_printed_line_captions(tmp_
     assert caption == [next(r["caption"] for r in results if r["image_id"] == 0)]
 
 
-def test_vqa_imagefolder_split_by_ratio_and_the_printed_line_answers(tmp_path):
+def test_vqa_imagefolder_split_by_ratio_and_the_printed_line_answers(tmp_path, cli):
     """One folder, metadata.jsonl with questions and answers; val = a seeded quarter of it."""
     data = tmp_path / "qa"
     rows = write_images(data, 32, seed=2)
     keys = {k: k for k in ("file_name", "question", "answer", "question_id")}
     write_jsonl(data / "metadata.jsonl", rows, keys)
     out = tmp_path / "run"
-    res = finetune(tmp_path, "--task", "vqa", "--data", str(data), *TINY_OPT, "--output", str(out), *FAST, *DECODE,
+    res = finetune(cli, tmp_path, "--task", "vqa", "--data", str(data), *TINY_OPT, "--output", str(out), *FAST, *DECODE,
                    "datasets.own_vqa.val_ratio=0.25")
     assert res.returncode == 0, res.stderr[-3000:]
     assert train_steps(out) == [1, 2, 3]  # 24 of 32 images for training, batch 8
@@ -120,7 +120,7 @@ def test_vqa_imagefolder_split_by_ratio_and_the_printed_line_answers(tmp_path):
     assert answer == [first["answer"]]
 
 
-def test_retrieval_jsonl_with_images_root_val_file_and_a_bad_row(tmp_path):
+def test_retrieval_jsonl_with_images_root_val_file_and_a_bad_row(tmp_path, cli):
     """JSONL rows with paths relative to --images, own column names, one bad row reported."""
     images = tmp_path / "photos"
     train, val = write_images(images, 16, seed=3), write_images(images, 6, seed=4)
@@ -129,7 +129,7 @@ def test_retrieval_jsonl_with_images_root_val_file_and_a_bad_row(tmp_path):
         fh.write(json.dumps({"path": train[0]["file_name"], "sentence": ""}) + "\n")  # line 17: empty caption
     val_file = write_jsonl(tmp_path / "ann" / "val.jsonl", val, {"file_name": "path", "caption": "sentence"})
     out = tmp_path / "run"
-    res = finetune(tmp_path, "--task", "retrieval", "--data", str(train_file), "--val", str(val_file),
+    res = finetune(cli, tmp_path, "--task", "retrieval", "--data", str(train_file), "--val", str(val_file),
                    "--images", str(images), *TINY_STAGE1, "--output", str(out), *FAST, "run.k_test=4",
                    "datasets.own_retrieval.columns.image=path")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -144,7 +144,7 @@ def test_retrieval_jsonl_with_images_root_val_file_and_a_bad_row(tmp_path):
     assert_trained_weights_loaded(model, out)
 
 
-def test_vqa_csv_with_absolute_paths_and_a_renamed_column(tmp_path):
+def test_vqa_csv_with_absolute_paths_and_a_renamed_column(tmp_path, cli):
     images = tmp_path / "img"
     rows = write_images(images, 24, seed=5) + write_images(images, 8, seed=6)
     files = {}
@@ -156,7 +156,7 @@ def test_vqa_csv_with_absolute_paths_and_a_renamed_column(tmp_path):
             for r in part:
                 w.writerow([str(images / r["file_name"]), r["question"], r["answer"], r["question_id"]])
     out = tmp_path / "run"
-    res = finetune(tmp_path, "--task", "vqa", "--data", str(files["train"]), "--val", str(files["val"]), *TINY_OPT,
+    res = finetune(cli, tmp_path, "--task", "vqa", "--data", str(files["train"]), "--val", str(files["val"]), *TINY_OPT,
                    "--output", str(out), *FAST, *DECODE, "datasets.own_vqa.columns.answer=reply")
     assert res.returncode == 0, res.stderr[-3000:]
     assert train_steps(out) == [1, 2, 3]
@@ -167,7 +167,7 @@ def test_vqa_csv_with_absolute_paths_and_a_renamed_column(tmp_path):
     assert_trained_weights_loaded(run_printed_line(res.stdout)["model"], out)
 
 
-def test_retrieval_saved_datasets_dict(tmp_path):
+def test_retrieval_saved_datasets_dict(tmp_path, cli):
     """A DatasetDict (train / validation) with an Image column, written with save_to_disk."""
     datasets = pytest.importorskip("datasets")
     parts = {"train": write_images(tmp_path / "src", 16, seed=7), "validation": write_images(tmp_path / "src", 6, seed=8)}
@@ -182,7 +182,7 @@ def test_retrieval_saved_datasets_dict(tmp_path):
     for r in parts["train"] + parts["validation"]:  # the images live inside the saved dataset only
         (tmp_path / "src" / r["file_name"]).unlink()
     out = tmp_path / "run"
-    res = finetune(tmp_path, "--task", "retrieval", "--data", str(tmp_path / "saved"), *TINY_STAGE1,
+    res = finetune(cli, tmp_path, "--task", "retrieval", "--data", str(tmp_path / "saved"), *TINY_STAGE1,
                    "--output", str(out), *FAST, "run.k_test=4")
     assert res.returncode == 0, res.stderr[-3000:]
     assert train_steps(out) == [1, 2]
@@ -190,25 +190,25 @@ def test_retrieval_saved_datasets_dict(tmp_path):
     assert_trained_weights_loaded(run_printed_line(res.stdout)["model"], out)
 
 
-def test_wrong_column_is_one_line_naming_the_file_and_its_columns(tmp_path):
+def test_wrong_column_is_one_line_naming_the_file_and_its_columns(tmp_path, cli):
     rows = write_images(tmp_path / "img", 4, seed=9)
     path = tmp_path / "data.csv"
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["image", "description"])
         w.writerows([[str(tmp_path / "img" / r["file_name"]), r["caption"]] for r in rows])
-    res = finetune(tmp_path, "--task", "captioning", "--data", str(path), *TINY_OPT, *FAST,
+    res = finetune(cli, tmp_path, "--task", "captioning", "--data", str(path), *TINY_OPT, *FAST,
                    "datasets.own_caption.columns.caption=descripton")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert str(path) in res.stderr and "image, description" in res.stderr and "'description'" in res.stderr
     # no column configured and none of the usual names either
-    res = finetune(tmp_path, "--task", "captioning", "--data", str(path), *TINY_OPT, *FAST)
+    res = finetune(cli, tmp_path, "--task", "captioning", "--data", str(path), *TINY_OPT, *FAST)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert str(path) in res.stderr and "image, description" in res.stderr
 
 
-def test_dry_run_prints_the_yaml_only(tmp_path):
-    res = finetune(tmp_path, "--task", "vqa", "--data", "nowhere.jsonl", "--dry-run", "run.max_epoch=3")
+def test_dry_run_prints_the_yaml_only(tmp_path, cli):
+    res = finetune(cli, tmp_path, "--task", "vqa", "--data", "nowhere.jsonl", "--dry-run", "run.max_epoch=3")
     assert res.returncode == 0, res.stderr[-3000:]
     exp = yaml.safe_load(res.stdout)
     assert exp["run"]["max_epoch"] == 3 and exp["run"]["init_lr"] == 1e-5 and exp["run"]["layer_decay"] == 0.95

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,6 @@ from safetensors.torch import load_file, save_file
 from tiny_models import build_tiny_hf_blip2_retrieval, tiny_stage1_overrides
 from lavislike.errors import CheckpointError
 from lavislike.models import from_hf, load_model
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 class Hostile:
     """Unpickling this runs a shell command: it must never happen."""
@@ -43,12 +39,6 @@ def saved(tmp_path, tiny_bert_tokenizer_dir):
     model = load_model("blip2", "tiny", **tiny_stage1_overrides(tiny_bert_tokenizer_dir))
     model.save_pretrained(tmp_path / "ours")
     return tmp_path / "ours"
-
-
-def cli(*args, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    full = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "lavislike", *args], capture_output=True, text=True,
-                          env=full, cwd=cwd, timeout=300)
 
 
 def assert_one_line(out: subprocess.CompletedProcess, *needles: str) -> None:
@@ -107,7 +97,7 @@ def test_hf_folder_truncated_weights(tiny_hf_blip2_retrieval):
 
 # -- the command line -----------------------------------------------------------------------
 @pytest.mark.parametrize("damage", ["shape", "truncated", "hostile"])
-def test_convert_and_train_exit_2_with_one_line(saved, tmp_path, damage):
+def test_convert_and_train_exit_2_with_one_line(saved, tmp_path, damage, cli):
     marker = tmp_path / "pwned"
     if damage == "hostile":
         source = hostile_file(tmp_path / "evil.pth", marker)
@@ -125,7 +115,7 @@ def test_convert_and_train_exit_2_with_one_line(saved, tmp_path, damage):
         source = saved
     assert_one_line(cli("convert", str(source), str(tmp_path / "out"), "--arch", "blip2", cwd=tmp_path), *needles)
     assert not marker.exists()
-    if damage != "shape":  # one train run (a subprocess costs seconds); the model build is shared
+    if damage != "shape":  # one train run: the model build is shared
         return
     exp = tmp_path / "exp.yaml"
     exp.write_text(f"model: {{arch: blip2, model_type: tiny, load_pretrained: true, pretrained: '{source}'}}\n"

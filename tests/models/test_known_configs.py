@@ -5,6 +5,9 @@ facts (an independent path: no lavislike code) and, for OPT, against the publish
 """
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import pytest
 import torch
 import transformers
@@ -20,6 +23,7 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+@functools.lru_cache(maxsize=None)  # several model types share an LLM
 def _reference_count(hub_id: str, auto: str) -> int:
     data = known_config(hub_id)
     untied = data.get("tie_word_embeddings") is False
@@ -34,18 +38,42 @@ def _reference_count(hub_id: str, auto: str) -> int:
     return count
 
 
-@pytest.mark.parametrize("arch,model_type,hub_id,auto", [
-    ("blip2_opt", "pretrain_opt2.7b", "facebook/opt-2.7b", "AutoModelForCausalLM"),
-    ("blip2_t5", "pretrain_flant5xl", "google/flan-t5-xl", "AutoModelForSeq2SeqLM"),
-])
-def test_meta_build_offline_has_the_hub_models_size(arch, model_type, hub_id, auto):
+def _shipped_types() -> list[tuple[str, str]]:
+    """Every model type of every model class (a class registered under several names once)."""
+    from lavislike.registry import MODELS
+
+    seen, out = set(), []
+    for arch in sorted(MODELS.names()):
+        cls = MODELS.get(arch)
+        if cls in seen:
+            continue
+        seen.add(cls)
+        out += [(arch, model_type) for model_type in getattr(cls, "MODEL_TYPES", {})]
+    return out
+
+
+AUTO = {"causal_lm": "AutoModelForCausalLM", "seq2seq_lm": "AutoModelForSeq2SeqLM"}
+CONFIGS = Path(__file__).resolve().parents[2] / "lavislike" / "models" / "configs"
+
+
+def test_every_shipped_model_type_yaml_is_a_registered_type():
+    from lavislike.registry import MODELS
+
+    named = {CONFIGS / path for arch in MODELS.names() for path in getattr(MODELS.get(arch), "MODEL_TYPES", {}).values()}
+    assert set(CONFIGS.rglob("*.yaml")) == named
+
+
+@pytest.mark.parametrize("arch,model_type", _shipped_types(), ids=lambda v: v)
+def test_every_shipped_model_type_builds_on_meta_offline(arch, model_type):
     model, vis, txt = load_model_and_preprocess(arch, model_type, load_pretrained=False, device="meta")
-    assert model.cfg.llm.path == hub_id
+    assert model.cfg.model_type == model_type
     assert all(p.is_meta for p in model.parameters())
-    assert _count(model.llm) == _reference_count(hub_id, auto)
-    if hub_id in OPT_PUBLISHED:
-        assert _count(model.llm) == OPT_PUBLISHED[hub_id]
     assert "eval" in vis and "eval" in txt
+    hub_id = model.cfg.llm.path if "llm" in model.cfg else None
+    if hub_id and known_config(hub_id) is not None:  # a hub LLM: the size transformers gives it
+        assert _count(model.llm) == _reference_count(hub_id, AUTO[model.cfg.llm.name])
+        if hub_id in OPT_PUBLISHED:
+            assert _count(model.llm) == OPT_PUBLISHED[hub_id]
 
 
 def test_every_shipped_hub_llm_has_its_facts():

@@ -1,8 +1,6 @@
 """The config matrix's shared preparation (``config_matrix.py``)."""
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 import config_matrix as cm
@@ -25,11 +23,5 @@ def matrix(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def fresh_log_handlers():
-    """Each in-process run logs to the stderr pytest captures for it: drop the handlers
-    ``setup_logging`` bound to an earlier test's streams."""
-    yield
-    logger = logging.getLogger("lavislike")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+def _fresh_log_handlers(fresh_log_handlers):
+    """Every test here runs the CLI in-process (see ``fresh_log_handlers``)."""

@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from lavislike.datasets.base import VQAEvalDataset
 from lavislike.errors import ConfigError, DataError
 from lavislike.tasks.vqa import VQATask
 from lavislike.tasks.vqa_metrics import vqa_accuracy, vqa_report
@@ -118,13 +119,14 @@ def test_matches_transcription_on_generated_cases(method):
 
 
 # -- the task reads the official files -----------------------------------------------------
-class FakeData:
-    """What the task reads from a dataset: the builder's eval_files or the rows."""
-
-    def __init__(self, eval_files=None, annotation=None):
-        self.eval_files = eval_files or {}
-        if annotation is not None:
-            self.annotation = annotation
+def _dataset(tmp_path, eval_files=None, rows=None) -> VQAEvalDataset:
+    """A real VQA evaluation split: ``rows`` (the questions of ``eval_files`` when not given) and
+    the builder's ``eval_files``; the task reads the files, else the rows' answers."""
+    rows = rows or [{"question_id": q} for q in (1, 2, 3)]
+    (tmp_path / "rows.json").write_text(json.dumps([{"image": "im.jpg", "question": "what is it?", **r} for r in rows]))
+    dataset = VQAEvalDataset(None, None, tmp_path, tmp_path / "rows.json")
+    dataset.eval_files = dict(eval_files or {})
+    return dataset
 
 
 def _official_files(tmp_path):
@@ -147,21 +149,21 @@ def test_task_scores_from_the_official_annotation_file(tmp_path):
     results = [{"question_id": 1, "answer": "dog", "gt_answers": ["cat"] * 7 + ["dog"] * 3, "gt_expanded": True},
                {"question_id": 2, "answer": "2"},
                {"question_id": 3, "answer": "Yes"}]
-    got = VQATask({}).compute_metrics(results, FakeData(eval_files=files), "val", None)
+    got = VQATask({}).compute_metrics(results, _dataset(tmp_path, eval_files=files), "val", None)
     q1, q2, q3 = 2 / 9, 0.8, 0.0
     assert got["accuracy"] == pytest.approx(100 * (q1 + q2 + q3) / 3)
     assert got["accuracy_other"] == pytest.approx(100 * q1)
     assert got["accuracy_number"] == pytest.approx(100 * q2)
     assert got["accuracy_yes/no"] == pytest.approx(0.0)
     assert "approximate" not in got
-    lavis = VQATask({"vqa_metric": "lavis"}).compute_metrics(results, FakeData(eval_files=files), "val", None)
+    lavis = VQATask({"vqa_metric": "lavis"}).compute_metrics(results, _dataset(tmp_path, eval_files=files), "val", None)
     assert lavis["accuracy_yes/no"] == pytest.approx(100.0)
 
 
 def test_task_scores_from_dataset_rows_and_flags_expansion(tmp_path, caplog):
     rows = [{"question_id": 7, "answer": ["cat", "cat", "dog"]}, {"question_id": 8, "answer": "dog"}]
     results = [{"question_id": 7, "answer": "dog"}, {"question_id": 8, "answer": "dog"}]
-    got = VQATask({}).compute_metrics(results, FakeData(annotation=rows), "val", None)
+    got = VQATask({}).compute_metrics(results, _dataset(tmp_path, rows=rows), "val", None)
     # one answer string: unanimous annotators, so an exact match scores 1
     assert got["accuracy"] == pytest.approx(100 * (2 / 9 + 1) / 2)
     expanded = [{"question_id": 7, "answer": "dog", "gt_answers": ["cat"] * 7 + ["dog"] * 3, "gt_expanded": True}]
@@ -172,7 +174,7 @@ def test_task_scores_from_dataset_rows_and_flags_expansion(tmp_path, caplog):
 def test_task_errors(tmp_path):
     files = _official_files(tmp_path)
     with pytest.raises(DataError, match="question_id 99"):
-        VQATask({}).compute_metrics([{"question_id": 99, "answer": "x"}], FakeData(eval_files=files), "val", None)
+        VQATask({}).compute_metrics([{"question_id": 99, "answer": "x"}], _dataset(tmp_path, eval_files=files), "val", None)
     with pytest.raises(ConfigError, match="run.vqa_metric.*official"):
         VQATask({"vqa_metric": "offical"})
 
