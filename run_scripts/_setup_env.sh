@@ -6,9 +6,10 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${LAVISLIKE_VENV:-$REPO/.venv}"
 PY="${PYTHON:-python3}"
 
-if [ ! -x "$VENV/bin/python" ]; then
+# A set-up killed half-way leaves a venv without pip: make it again rather than fail later.
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
   echo "[setup] creating virtualenv $VENV"
-  "$PY" -m venv "$VENV"
+  "$PY" -m venv --clear "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 fi
 if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
