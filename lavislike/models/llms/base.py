@@ -107,6 +107,19 @@ def known_config(path: Optional[str]) -> Optional[dict]:
     return dict(facts) if facts is not None else None
 
 
+def _local_config_folder(path: str) -> Optional[str]:
+    """The folder holding ``path``'s config.json on this machine (a local folder or the hub
+    cache), without any network request (``local_files_only`` still makes one), or None."""
+    from pathlib import Path
+
+    if (Path(path) / "config.json").is_file():
+        return path
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(path, "config.json")
+    return str(Path(cached).parent) if isinstance(cached, str) else None
+
+
 def build_hf_config(cfg: Any, known_fallback: bool = False):
     """The ``transformers`` config for ``cfg`` (``hf_config`` dict or ``path``'s config.json).
 
@@ -120,10 +133,12 @@ def build_hf_config(cfg: Any, known_fallback: bool = False):
     data = dict(_plain(cfg.hf_config)) if cfg.hf_config is not None else None
     known = known_config(cfg.path) if data is None and known_fallback else None
     if known is not None:
-        try:
-            return AutoConfig.from_pretrained(str(cfg.path), **overrides)
-        except OSError:  # offline and not cached: the kept facts describe the same model
-            data = known
+        # a build that reads no weights needs no network: the hub's file when it is cached,
+        # else the kept facts (the same model); asking the hub offline costs minutes of retries
+        local = _local_config_folder(str(cfg.path))
+        if local is not None:
+            return AutoConfig.from_pretrained(local, **overrides)
+        data = known
     if data is not None:
         model_type = data.pop("model_type", None)
         if model_type is None:
@@ -155,12 +170,12 @@ def raw_config(cfg: Any) -> dict:
 
     data = dict(_plain(cfg.hf_config)) if cfg.hf_config is not None else {}
     if cfg.hf_config is None and cfg.path:
-        try:
+        known = known_config(cfg.path)
+        if known is None:
             data = PretrainedConfig.get_config_dict(str(cfg.path))[0]
-        except OSError:  # offline and not cached: the kept facts, as build_hf_config uses them
-            data = known_config(cfg.path)
-            if data is None:
-                raise
+        else:  # as build_hf_config: no network asked for a model whose facts are kept
+            local = _local_config_folder(str(cfg.path))
+            data = PretrainedConfig.get_config_dict(local)[0] if local is not None else known
     return {**data, **dict(_plain(cfg.config_overrides) or {})}
 
 
