@@ -62,14 +62,16 @@ def save_sharded(folder: str | Path, model: nn.Module, optimizer: torch.optim.Op
     return {"optimizer": rest}
 
 
-def _dcp_load(state: dict, folder: Path) -> None:
-    """``dcp.load`` in place; in one process it reads the whole tensors (no process group needed)."""
+def _dcp_load(state: dict, folder: Path, alone: bool = False) -> None:
+    """``dcp.load`` in place: a collective over the process group if one is up and not
+    ``alone``; otherwise this process reads the pieces it needs by itself."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
+    alone = alone or not (dist.is_available() and dist.is_initialized())
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
-        dcp.load(state, checkpoint_id=str(folder), no_dist=not (dist.is_available() and dist.is_initialized()))
+        dcp.load(state, checkpoint_id=str(folder), no_dist=alone)
 
 
 def _saved_keys(folder: Path) -> set[str]:
@@ -126,7 +128,7 @@ def export_weights(folder: str | Path, out: str | Path) -> Path:
     metadata = FileSystemReader(str(folder)).read_metadata().state_dict_metadata
     weights = {k[len(MODEL) + 1:]: torch.empty(m.size, dtype=m.properties.dtype) for k, m in metadata.items()
                if k.startswith(MODEL + ".") and isinstance(m, TensorStorageMetadata)}
-    _dcp_load({MODEL: weights}, folder)
+    _dcp_load({MODEL: weights}, folder, alone=True)
     meta_file = folder / "meta.json"
     step = json.loads(meta_file.read_text()).get("global_step") if meta_file.is_file() else None
     # "global_step" marks the file as trainable-only for load_model (as the runner's files)
