@@ -243,7 +243,7 @@ def read_checkpoint(ckpt_dir: str | Path) -> dict[str, Any]:
     Returns:
         ``{"meta", "weights", "train_state", "rng"}`` (``weights``: None for a sharded
         checkpoint, whose shards are only checked to be there in full; ``rng``: this rank's
-        state or None when the checkpoint was saved with another world size).
+        state, or None when the checkpoint was saved with fewer ranks).
 
     Raises:
         CheckpointError: a file is missing, truncated or garbled (the message names it).
@@ -262,7 +262,7 @@ def read_checkpoint(ckpt_dir: str | Path) -> dict[str, Any]:
     saved_world = int(meta.get("world_size", 1))
     # every rank checks every rank's file, so that all of them judge a checkpoint alike
     rng = [_read(ckpt_dir / f"rng_rank{r}.pt", _torch_file) for r in range(saved_world)]
-    if saved_world == D.get_world_size():
+    if D.get_rank() < saved_world:
         out["rng"] = rng[D.get_rank()]
     return out
 
@@ -312,11 +312,14 @@ def _apply(ckpt_dir: Path, contents: dict[str, Any], model: torch.nn.Module,
     else:
         load_shards(ckpt_dir, contents["train_state"])
     if contents["rng"] is not None:
+        # rank 0's generator draws what is drawn for the global batch (ITM negatives): it
+        # continues at another world size too
         restore_rng_state(contents["rng"])
-    else:
-        logger.warning("resume: %s has no RNG state for rank %d of %d (saved with %s ranks); "
-                       "random streams will differ from the original run", ckpt_dir, D.get_rank(),
-                       D.get_world_size(), meta.get("world_size"))
+    if int(meta.get("world_size", 1)) != D.get_world_size():
+        logger.warning("resume: %s was saved with %s ranks, this run has %d; rank %d %s, and per-rank "
+                       "random streams (dropout, augmentation) differ from the original run", ckpt_dir,
+                       meta.get("world_size"), D.get_world_size(), D.get_rank(),
+                       "continues its RNG state" if contents["rng"] is not None else "has no saved RNG state")
     logger.info("resumed from %s (global step %d)", ckpt_dir, meta["global_step"])
     return contents["train_state"], meta
 

@@ -5,10 +5,9 @@ that the ranks share unevenly (stage 1: ITM scores through ``QFormer.cross_kv``;
 greedy captions; rank 0 holds 2 eval batches, rank 1 one, so forwards may not gather), then (2 ranks)
 resume from the step-2 (sharded) checkpoint in a fresh runner and train step 3 again.
 
-Usage: ``fsdp_blip2_script.py <out> <per-rank batch> [resume]``; per stage rank 0 writes
+Usage: ``fsdp_blip2_script.py <out> <per-rank batch>``; per stage rank 0 writes
 ``<out>/<stage>/final.safetensors`` (and ``resumed/final.safetensors``), the runner its
-``metrics.jsonl`` and ``result/val_epoch1.json``. With ``resume`` it only continues the
-runs already in ``<out>/<stage>`` (``run.resume: true``).
+``metrics.jsonl`` and ``result/val_epoch1.json``.
 """
 import os
 import sys
@@ -93,9 +92,6 @@ def run(out: Path, stage: str, per_rank_batch: int, **extra):
 if __name__ == "__main__":
     out, per_rank_batch = Path(sys.argv[1]), int(sys.argv[2])
     for stage in ("stage1", "stage2"):  # one launch for both: starting processes is the slow part
-        if sys.argv[3:] == ["resume"]:
-            run(out / stage, stage, per_rank_batch, resume=True)
-            continue
         run(out / stage, stage, per_rank_batch)
         if "WORLD_SIZE" in os.environ:
             ckpt = out / stage / "checkpoints" / f"step_{2:09d}"

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -31,7 +29,7 @@ import torch
 from safetensors.torch import load_file
 
 from test_ddp_blip2 import LOSS_KEYS, assert_same_losses, one_process_of_8_and_two_ranks_of_4, train_rows
-from test_ddp_losses import env_without_torchrun, torchrun
+from test_ddp_losses import torchrun
 
 from lavislike.common.sharded_checkpoint import export_weights
 
@@ -53,16 +51,16 @@ def step_dir(run: Path, step: int) -> Path:
 
 @pytest.fixture(scope="module")
 def resumed_in_one_process(runs):
-    """The 2-rank runs' checkpoints (step 3's rank-1 shard truncated) resumed by one process."""
+    """The 2-rank runs' checkpoints (step 3's rank-1 shard truncated) resumed in this process."""
+    from fsdp_blip2_script import run
+
     out = runs / "one_resumed"
     for stage in ("stage1", "stage2"):
         shutil.copytree(runs / "two" / stage / "checkpoints", out / stage / "checkpoints")
         shard = step_dir(out / stage, 3) / "__1_0.distcp"
         shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-    one = subprocess.run([sys.executable, str(SCRIPT), str(out), "8", "resume"], env=env_without_torchrun(),
-                         capture_output=True, text=True, timeout=300)
-    assert one.returncode == 0, one.stderr[-3000:]
-    return out, one.stderr
+        run(out / stage, stage, 8, resume=True)
+    return out
 
 
 def assert_weights_close(w1: dict, w2: dict, atol: float) -> None:
@@ -133,9 +131,9 @@ def test_fsdp_checkpoints_are_sharded_dcp_folders_holding_the_full_state(runs, s
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_one_process_resumes_the_two_rank_sharded_checkpoint(runs, resumed_in_one_process, stage):
-    out, log = resumed_in_one_process
+    one, resumed = runs / "one" / stage, resumed_in_one_process / stage
+    log = (resumed / "log.txt").read_text()
     assert "skipping damaged checkpoint step_000000003" in log and "__1_0.distcp: truncated" in log
-    one, resumed = runs / "one" / stage, out / stage
     assert [r["step"] for r in train_rows(resumed)] == [3]
     for key in LOSS_KEYS[stage]:  # step 3 from the resharded state: the single process's step 3
         full, again = train_rows(one)[-1][key], train_rows(resumed)[0][key]
