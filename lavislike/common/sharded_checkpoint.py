@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,17 @@ def save_sharded(folder: str | Path, model: nn.Module, optimizer: torch.optim.Op
 
     weights, optim = _states(model, optimizer, keys)
     tensors, rest = _split(optim)
-    dcp.save({MODEL: weights, OPTIM: tensors}, checkpoint_id=str(folder))
+    with _alone_is_fine():
+        dcp.save({MODEL: weights, OPTIM: tensors}, checkpoint_id=str(folder))
     return {"optimizer": rest}
+
+
+@contextmanager
+def _alone_is_fine():
+    """Silence DCP's "assuming the intent is to save/load in a single process": it is."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
 
 
 def _dcp_load(state: dict, folder: Path, alone: bool = False) -> None:
@@ -69,8 +79,7 @@ def _dcp_load(state: dict, folder: Path, alone: bool = False) -> None:
     import torch.distributed.checkpoint as dcp
 
     alone = alone or not (dist.is_available() and dist.is_initialized())
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+    with _alone_is_fine():
         dcp.load(state, checkpoint_id=str(folder), no_dist=alone)
 
 
