@@ -63,7 +63,8 @@ def test_sharded_checkpoint_round_trip_and_export(tmp_path):
         load_checkpoint(ckpt, fresh)  # no shard loader: a one-line error, not a KeyError
     other = {"head.weight", "head.bias"}  # a model whose trainable weights are others: one line naming them
     with pytest.raises(CheckpointError, match=r"unknown keys \['unused.bias', 'unused.weight'\]"):
-        load_sharded(ckpt, fresh, fresh_opt, other, torch.load(ckpt / "training_state.pt", weights_only=True)["optimizer"])
+        rest = torch.load(ckpt / "training_state.pt", weights_only=True)["optimizer"]
+        load_sharded(ckpt, fresh, fresh_opt, other, rest)
     assert not torch.equal(fresh.head.weight, model.head.weight)  # untouched
     train_state, meta = load_checkpoint(ckpt, fresh, load_shards=_loader(fresh, fresh_opt))
     assert meta["global_step"] == 2 and train_state["scheduler"] == {"s": 2}
