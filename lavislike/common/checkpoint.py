@@ -9,6 +9,11 @@ A checkpoint is a folder ``<output>/checkpoints/step_<N>/`` holding
 - ``meta.json``: data position (epoch, step within it, sampler seed), global step, best
   metric so far.
 
+A *sharded* checkpoint (FSDP runs, :mod:`lavislike.common.sharded_checkpoint`) holds the
+weights and the optimizer state as ``torch.distributed.checkpoint`` shards instead
+(``.metadata`` + ``__<rank>_0.distcp``, each rank writing its own; ``model.safetensors``
+only where full weights were asked for) and says ``"sharded": true`` in ``meta.json``.
+
 It is written into a hidden temporary folder whose files (and the folder) are flushed to
 the disk before it is renamed into place in one step, and ``checkpoints/latest`` (itself
 replaced atomically) names the newest complete one, so an interrupted save leaves the
@@ -136,17 +141,20 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 # -- training checkpoints -------------------------------------------------------------
-def save_checkpoint(output_dir: str | Path, global_step: int, *, model_state: dict[str, torch.Tensor],
-                    train_state: dict[str, Any], meta: dict[str, Any], keep_last: int = 2) -> Path:
+def save_checkpoint(output_dir: str | Path, global_step: int, *, model_state: dict[str, torch.Tensor] | None,
+                    train_state: dict[str, Any], meta: dict[str, Any], keep_last: int = 2,
+                    write_shards: Callable[[Path], dict[str, Any]] | None = None) -> Path:
     """Write a resumable checkpoint; call on every rank (each saves its own RNG state).
 
     Args:
         output_dir: the run folder; checkpoints go to ``<output_dir>/checkpoints``.
         global_step: optimizer steps done; names the folder.
-        model_state: trainable weights (rank 0's copy is written).
+        model_state: trainable weights (rank 0's copy is written); None: no ``model.safetensors``.
         train_state: ``{"optimizer": ..., "scheduler": ..., "scaler": ...}`` state dicts.
         meta: JSON-serialisable data position and bookkeeping.
         keep_last: older ``step_*`` folders beyond this many are deleted.
+        write_shards: a sharded checkpoint: called on every rank with the temporary folder
+            to write its shards; returns entries added to ``training_state.pt``.
 
     Returns:
         The checkpoint folder.
@@ -160,12 +168,15 @@ def save_checkpoint(output_dir: str | Path, global_step: int, *, model_state: di
         tmp.mkdir(parents=True)
     D.barrier()
     torch.save(capture_rng_state(), tmp / f"rng_rank{D.get_rank()}.pt")
-    D.barrier()
+    if write_shards is not None:
+        train_state = {**train_state, **write_shards(tmp)}
+    D.barrier()  # every rank's files are written: meta.json, the mark of a complete folder, comes last
     if D.is_main_process():
-        save_weights(tmp / "model.safetensors", model_state, {"global_step": global_step})
+        if model_state is not None:
+            save_weights(tmp / "model.safetensors", model_state, {"global_step": global_step})
         torch.save(train_state, tmp / "training_state.pt")
-        write_json_atomic(tmp / "meta.json", {**meta, "global_step": global_step,
-                                               "world_size": D.get_world_size()})
+        write_json_atomic(tmp / "meta.json", {**meta, "global_step": global_step, "world_size": D.get_world_size(),
+                                               **({"sharded": True} if write_shards is not None else {})})
         # the rename below publishes the folder: its files must be on the disk first, or a
         # power cut can leave a complete-looking checkpoint holding empty files
         for f in tmp.iterdir():
@@ -230,8 +241,9 @@ def read_checkpoint(ckpt_dir: str | Path) -> dict[str, Any]:
     """Read every file of a checkpoint folder into memory, touching no model.
 
     Returns:
-        ``{"meta", "weights", "train_state", "rng"}`` (``rng``: this rank's state or None
-        when the checkpoint was saved with another world size).
+        ``{"meta", "weights", "train_state", "rng"}`` (``weights``: None for a sharded
+        checkpoint, whose shards are only checked to be there in full; ``rng``: this rank's
+        state, or None when the checkpoint was saved with fewer ranks).
 
     Raises:
         CheckpointError: a file is missing, truncated or garbled (the message names it).
@@ -242,46 +254,79 @@ def read_checkpoint(ckpt_dir: str | Path) -> dict[str, Any]:
     meta = _read(ckpt_dir / "meta.json", lambda f: json.loads(f.read_text()))
     if not isinstance(meta, dict) or not isinstance(meta.get("global_step"), int):
         raise CheckpointError(f"{ckpt_dir / 'meta.json'}: unreadable (no global_step)")
-    out = {"meta": meta, "weights": _read(ckpt_dir / "model.safetensors", lambda f: load_file(str(f))),
+    # a sharded checkpoint's weights are read by the model's ranks, each its own pieces
+    weights = (_check_shards(ckpt_dir) if meta.get("sharded") else
+               _read(ckpt_dir / "model.safetensors", lambda f: load_file(str(f))))
+    out = {"meta": meta, "weights": weights,
            "train_state": _read(ckpt_dir / "training_state.pt", _torch_file), "rng": None}
     saved_world = int(meta.get("world_size", 1))
     # every rank checks every rank's file, so that all of them judge a checkpoint alike
     rng = [_read(ckpt_dir / f"rng_rank{r}.pt", _torch_file) for r in range(saved_world)]
-    if saved_world == D.get_world_size():
+    if D.get_rank() < saved_world:
         out["rng"] = rng[D.get_rank()]
     return out
 
 
+def _check_shards(ckpt_dir: Path) -> None:
+    """A sharded checkpoint's index reads back and every shard file it names is there in full."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    metadata = _read(ckpt_dir / ".metadata", lambda f: FileSystemReader(str(f.parent)).read_metadata())
+    for info in metadata.storage_data.values():
+        shard = ckpt_dir / info.relative_path
+        if not shard.is_file():
+            raise CheckpointError(f"{shard}: missing")
+        if shard.stat().st_size < info.offset + info.length:
+            raise CheckpointError(f"{shard}: truncated ({shard.stat().st_size} bytes, the index needs "
+                                  f"{info.offset + info.length})")
+
+
+LoadShards = Callable[[Path, dict], None]
+
+
 def load_checkpoint(ckpt_dir: str | Path, model: torch.nn.Module,
-                    load_fn: Callable[[dict], None] | None = None) -> tuple[dict, dict]:
+                    load_fn: Callable[[dict], None] | None = None,
+                    load_shards: LoadShards | None = None) -> tuple[dict, dict]:
     """Load the weights into ``model`` and this rank's RNG state; return (train_state, meta).
 
-    The caller restores optimizer / scheduler / scaler from ``train_state``. Every file is
-    read before the model is touched, so a damaged checkpoint leaves the model as it was.
+    The caller restores optimizer / scheduler / scaler from ``train_state`` - except for a
+    sharded checkpoint, which ``load_shards(folder, train_state)`` loads (weights and
+    optimizer state together). Every file is read (shards: checked) before the model is
+    touched, so a damaged checkpoint leaves the model as it was.
 
     Raises:
         CheckpointError: a file is missing or damaged, or the weights do not fit the model.
     """
     ckpt_dir = Path(ckpt_dir)
-    return _apply(ckpt_dir, read_checkpoint(ckpt_dir), model, load_fn)
+    return _apply(ckpt_dir, read_checkpoint(ckpt_dir), model, load_fn, load_shards)
 
 
 def _apply(ckpt_dir: Path, contents: dict[str, Any], model: torch.nn.Module,
-           load_fn: Callable[[dict], None] | None) -> tuple[dict, dict]:
+           load_fn: Callable[[dict], None] | None, load_shards: LoadShards | None) -> tuple[dict, dict]:
     meta = contents["meta"]
-    apply_trainable_weights(model, contents["weights"], ckpt_dir / "model.safetensors", load_fn)
-    if contents["rng"] is not None:
-        restore_rng_state(contents["rng"])
+    if contents["weights"] is not None:
+        apply_trainable_weights(model, contents["weights"], ckpt_dir / "model.safetensors", load_fn)
+    elif load_shards is None:
+        raise CheckpointError(f"{ckpt_dir}: a sharded (torch.distributed.checkpoint) checkpoint, loaded by "
+                              "the runner; export its weights with lavislike.common.sharded_checkpoint.export_weights")
     else:
-        logger.warning("resume: %s has no RNG state for rank %d of %d (saved with %s ranks); "
-                       "random streams will differ from the original run", ckpt_dir, D.get_rank(),
-                       D.get_world_size(), meta.get("world_size"))
+        load_shards(ckpt_dir, contents["train_state"])
+    if contents["rng"] is not None:
+        # rank 0's generator draws what is drawn for the global batch (ITM negatives): it
+        # continues at another world size too
+        restore_rng_state(contents["rng"])
+    if int(meta.get("world_size", 1)) != D.get_world_size():
+        logger.warning("resume: %s was saved with %s ranks, this run has %d; rank %d %s, and per-rank "
+                       "random streams (dropout, augmentation) differ from the original run", ckpt_dir,
+                       meta.get("world_size"), D.get_world_size(), D.get_rank(),
+                       "continues its RNG state" if contents["rng"] is not None else "has no saved RNG state")
     logger.info("resumed from %s (global step %d)", ckpt_dir, meta["global_step"])
     return contents["train_state"], meta
 
 
 def load_latest_checkpoint(output_dir: str | Path, model: torch.nn.Module,
-                           load_fn: Callable[[dict], None] | None = None) -> tuple[Path, dict, dict] | None:
+                           load_fn: Callable[[dict], None] | None = None,
+                           load_shards: LoadShards | None = None) -> tuple[Path, dict, dict] | None:
     """Resume from the newest checkpoint under ``output_dir`` that reads back whole.
 
     A newer one that is damaged (truncated, garbled or missing file) is skipped with a
@@ -303,7 +348,7 @@ def load_latest_checkpoint(output_dir: str | Path, model: torch.nn.Module,
             problems.append(str(exc))
             logger.warning("resume: skipping damaged checkpoint %s: %s", ckpt.name, exc)
             continue
-        return (ckpt, *_apply(ckpt, contents, model, load_fn))
+        return (ckpt, *_apply(ckpt, contents, model, load_fn, load_shards))
     if problems:
         raise CheckpointError(f"no readable checkpoint in {root}: {'; '.join(problems)}")
     return None

@@ -14,9 +14,10 @@ the small trainable parameters outside blocks (query tokens, embeddings, project
 (:func:`sync_replicated_grads`). FSDP2 keeps the model's own modules and parameter names
 (the sharded ones become ``DTensor``), so weight-decay groups and layer-wise lr decay work
 unchanged. Methods other than ``forward`` that read a unit's weights are registered with
-``register_fsdp_forward_method`` (:data:`FSDP_FORWARD_METHODS`). Checkpoints gather full
-tensors (weights and optimizer state) and load into sharded or unsharded runs alike. See
-``docs/distributed.md``.
+``register_fsdp_forward_method`` (:data:`FSDP_FORWARD_METHODS`). Checkpoints are sharded
+(:mod:`lavislike.common.sharded_checkpoint`); a full (non-sharded) checkpoint still loads
+into an FSDP run, each rank keeping its shard (:func:`load_full_state`,
+:func:`load_optimizer_state`). See ``docs/distributed.md``.
 """
 from __future__ import annotations
 
@@ -249,17 +250,6 @@ def _full(t: torch.Tensor) -> torch.Tensor:
 def gather_full(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` with sharded tensors gathered whole (a collective: every rank calls it)."""
     return {k: _full(v).detach().cpu() for k, v in state.items()}
-
-
-def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool) -> dict:
-    """Optimizer state to checkpoint; with FSDP its sharded tensors gathered whole, so the
-    state is the one a non-sharded run holds (a collective: every rank calls it)."""
-    state = optimizer.state_dict()
-    if not fsdp:
-        return state
-    state["state"] = {i: {k: _full(v).cpu() if torch.is_tensor(v) else v for k, v in s.items()}
-                      for i, s in state["state"].items()}
-    return state
 
 
 def _like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

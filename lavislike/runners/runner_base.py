@@ -21,6 +21,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,6 +81,9 @@ class RunnerConfig(RunConfig):
     keep_last_checkpoints: int = 2
     find_unused_parameters: bool = False
     fsdp: bool = False
+    # FSDP checkpoints are sharded (torch.distributed.checkpoint); full trainable weights
+    # (model.safetensors) go into the run's last one, and into every one with this
+    fsdp_full_weights: bool = False
     progress_bar: bool = True
     tensorboard: bool = True
     # model | auto | fp32 | bf16 | fp16: the dtype frozen parts are stored in (runners/precision.py);
@@ -506,16 +510,31 @@ class RunnerBase:
         return (lambda state: load_full_state(self.model, state)) if self.fsdp else None
 
     def save_checkpoint(self, stream: TrainStream | MixedTrainStream) -> Path:
-        from lavislike.runners.distributed import optimizer_state
-
-        train_state = {"optimizer": optimizer_state(self.model, self.optimizer, self.fsdp),
-                       "scheduler": self.scheduler.state_dict(),
+        train_state = {"scheduler": self.scheduler.state_dict(),
                        "scaler": self.scaler.state_dict() if self.scaler is not None else {},
                        "data": stream.state_dict()}
         meta = {**stream.position(), "period": self.period, "best_agg_metrics": self.best_agg,
                 "best_step": self.best_step, "nan_streak": self.nan_streak, "runner": self.run.runner}
-        return save_checkpoint(self.output_dir, self.global_step, model_state=self.model_state(),
-                               train_state=train_state, meta=meta, keep_last=self.run.keep_last_checkpoints)
+        write_shards = None
+        if self.fsdp:  # each rank writes its shards of weights and optimizer state; nobody gathers them
+            from lavislike.common.sharded_checkpoint import save_sharded
+
+            write_shards = partial(save_sharded, model=self.model, optimizer=self.optimizer,
+                                   keys=set(trainable_state_dict(self.unwrapped_model)))
+            full = self.run.fsdp_full_weights or self.global_step >= self.total_steps
+        else:
+            train_state["optimizer"] = self.optimizer.state_dict()
+            full = True
+        return save_checkpoint(self.output_dir, self.global_step, model_state=self.model_state() if full else None,
+                               train_state=train_state, meta=meta, keep_last=self.run.keep_last_checkpoints,
+                               write_shards=write_shards)
+
+    def _load_shards(self, folder: Path, train_state: dict) -> None:
+        """Weights and optimizer state of a sharded checkpoint, resharded to this run's ranks."""
+        from lavislike.common.sharded_checkpoint import load_sharded
+
+        load_sharded(folder, self.model, self.optimizer, set(trainable_state_dict(self.unwrapped_model)),
+                     train_state["optimizer"])
 
     def _maybe_resume(self, stream: TrainStream | MixedTrainStream) -> None:
         from lavislike.runners.distributed import load_optimizer_state
@@ -523,10 +542,11 @@ class RunnerBase:
         run = self.run
         path = Path(run.resume_ckpt_path).expanduser() if run.resume_ckpt_path else None
         if path is not None and is_checkpoint_folder(path):  # this checkpoint and no other
-            train_state, meta = load_checkpoint(path, self.unwrapped_model, self._load_fn())
+            train_state, meta = load_checkpoint(path, self.unwrapped_model, self._load_fn(), self._load_shards)
         elif path is not None or run.resume:
             # the newest checkpoint that reads back whole; damaged newer ones are named and skipped
-            found = load_latest_checkpoint(path or self.output_dir, self.unwrapped_model, self._load_fn())
+            found = load_latest_checkpoint(path or self.output_dir, self.unwrapped_model, self._load_fn(),
+                                           self._load_shards)
             if found is None and path is not None:
                 raise ConfigError(f"run.resume_ckpt_path: no checkpoint in {path}")
             if found is None:
@@ -535,7 +555,8 @@ class RunnerBase:
             _, train_state, meta = found
         else:
             return
-        load_optimizer_state(self.model, self.optimizer, train_state["optimizer"], self.fsdp)
+        if not meta.get("sharded"):  # a sharded checkpoint's optimizer state came with its weights
+            load_optimizer_state(self.model, self.optimizer, train_state["optimizer"], self.fsdp)
         self.scheduler.load_state_dict(train_state["scheduler"])
         if self.scaler is not None and train_state.get("scaler"):
             self.scaler.load_state_dict(train_state["scaler"])

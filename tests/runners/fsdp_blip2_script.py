@@ -3,7 +3,7 @@
 real runner (the data and models of ``ddp_blip2_script.py``), evaluate a validation split
 that the ranks share unevenly (stage 1: ITM scores through ``QFormer.cross_kv``; stage 2:
 greedy captions; rank 0 holds 2 eval batches, rank 1 one, so forwards may not gather), then (2 ranks)
-resume from the step-2 checkpoint in a fresh runner and train step 3 again.
+resume from the step-2 (sharded) checkpoint in a fresh runner and train step 3 again.
 
 Usage: ``fsdp_blip2_script.py <out> <per-rank batch>``; per stage rank 0 writes
 ``<out>/<stage>/final.safetensors`` (and ``resumed/final.safetensors``), the runner its
