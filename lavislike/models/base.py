@@ -221,8 +221,10 @@ class Blip2Base(nn.Module):
         """
         return ()
 
-    def save_pretrained(self, folder: str | os.PathLike, trainable_only: bool = False) -> None:
-        """Write our format: ``model.safetensors`` + the resolved ``config.yaml``.
+    def save_pretrained(self, folder: str | os.PathLike, trainable_only: bool = False,
+                        preprocess: Optional[Any] = None) -> None:
+        """Write our format: ``model.safetensors`` + the resolved ``config.yaml`` (with the
+        processors ``load_model_and_preprocess`` builds: ``preprocess``, else the type's).
 
         ``load_model(<arch>, checkpoint=folder)`` rebuilds the same model: the weights
         saved here plus the frozen parts named by :meth:`external_weight_prefixes`, read
@@ -233,6 +235,8 @@ class Blip2Base(nn.Module):
             trainable_only: only :meth:`trainable_state_dict` (what a runner saves); loading
                 then takes the rest from the config's ``pretrained`` weights and the frozen
                 parts' own sources.
+            preprocess: the ``preprocess`` block the model was trained with (see
+                :func:`lavislike.models.loading.save_pretrained`).
 
         Example:
             >>> model.save_pretrained("out/my_blip2")
@@ -240,7 +244,7 @@ class Blip2Base(nn.Module):
         """
         from lavislike.models.loading import save_pretrained
 
-        save_pretrained(self, folder, trainable_only=trainable_only)
+        save_pretrained(self, folder, trainable_only=trainable_only, preprocess=preprocess)
 
     def _non_persistent(self, name: str) -> set[str]:
         module = self.get_submodule(name.rpartition(".")[0]) if "." in name else self
