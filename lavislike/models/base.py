@@ -297,8 +297,8 @@ class Blip2Base(nn.Module):
             raise CheckpointError(f"{type(self).__name__} has no Hugging Face checkpoint layout")
         return convert_hf_state(state, self.image_encoder, self.HF_KEYMAP, self.HF_DROP, source)
 
-    def allowed_missing(self, fmt: str) -> tuple[str, ...]:
-        """Regexes of model keys a checkpoint of format ``fmt`` may lack."""
+    def allowed_missing(self, fmt: str, state: Optional[dict] = None) -> tuple[str, ...]:
+        """Regexes of model keys a checkpoint of format ``fmt`` (converted: ``state``) may lack."""
         tied = (r"qformer\.lm_head\.decoder\.weight",) if self.qformer.cfg.tie_lm_head else ()
         external = tuple(re.escape(p) + ".*" for p in self.external_weight_prefixes()) if fmt == "lavislike" else ()
         return tied + external + tuple(self.ALLOW_MISSING.get(fmt, ()))

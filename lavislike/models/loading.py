@@ -315,7 +315,7 @@ def load_model_from_config(
         follow = getattr(model, "follow_state_layout_", None)
         if follow is not None:
             follow(state)  # e.g. FlanT5's separate LM head: never re-tied over the file
-        allow = model.allowed_missing(fmt)
+        allow = model.allowed_missing(fmt, state)
         if partial:
             allow = allow + (r".*",)
         if cfg.get("image_encoder") is not None and cfg.image_encoder.get("pretrained"):
@@ -327,11 +327,20 @@ def load_model_from_config(
         still_meta = _load_encoder_pretrained(model, cfg, still_meta, device)
         if still_meta:
             logger.info("%s: initialised %d parameters it does not hold: %s", sources[0],
-                        len(still_meta), ", ".join(sorted(still_meta)[:8]))
+                        len(still_meta), _by_part(still_meta))
             materialize_(model, still_meta, device)
         model.tie_weights()
     model.to(device)
     return model.eval() if is_eval else model.train()
+
+
+def _by_part(names: set[str]) -> str:
+    """``llm.* (36), llm_proj.* (2)``: parameter names counted by the model part they are in."""
+    parts: dict[str, int] = {}
+    for name in sorted(names):
+        part = name.split(".", 1)[0]
+        parts[part] = parts.get(part, 0) + 1
+    return ", ".join(f"{part}.* ({n})" if part not in names else part for part, n in parts.items())
 
 
 def build_model(cfg: DictConfig, device: torch.device, meta: bool = False) -> nn.Module:
