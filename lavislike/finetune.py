@@ -165,10 +165,23 @@ def finetune_main(args: argparse.Namespace) -> int:
     if best.is_file():
         load_trainable_weights(model, best)
     if D.is_main_process():
-        model.save_pretrained(out / MODEL_DIR)
+        model.save_pretrained(out / MODEL_DIR, preprocess=trained_processors(cfg, model))
         print(report(exp, summary, out, model.cfg), flush=True)
     D.barrier()
     return 0
+
+
+def trained_processors(cfg, model) -> dict:
+    """The processors the fine-tuning read its corpus with, over the model's: saved with
+    the model, they are what ``load_model_and_preprocess`` gives back."""
+    from omegaconf import OmegaConf
+
+    from lavislike.models.loading import model_preprocess, overlay_processors
+
+    corpus = next(iter(cfg.datasets.values()))
+    used = {kind: OmegaConf.to_container(corpus[kind], resolve=True)
+            for kind in ("vis_processor", "text_processor") if corpus.get(kind)}
+    return OmegaConf.to_container(overlay_processors(model_preprocess(model.cfg), used))
 
 
 def build_data(cfg) -> dict:

@@ -2,13 +2,29 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 
+_rank_local = 0  # depth of nested rank_local() blocks
+
 
 def is_dist() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return not _rank_local and dist.is_available() and dist.is_initialized()
+
+
+@contextmanager
+def rank_local():
+    """Inside, this process computes as one process over its own data (world size 1, rank
+    0): the models' losses then hold no collective, so ranks may run different numbers of
+    forwards - validation over shards that split into different numbers of batches."""
+    global _rank_local
+    _rank_local += 1
+    try:
+        yield
+    finally:
+        _rank_local -= 1
 
 
 def get_rank() -> int:

@@ -221,8 +221,10 @@ class Blip2Base(nn.Module):
         """
         return ()
 
-    def save_pretrained(self, folder: str | os.PathLike, trainable_only: bool = False) -> None:
-        """Write our format: ``model.safetensors`` + the resolved ``config.yaml``.
+    def save_pretrained(self, folder: str | os.PathLike, trainable_only: bool = False,
+                        preprocess: Optional[Any] = None) -> None:
+        """Write our format: ``model.safetensors`` + the resolved ``config.yaml`` (with the
+        processors ``load_model_and_preprocess`` builds: ``preprocess``, else the type's).
 
         ``load_model(<arch>, checkpoint=folder)`` rebuilds the same model: the weights
         saved here plus the frozen parts named by :meth:`external_weight_prefixes`, read
@@ -233,6 +235,8 @@ class Blip2Base(nn.Module):
             trainable_only: only :meth:`trainable_state_dict` (what a runner saves); loading
                 then takes the rest from the config's ``pretrained`` weights and the frozen
                 parts' own sources.
+            preprocess: the ``preprocess`` block the model was trained with (see
+                :func:`lavislike.models.loading.save_pretrained`).
 
         Example:
             >>> model.save_pretrained("out/my_blip2")
@@ -240,7 +244,7 @@ class Blip2Base(nn.Module):
         """
         from lavislike.models.loading import save_pretrained
 
-        save_pretrained(self, folder, trainable_only=trainable_only)
+        save_pretrained(self, folder, trainable_only=trainable_only, preprocess=preprocess)
 
     def _non_persistent(self, name: str) -> set[str]:
         module = self.get_submodule(name.rpartition(".")[0]) if "." in name else self
@@ -293,8 +297,8 @@ class Blip2Base(nn.Module):
             raise CheckpointError(f"{type(self).__name__} has no Hugging Face checkpoint layout")
         return convert_hf_state(state, self.image_encoder, self.HF_KEYMAP, self.HF_DROP, source)
 
-    def allowed_missing(self, fmt: str) -> tuple[str, ...]:
-        """Regexes of model keys a checkpoint of format ``fmt`` may lack."""
+    def allowed_missing(self, fmt: str, state: Optional[dict] = None) -> tuple[str, ...]:
+        """Regexes of model keys a checkpoint of format ``fmt`` (converted: ``state``) may lack."""
         tied = (r"qformer\.lm_head\.decoder\.weight",) if self.qformer.cfg.tie_lm_head else ()
         external = tuple(re.escape(p) + ".*" for p in self.external_weight_prefixes()) if fmt == "lavislike" else ()
         return tied + external + tuple(self.ALLOW_MISSING.get(fmt, ()))

@@ -36,7 +36,14 @@ from lavislike.models.base import Blip2Base, Blip2BaseConfig
 from lavislike.models.convert.hf import HF_DROP
 from lavislike.models.convert.hf_llm import HF_LLM
 from lavislike.models.convert.lavis import LAVIS_DROP, convert_lavis_state
-from lavislike.models.convert.lavis_llm import LAVIS_LLM_ALLOW_MISSING, drop_unused, lavis_llm_table, tied_duplicates
+from lavislike.models.convert.lavis_llm import (
+    LAVIS_LLM_ALLOW_MISSING,
+    STAGE2_ONLY,
+    drop_unused,
+    is_stage1_state,
+    lavis_llm_table,
+    tied_duplicates,
+)
 from lavislike.models.generation import GenerationOutput
 from lavislike.models.qformer import QFormerConfig
 from lavislike.registry import LLMS, MODELS
@@ -161,13 +168,16 @@ class Blip2LLM(Blip2Base):
     def convert_hf_state(self, state: dict, source: str = "Hugging Face checkpoint") -> dict:
         return drop_unused(super().convert_hf_state(state, source), self.state_dict().keys())
 
-    def allowed_missing(self, fmt: str) -> tuple[str, ...]:
+    def allowed_missing(self, fmt: str, state: Optional[dict] = None) -> tuple[str, ...]:
         """LAVIS files lack the frozen parts and (stage 1) the projection; every format
-        stores tied LLM embeddings once."""
-        allow = super().allowed_missing(fmt) + tied_duplicates(self.llm.model, "llm.model.")
+        stores tied LLM embeddings once. A ``state`` without any LLM or projection key is a
+        stage-1 checkpoint, in any format: those are initialised here."""
+        allow = super().allowed_missing(fmt, state) + tied_duplicates(self.llm.model, "llm.model.")
         if self.question_aware:
             allow = allow + QFORMER_TEXT_PARTS  # filled by init_missing_ from qformer_text_from
-        return allow + LAVIS_LLM_ALLOW_MISSING if fmt == "lavis" else allow
+        if fmt == "lavis":
+            return allow + LAVIS_LLM_ALLOW_MISSING
+        return allow + STAGE2_ONLY if state is not None and is_stage1_state(state) else allow
 
     def external_weight_prefixes(self) -> tuple[str, ...]:
         """The frozen LLM when its weights are read from ``llm.path`` (they stay there)."""

@@ -64,8 +64,8 @@ def _lavislike_files(source: str) -> tuple[Path, Optional[Path]]:
     return path, config if config.is_file() else None
 
 
-def saved_config(source: Optional[str]) -> Optional[DictConfig]:
-    """The ``model`` block saved beside a lavislike checkpoint, if any."""
+def _saved_file(source: Optional[str]) -> Optional[DictConfig]:
+    """The ``config.yaml`` beside a lavislike checkpoint (a model folder's or a run's), if any."""
     if source is None or checkpoint_format(source) != "lavislike":
         return None
     _, config = _lavislike_files(source)
@@ -77,7 +77,23 @@ def saved_config(source: Optional[str]) -> Optional[DictConfig]:
         raise CheckpointError(f"{config}: not a readable config ({' '.join(str(exc).split())[:200]})") from None
     if not isinstance(saved, DictConfig):
         raise CheckpointError(f"{config}: not a model config (a mapping with a 'model' block)")
+    return saved
+
+
+def saved_config(source: Optional[str]) -> Optional[DictConfig]:
+    """The ``model`` block saved beside a lavislike checkpoint, if any."""
+    saved = _saved_file(source)
+    if saved is None:
+        return None
     return saved.model if "model" in saved else saved
+
+
+def saved_preprocess(source: Optional[str]) -> Optional[DictConfig]:
+    """The ``preprocess`` block saved beside a lavislike checkpoint, if any."""
+    saved = _saved_file(source)
+    if saved is None or "model" not in saved or not saved.get("preprocess"):
+        return None
+    return saved.preprocess
 
 
 def read_state(
@@ -299,7 +315,7 @@ def load_model_from_config(
         follow = getattr(model, "follow_state_layout_", None)
         if follow is not None:
             follow(state)  # e.g. FlanT5's separate LM head: never re-tied over the file
-        allow = model.allowed_missing(fmt)
+        allow = model.allowed_missing(fmt, state)
         if partial:
             allow = allow + (r".*",)
         if cfg.get("image_encoder") is not None and cfg.image_encoder.get("pretrained"):
@@ -311,11 +327,20 @@ def load_model_from_config(
         still_meta = _load_encoder_pretrained(model, cfg, still_meta, device)
         if still_meta:
             logger.info("%s: initialised %d parameters it does not hold: %s", sources[0],
-                        len(still_meta), ", ".join(sorted(still_meta)[:8]))
+                        len(still_meta), _by_part(still_meta))
             materialize_(model, still_meta, device)
         model.tie_weights()
     model.to(device)
     return model.eval() if is_eval else model.train()
+
+
+def _by_part(names: set[str]) -> str:
+    """``llm.* (36), llm_proj.* (2)``: parameter names counted by the model part they are in."""
+    parts: dict[str, int] = {}
+    for name in sorted(names):
+        part = name.split(".", 1)[0]
+        parts[part] = parts.get(part, 0) + 1
+    return ", ".join(f"{part}.* ({n})" if part not in names else part for part, n in parts.items())
 
 
 def build_model(cfg: DictConfig, device: torch.device, meta: bool = False) -> nn.Module:
@@ -340,8 +365,10 @@ def build_model(cfg: DictConfig, device: torch.device, meta: bool = False) -> nn
     return model
 
 
-def save_pretrained(model: nn.Module, folder: str | os.PathLike, trainable_only: bool = False) -> None:
-    """Write ``model.safetensors`` + ``config.yaml`` (the resolved model config).
+def save_pretrained(model: nn.Module, folder: str | os.PathLike, trainable_only: bool = False,
+                    preprocess: Optional[DictConfig | dict] = None) -> None:
+    """Write ``model.safetensors`` + ``config.yaml`` (the resolved model config and the
+    processors, which :func:`load_model_and_preprocess` then builds).
 
     Parameters under ``model.external_weight_prefixes()`` (frozen parts the config reads
     from their own source) are not written.
@@ -349,6 +376,9 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, trainable_only:
     Args:
         trainable_only: save ``trainable_state_dict()``; loading then starts from the
             type's pretrained weights.
+        preprocess: the processors block (``vis_processor`` / ``text_processor``, each
+            ``train`` / ``eval``) the model was trained with; default: the model type's,
+            the image size the model's.
     """
     from lavislike.common.checkpoint import save_weights
     from lavislike.common.io import write_text_atomic
@@ -361,7 +391,12 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, trainable_only:
         # a frozen LLM is re-read from llm.path: saving it would copy billions of weights
         state = {k: v for k, v in state.items() if not k.startswith(external)}
     save_weights(folder / WEIGHTS_NAME, state, metadata={PARTIAL_KEY: "1" if trainable_only else "0"})
-    write_text_atomic(folder / CONFIG_NAME, OmegaConf.to_yaml(OmegaConf.create({"model": model.cfg})))
+    if preprocess is None:
+        preprocess = model_preprocess(model.cfg)
+    if isinstance(preprocess, DictConfig):  # a run config's node: its ${...} resolved there
+        preprocess = OmegaConf.to_container(preprocess, resolve=True)
+    saved = OmegaConf.create({"model": model.cfg, "preprocess": preprocess})
+    write_text_atomic(folder / CONFIG_NAME, OmegaConf.to_yaml(saved))
 
 
 def _dedup(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -387,6 +422,33 @@ def load_preprocess(config: DictConfig) -> tuple[dict, dict]:
     return pair(config.vis_processor, "vis_processor"), pair(config.text_processor, "text_processor")
 
 
+def overlay_processors(base: DictConfig, top: Optional[DictConfig | dict]) -> DictConfig:
+    """``base`` (a ``preprocess`` block) with each processor ``top`` names put in its place
+    whole (another processor's keys must not mix in)."""
+    for kind in ("vis_processor", "text_processor"):
+        for split in ("train", "eval"):
+            block = (top or {}).get(kind, {}).get(split)
+            if block is not None:
+                base[kind][split] = block
+    return base
+
+
+def model_preprocess(cfg: DictConfig, checkpoint: Optional[str | os.PathLike] = None) -> DictConfig:
+    """The processors block of the model ``cfg`` describes: the one saved beside
+    ``checkpoint`` (its ``config.yaml``: a model folder's or a run's), each processor the
+    config lacks from the model type; the image size follows the model (a checkpoint's or
+    an override's)."""
+    config = overlay_processors(preprocess_config(cfg.arch, cfg.model_type),
+                                saved_preprocess(None if checkpoint is None else str(checkpoint)))
+    size = cfg.get("image_encoder", {}).get("image_size")
+    if size is not None:
+        for split in ("train", "eval"):
+            block = config.vis_processor.get(split)
+            if block is not None and "image_size" in block:
+                block.image_size = size
+    return config
+
+
 def load_model_and_preprocess(
     name: str,
     model_type: Optional[str] = None,
@@ -395,15 +457,11 @@ def load_model_and_preprocess(
     checkpoint: Optional[str | os.PathLike] = None,
     **overrides: Any,
 ) -> tuple[nn.Module, dict, dict]:
-    """``(model, vis_processors, txt_processors)``; see :func:`load_model` for the args."""
+    """``(model, vis_processors, txt_processors)``; see :func:`load_model` for the args.
+
+    The processors are the ones saved with ``checkpoint`` (:func:`model_preprocess`),
+    else the model type's, the image size the model's.
+    """
     model = load_model(name, model_type, is_eval, device, checkpoint, **overrides)
-    config = preprocess_config(name, model.cfg.model_type)
-    size = model.cfg.get("image_encoder", {}).get("image_size")
-    if size is not None:
-        # the image processors follow the model's size (a checkpoint's or an override's)
-        for split in ("train", "eval"):
-            block = config.vis_processor.get(split)
-            if block is not None and "image_size" in block:
-                block.image_size = size
-    vis, txt = load_preprocess(config)
+    vis, txt = load_preprocess(model_preprocess(model.cfg, checkpoint))
     return model, vis, txt

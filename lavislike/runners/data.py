@@ -40,7 +40,9 @@ class ShardedSampler(Sampler[int]):
     rank ``r`` takes blocks ``r, r+W, ...``, so global batch ``g`` (one process with batch
     ``W*b``) is ranks 0..W-1's ``g``-th batches *in order* - the batch-order-dependent parts
     (ITM's hard negatives) then draw the same. The last, partial global batch goes round
-    robin. Evaluation (``pad=False``) gives every sample to exactly one rank.
+    robin. Evaluation (``pad=False``) gives every sample to exactly one rank and deals all
+    blocks, the partial last one too, so each rank's batches are batches one process with
+    batch ``b`` makes (batch-composition-dependent validation losses then agree with it).
     """
 
     def __init__(self, size: int, *, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1,
@@ -67,6 +69,9 @@ class ShardedSampler(Sampler[int]):
         if self.pad and self.world_size > 1:
             total = math.ceil(self.size / self.world_size) * self.world_size
             order += (order * math.ceil(total / max(1, self.size)))[: total - self.size]
+        if not self.pad:  # every block on one rank, the partial last one too: one process's batches
+            bs = self.batch_size
+            return [i for s in range(self.rank * bs, len(order), self.world_size * bs) for i in order[s : s + bs]]
         step = self.world_size * self.batch_size
         full = len(order) // step * step
         blocks = [order[s + self.rank * self.batch_size : s + (self.rank + 1) * self.batch_size]

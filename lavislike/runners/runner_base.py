@@ -287,11 +287,12 @@ class RunnerBase:
         return mixed
 
     def eval_loader(self, dataset: Dataset) -> torch.utils.data.DataLoader:
-        """This rank's shard of ``dataset`` in order (every sample on exactly one rank)."""
+        """This rank's shard of ``dataset`` in order (every sample on exactly one rank), in
+        whole batches of the one-process order (ranks may get different numbers of them)."""
         sampler = None
         if not isinstance(dataset, torch.utils.data.IterableDataset):
             sampler = ShardedSampler(len(dataset), shuffle=False, seed=0, rank=D.get_rank(),
-                                     world_size=D.get_world_size(), pad=False)
+                                     world_size=D.get_world_size(), pad=False, batch_size=self.run.batch_size_eval)
         return make_loader(dataset, batch_size=self.run.batch_size_eval, num_workers=self.run.num_workers,
                            collate_fn=collate_fn_for(dataset, self.collate_fn), sampler=sampler,
                            drop_last=False, seed=0, pin_memory=self.device.type == "cuda")

@@ -59,18 +59,14 @@ def demo_checkpoints(root: Optional[Path] = None) -> list[Path]:
     return [root / run / BEST for run in DEMO_RUNS if (root / run / BEST).is_file()]
 
 
-def processors_for(model: nn.Module) -> tuple[Callable, Callable]:
-    """The model type's eval processors, the image size taken from the model itself (a
-    run may train at another size than its type's default)."""
-    from lavislike.config import preprocess_config
+def processors_for(model: nn.Module, checkpoint: Optional[str | Path] = None) -> tuple[Callable, Callable]:
+    """The eval processors saved with ``checkpoint``, else the model type's; the image size
+    the model's own (a run may train at another size than its type's default)."""
+    from lavislike.models.loading import model_preprocess
     from lavislike.processors import build_processor
 
-    pre = preprocess_config(model.cfg.arch, model.cfg.model_type)
-    vis_block = dict(pre.vis_processor.eval)
-    encoder = model.cfg.get("image_encoder")
-    if encoder is not None and encoder.get("image_size"):
-        vis_block["image_size"] = int(encoder.image_size)
-    return (build_processor(vis_block, "preprocess.vis_processor.eval"),
+    pre = model_preprocess(model.cfg, checkpoint)
+    return (build_processor(pre.vis_processor.eval, "preprocess.vis_processor.eval"),
             build_processor(pre.text_processor.eval, "preprocess.text_processor.eval"))
 
 
@@ -87,7 +83,7 @@ def load_one(name: Optional[str], model_type: Optional[str], checkpoint: Optiona
                                   "add --model NAME")
         name = str(saved.arch)
     model = load_model(name, model_type, is_eval=True, device=device, checkpoint=checkpoint)
-    vis, txt = processors_for(model)
+    vis, txt = processors_for(model, checkpoint)
     label = f"{name} ({model.cfg.model_type})" + (f" from {checkpoint}" if checkpoint else "")
     return Served(model, vis, txt, label)
 

@@ -87,6 +87,13 @@ class ImageTextPretrainTask(BaseTask):
         return metrics
 
     def _loss(self, model, data_loader) -> dict:
+        """The mean over the split's samples of the batch losses (each weighted by its size).
+
+        Each rank computes its batches as one process does (``rank_local``: no collective in
+        the models' losses, whose in-batch negatives then are the batch's own), so ranks with
+        different numbers of batches do not hang, and the sums meet in one gather at the end:
+        the value one process gets with the same ``batch_size_eval``.
+        """
         device = model_device(model)
         sums: dict[str, float] = {}
         count = 0
@@ -94,12 +101,9 @@ class ImageTextPretrainTask(BaseTask):
             batch.pop("bad_samples", None)
             if not batch:
                 continue
-            out = model(to_device(batch, device))
+            with D.rank_local():
+                out = model(to_device(batch, device))
             n = _batch_size(batch)
-            if D.get_world_size() > 1:
-                # the model's losses are means over the global batch, each rank returning its
-                # share (they average to the global loss): weigh them by the global size / W
-                n = float(D.all_reduce_sum(torch.tensor(float(n)))) / D.get_world_size()
             for k, v in out.items():
                 if k.startswith("loss") and isinstance(v, torch.Tensor) and v.ndim == 0:
                     sums[k] = sums.get(k, 0.0) + float(v) * n

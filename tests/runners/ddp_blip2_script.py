@@ -5,8 +5,11 @@ collate drops (so one rank's batch is smaller than the other's).
 
 Usage: ``ddp_blip2_script.py <out> <per-rank batch>``; for each stage rank 0 writes
 ``<out>/<stage>/final.safetensors`` (the trained weights; one process also ``initial.safetensors``)
-and the runner its ``metrics.jsonl``.
+and the runner its ``metrics.jsonl``. Then the stage-1 validation loss over 5 samples with
+``batch_size_eval`` 2 (2 ranks: one runs two batches, the other one) goes to
+``<out>/valid/metrics.json``.
 """
+import json
 import os
 import sys
 from pathlib import Path
@@ -25,6 +28,7 @@ from lavislike.datasets.collate import collate  # noqa: E402
 from lavislike.models import load_model  # noqa: E402
 from lavislike.registry import RUNNERS  # noqa: E402
 from lavislike.tasks.base_task import BaseTask  # noqa: E402
+from lavislike.tasks.image_text_pretrain import ImageTextPretrainTask  # noqa: E402
 
 CAPTIONS = [
     "a cat sitting on a red mat", "two dogs running in the park", "a man riding a horse",
@@ -32,6 +36,7 @@ CAPTIONS = [
     "an old red car in the street at night", "a bird flying over the sea",
 ]
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+VALID_SIZE, VALID_BATCH = 5, 2
 
 
 class Pairs(Dataset):
@@ -78,7 +83,21 @@ def train(out: Path, stage: str, per_rank_batch: int) -> None:
     D.barrier()
 
 
+def valid_loss(out: Path) -> dict:
+    cfg = run_cfg(out, runner="runner_base", evaluate=True, test_splits=["val"], batch_size_eval=VALID_BATCH,
+                  distributed=True)
+    runner = RUNNERS.get("runner_base")(cfg, ImageTextPretrainTask({"valid_metrics": ["loss"]}), build("stage1"),
+                                        {"pairs": {"val": Pairs(VALID_SIZE, bad=())}}, job_id="run",
+                                        collate_fn=collate, save_config=lambda c, o: None)
+    metrics = runner.train()["test"]["pairs/val"]
+    if D.is_main_process():
+        (out / "metrics.json").write_text(json.dumps({"world": D.get_world_size(), **metrics}))
+    D.barrier()
+    return metrics
+
+
 if __name__ == "__main__":
     out, per_rank_batch = Path(sys.argv[1]), int(sys.argv[2])
-    for stage in ("stage1", "stage2"):  # one launch for both: starting processes is the slow part
+    for stage in ("stage1", "stage2"):  # one launch for all: starting processes is the slow part
         train(out / stage, stage, per_rank_batch)
+    valid_loss(out / "valid")

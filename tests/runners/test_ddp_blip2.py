@@ -5,6 +5,14 @@ batch is a sample short at that step (the single process's batch is then 7 sampl
 
 Compared: the logged losses of every step (the global batch's, not rank 0's) and the
 trained weights.
+
+The same launch evaluates a validation loss over a split that does not divide into the
+ranks' batches (5 samples, batch 2: one rank runs two batches, the other one). The models'
+losses hold collectives, so a rank calling them more often than another would hang (the
+timeout fails the test); it must end with the one-process value: each batch's loss weighted
+by its size, over the batches one process makes. Reference: the tiny model called directly
+on [0,1], [2,3], [4] (batch 2: ITM's one negative candidate per row makes its draw
+deterministic).
 """
 from __future__ import annotations
 
@@ -17,7 +25,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ddp_blip2_script import VALID_BATCH, VALID_SIZE, Pairs, build
 from test_ddp_losses import env_without_torchrun, torchrun
+
+from lavislike.datasets.collate import collate
 
 SCRIPT = Path(__file__).parent / "ddp_blip2_script.py"
 LOSS_KEYS = {"stage1": ("loss", "loss_itc", "loss_itm", "loss_lm"), "stage2": ("loss", "loss_lm")}
@@ -74,3 +85,24 @@ def test_two_gloo_ranks_of_4_train_like_one_process_of_8(runs, stage):
         torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=2e-6, msg=k)
         moved += int((w1[k] - init[k]).abs().max() > 1e-4)
     assert moved > len(w1) // 2  # the runs did train
+
+
+@torch.no_grad()
+def one_process_valid_loss() -> dict[str, float]:
+    model = build("stage1").eval()
+    data = Pairs(VALID_SIZE, bad=())
+    sums = dict.fromkeys(LOSS_KEYS["stage1"], 0.0)
+    for start in range(0, VALID_SIZE, VALID_BATCH):
+        batch = collate([data[i] for i in range(start, min(start + VALID_BATCH, VALID_SIZE))])
+        out = model(batch)
+        for k in sums:
+            sums[k] += float(out[k]) * len(batch["text_input"])
+    return {k: v / VALID_SIZE for k, v in sums.items()}
+
+
+@pytest.mark.parametrize("world", ["one", "two"])
+def test_uneven_validation_batches_give_the_one_process_loss(runs, world):
+    metrics = json.loads((runs / world / "valid" / "metrics.json").read_text())
+    assert metrics["world"] == {"one": 1, "two": 2}[world]
+    for key, ref in one_process_valid_loss().items():
+        assert abs(metrics[key] - ref) <= 1e-5 * max(1.0, abs(ref)), (key, metrics[key], ref)

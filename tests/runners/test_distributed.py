@@ -56,3 +56,18 @@ def test_ranks_batches_concatenate_to_the_single_process_batches():
         assert set(ranks[0]) | set(ranks[1]) == set(range(size))
         for g in range(size // 8):
             assert one[8 * g : 8 * g + 8] == ranks[0][4 * g : 4 * g + 4] + ranks[1][4 * g : 4 * g + 4]
+
+
+def test_evaluation_shards_are_whole_one_process_batches():
+    """Evaluation deals one process's batches of b (the partial last one too) round robin:
+    every sample once, and each rank's batches of b are batches one process makes."""
+    from lavislike.runners.data import ShardedSampler
+
+    def shards(size, world, b):
+        return [ShardedSampler(size, shuffle=False, seed=0, rank=r, world_size=world, pad=False,
+                               batch_size=b)._indices() for r in range(world)]
+
+    assert shards(5, 2, 2) == [[0, 1, 4], [2, 3]]
+    assert shards(7, 2, 2) == [[0, 1, 4, 5], [2, 3, 6]]
+    assert shards(3, 2, 4) == [[0, 1, 2], []]
+    assert shards(5, 3, 1) == [[0, 3], [1, 4], [2]]

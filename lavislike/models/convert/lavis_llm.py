@@ -9,7 +9,8 @@ LAVIS's runner saves only trainable parameters, so a stage-2 ``.pth`` holds no L
 when the image encoder was frozen, no image encoder either: the LLM then comes from
 ``llm.path`` and the encoder from ``image_encoder.pretrained``. A stage-1 checkpoint
 (stage-2 training starts from one) has no projection and carries the stage-1 heads the
-stage-2 model does not have; :func:`drop_unused` discards those.
+stage-2 model does not have; :func:`drop_unused` discards those. The same holds for a
+stage-1 checkpoint in our format (:func:`is_stage1_state`).
 """
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ STAGE2_UNUSED: tuple[str, ...] = (
     r"itm_head\..*",
     r"temp",
 )
+# what only a stage-2 model has: a stage-1 checkpoint (any format) initialising one lacks them
+STAGE2_ONLY: tuple[str, ...] = (r"llm\..*", r"llm_proj\..*")
 # model keys a LAVIS stage-2 (or stage-1) checkpoint may lack
-LAVIS_LLM_ALLOW_MISSING: tuple[str, ...] = (r"llm\..*", r"llm_proj\..*", r"image_encoder\..*")
+LAVIS_LLM_ALLOW_MISSING: tuple[str, ...] = STAGE2_ONLY + (r"image_encoder\..*",)
 
 
 def lavis_llm_table(encoder_decoder: bool) -> KeyMap:
@@ -51,6 +54,13 @@ def drop_unused(state: Mapping[str, torch.Tensor], model_keys: Iterable[str]) ->
     keys = set(model_keys)
     pattern = re.compile("|".join(f"(?:{p})" for p in STAGE2_UNUSED))
     return {k: v for k, v in state.items() if k in keys or not pattern.fullmatch(k)}
+
+
+def is_stage1_state(state: Mapping[str, torch.Tensor]) -> bool:
+    """True when ``state`` holds none of the :data:`STAGE2_ONLY` keys: a stage-1 checkpoint
+    (LAVIS starts stage 2 from one with ``strict=False``)."""
+    pattern = re.compile("|".join(f"(?:{p})" for p in STAGE2_ONLY))
+    return not any(pattern.fullmatch(k) for k in state)
 
 
 def tied_duplicates(module: torch.nn.Module, prefix: str) -> tuple[str, ...]:
