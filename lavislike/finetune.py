@@ -163,9 +163,15 @@ def finetune_main(args: argparse.Namespace) -> int:
     model = runner.unwrapped_model
     best = out / "model_best.safetensors"
     if best.is_file():
-        load_trainable_weights(model, best)
+        load_trainable_weights(model, best, runner.load_full_fn())
+    state = None
+    if runner.fsdp:  # the trainable blocks are sharded: every rank takes part in gathering them
+        from lavislike.models.loading import pretrained_state
+        from lavislike.runners.distributed import gather_full
+
+        state = gather_full(pretrained_state(model))
     if D.is_main_process():
-        model.save_pretrained(out / MODEL_DIR, preprocess=trained_processors(cfg, model))
+        model.save_pretrained(out / MODEL_DIR, preprocess=trained_processors(cfg, model), state=state)
         print(report(exp, summary, out, model.cfg), flush=True)
     D.barrier()
     return 0

@@ -222,7 +222,7 @@ class Blip2Base(nn.Module):
         return ()
 
     def save_pretrained(self, folder: str | os.PathLike, trainable_only: bool = False,
-                        preprocess: Optional[Any] = None) -> None:
+                        preprocess: Optional[Any] = None, state: Optional[dict] = None) -> None:
         """Write our format: ``model.safetensors`` + the resolved ``config.yaml`` (with the
         processors ``load_model_and_preprocess`` builds: ``preprocess``, else the type's).
 
@@ -237,6 +237,7 @@ class Blip2Base(nn.Module):
                 parts' own sources.
             preprocess: the ``preprocess`` block the model was trained with (see
                 :func:`lavislike.models.loading.save_pretrained`).
+            state: the weights to write, gathered whole under FSDP (see there).
 
         Example:
             >>> model.save_pretrained("out/my_blip2")
@@ -244,7 +245,7 @@ class Blip2Base(nn.Module):
         """
         from lavislike.models.loading import save_pretrained
 
-        save_pretrained(self, folder, trainable_only=trainable_only, preprocess=preprocess)
+        save_pretrained(self, folder, trainable_only=trainable_only, preprocess=preprocess, state=state)
 
     def _non_persistent(self, name: str) -> set[str]:
         module = self.get_submodule(name.rpartition(".")[0]) if "." in name else self

@@ -365,8 +365,20 @@ def build_model(cfg: DictConfig, device: torch.device, meta: bool = False) -> nn
     return model
 
 
+def pretrained_state(model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """The weights :func:`save_pretrained` writes: each parameter once and the persistent
+    buffers (or ``trainable_state_dict()``), without the frozen parts read from their own source."""
+    state = model.trainable_state_dict() if trainable_only else _dedup(model)
+    external = tuple(getattr(model, "external_weight_prefixes", tuple)())
+    if external:
+        # a frozen LLM is re-read from llm.path: saving it would copy billions of weights
+        state = {k: v for k, v in state.items() if not k.startswith(external)}
+    return state
+
+
 def save_pretrained(model: nn.Module, folder: str | os.PathLike, trainable_only: bool = False,
-                    preprocess: Optional[DictConfig | dict] = None) -> None:
+                    preprocess: Optional[DictConfig | dict] = None,
+                    state: Optional[dict[str, torch.Tensor]] = None) -> None:
     """Write ``model.safetensors`` + ``config.yaml`` (the resolved model config and the
     processors, which :func:`load_model_and_preprocess` then builds).
 
@@ -379,17 +391,16 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, trainable_only:
         preprocess: the processors block (``vis_processor`` / ``text_processor``, each
             ``train`` / ``eval``) the model was trained with; default: the model type's,
             the image size the model's.
+        state: :func:`pretrained_state` made whole where it is not (FSDP shards the
+            trainable blocks: every rank gathers, one saves); default: the model's own.
     """
     from lavislike.common.checkpoint import save_weights
     from lavislike.common.io import write_text_atomic
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = model.trainable_state_dict() if trainable_only else _dedup(model)
-    external = tuple(getattr(model, "external_weight_prefixes", tuple)())
-    if external:
-        # a frozen LLM is re-read from llm.path: saving it would copy billions of weights
-        state = {k: v for k, v in state.items() if not k.startswith(external)}
+    if state is None:
+        state = pretrained_state(model, trainable_only)
     save_weights(folder / WEIGHTS_NAME, state, metadata={PARTIAL_KEY: "1" if trainable_only else "0"})
     if preprocess is None:
         preprocess = model_preprocess(model.cfg)

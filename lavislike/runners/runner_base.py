@@ -408,7 +408,7 @@ class RunnerBase:
         if run.test_splits:
             best = self.output_dir / "model_best.safetensors"
             if best.is_file():
-                load_trainable_weights(self.unwrapped_model, best, self._load_fn())
+                load_trainable_weights(self.unwrapped_model, best, self.load_full_fn())
             test = self.evaluate_splits(run.test_splits, "test")
         self.metrics.close()
         if D.is_main_process():
@@ -505,7 +505,9 @@ class RunnerBase:
         state = trainable_state_dict(self.unwrapped_model)
         return gather_full(state) if self.fsdp else state
 
-    def _load_fn(self) -> Callable[[dict], None] | None:
+    def load_full_fn(self) -> Callable[[dict], None] | None:
+        """How whole weights enter the model: None (``load_state_dict``), or, under FSDP,
+        each rank keeping its shard of them."""
         from lavislike.runners.distributed import load_full_state
 
         return (lambda state: load_full_state(self.model, state)) if self.fsdp else None
@@ -543,10 +545,10 @@ class RunnerBase:
         run = self.run
         path = Path(run.resume_ckpt_path).expanduser() if run.resume_ckpt_path else None
         if path is not None and is_checkpoint_folder(path):  # this checkpoint and no other
-            train_state, meta = load_checkpoint(path, self.unwrapped_model, self._load_fn(), self._load_shards)
+            train_state, meta = load_checkpoint(path, self.unwrapped_model, self.load_full_fn(), self._load_shards)
         elif path is not None or run.resume:
             # the newest checkpoint that reads back whole; damaged newer ones are named and skipped
-            found = load_latest_checkpoint(path or self.output_dir, self.unwrapped_model, self._load_fn(),
+            found = load_latest_checkpoint(path or self.output_dir, self.unwrapped_model, self.load_full_fn(),
                                            self._load_shards)
             if found is None and path is not None:
                 raise ConfigError(f"run.resume_ckpt_path: no checkpoint in {path}")

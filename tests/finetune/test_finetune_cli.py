@@ -218,8 +218,8 @@ def test_dry_run_prints_the_yaml_only(tmp_path, cli):
 
 
 def test_finetune_script_with_two_processes(tmp_path, fake_venv):
-    """`NPROC=2 bash run_scripts/finetune.sh ...`: torchrun, gloo on CPU; one YAML, one
-    saved model, one report."""
+    """`NPROC=2 bash run_scripts/finetune.sh ... run.fsdp=true`: torchrun, gloo on CPU,
+    trainable blocks sharded; one YAML, one saved model (gathered whole), one report."""
     images = tmp_path / "photos"
     train, val = write_images(images, 16, seed=10), write_images(images, 4, seed=11)
     keys = {"file_name": "image", "caption": "caption"}
@@ -228,10 +228,11 @@ def test_finetune_script_with_two_processes(tmp_path, fake_venv):
     run_env = dict(env(tmp_path), NPROC="2", MASTER_PORT=str(29300 + os.getpid() % 300), LAVISLIKE_VENV=str(fake_venv))
     res = subprocess.run(["bash", "run_scripts/finetune.sh", "--task", "retrieval", "--data", str(train_file),
                           "--val", str(val_file), "--images", str(images), *TINY_STAGE1, "--output", str(out), *FAST,
-                          "run.batch_size_train=4", "run.k_test=2"],
+                          "run.batch_size_train=4", "run.k_test=2", "run.fsdp=true"],
                          capture_output=True, text=True, env=run_env, cwd=REPO, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "world size 2" in (out / "log.txt").read_text()
+    log = (out / "log.txt").read_text()
+    assert "world size 2" in log and "FSDP" in log, log[-2000:]
     assert train_steps(out) == [1, 2]  # 16 pairs, 2 ranks x 4 per step
     assert reported(res.stdout)["txt_r10"] == 100.0
     assert_trained_weights_loaded(run_printed_line(res.stdout)["model"], out)
