@@ -1,7 +1,8 @@
 """A representative subset of the config matrix (stage 1, stage 2, retrieval, caption and VQA
 evaluation) through its run script with ``NPROC=2``: torchrun, two gloo processes on the CPU,
-the same tiny overrides as the one-process matrix. Evaluations must give exactly the
-one-process results (each rank scores its shard; rank 0 gathers them)."""
+the same tiny overrides as the one-process matrix, under DDP and (stage 1, stage 2, caption
+evaluation) under FSDP. Evaluations must give exactly the one-process results (each rank
+scores its shard; rank 0 gathers them)."""
 from __future__ import annotations
 
 import json
@@ -31,8 +32,13 @@ def _results(out, splits) -> dict:
     return {p.name: json.loads(p.read_text()) for p in files}
 
 
-@pytest.mark.parametrize("script", SUBSET, ids=list(SUBSET))
-def test_two_gloo_processes(script, matrix, tmp_path, monkeypatch, capsys, fake_venv):
+# FSDP (trainable blocks sharded) for training and for generation under summoned full weights
+FSDP = ["pretrain_stage1.sh", "pretrain_stage2.sh", "eval_nocaps.sh"]
+CASES = [(s, False) for s in SUBSET] + [(s, True) for s in FSDP]
+
+
+@pytest.mark.parametrize("script,fsdp", CASES, ids=[s + ("-fsdp" if f else "") for s, f in CASES])
+def test_two_gloo_processes(script, fsdp, matrix, tmp_path, monkeypatch, capsys, fake_venv):
     rel = SUBSET[script]
     assert f"projects/{rel}" in (cm.REPO / "run_scripts" / script).read_text()
     env = {"LAVISLIKE_CACHE": str(matrix["cache"]), "LAVISLIKE_OUTPUT": str(matrix["outputs"])}
@@ -45,17 +51,19 @@ def test_two_gloo_processes(script, matrix, tmp_path, monkeypatch, capsys, fake_
     extra = ["run.report_metric=false"] if cfg.run.task == "captioning" else []
     # one sample per rank: the two-row corpora of the stage-1/2 mix still give a global batch
     extra += [] if cfg.run.evaluate else ["run.batch_size_train=1"]
+    fsdp_extra = ["run.fsdp=true"] if fsdp else []
 
     out2 = tmp_path / "nproc2"
     res = subprocess.run(
-        ["bash", f"run_scripts/{script}", *cm.overrides(cfg, out2, matrix), *extra],
+        ["bash", f"run_scripts/{script}", *cm.overrides(cfg, out2, matrix), *extra, *fsdp_extra],
         capture_output=True, text=True, cwd=cm.REPO, timeout=300,
         env=dict(os.environ, **env, NPROC=cm.NPROC, MASTER_PORT=str(29300 + os.getpid() % 200 + len(script)),
                  LAVISLIKE_VENV=str(fake_venv), PYTHONPATH=str(cm.REPO), OMP_NUM_THREADS="1",
                  HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert f"world size {cm.NPROC}" in (out2 / "log.txt").read_text()
+    log = (out2 / "log.txt").read_text()
+    assert f"world size {cm.NPROC}" in log and ("FSDP:" in log) == fsdp, log[-2000:]
     if not cfg.run.evaluate:
         rows = [json.loads(line) for line in (out2 / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in rows if r.get("split") == "train"] == [1, 2]
