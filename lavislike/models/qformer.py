@@ -312,8 +312,20 @@ class QFormerLayer(nn.Module):
 
         A method of the layer, not reached into from outside: FSDP runs it as a forward of
         the layer's unit (``register_fsdp_forward_method``), so its weights are gathered.
+        The same holds for :meth:`text_states` and :meth:`queries_from_states`.
         """
         return self.cross_attn.project_kv(image_embeds) if self.has_cross else None
+
+    def text_states(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], num_query: int) -> "TextStates":
+        """As the first layer: the part of its pass over ``[queries; text]`` that sees no image."""
+        hidden, _ = self.self_attn(hidden, mask=mask)
+        return TextStates(hidden[:, :num_query], self._text_ffn(hidden[:, num_query:]))
+
+    def queries_from_states(self, queries: torch.Tensor, image_embeds: Optional[torch.Tensor],
+                            image_mask: Optional[torch.Tensor], image_kv: Optional[tuple[torch.Tensor, torch.Tensor]],
+                            image_index: Optional[torch.Tensor]) -> torch.Tensor:
+        """The rest of the first layer for the query rows of :meth:`text_states`."""
+        return self.query_block(queries, image_embeds, image_mask, image_kv, image_index)
 
     def _text_ffn(self, x: torch.Tensor) -> torch.Tensor:
         if self.text_ffn is None:
@@ -552,9 +564,7 @@ class QFormer(nn.Module):
         num_query = self.cfg.num_query_token
         hidden = self.embeddings(input_ids, self.query_tokens.expand(input_ids.shape[0], -1, -1))
         mask = self_attention_mask(num_query, text_mask, False, 0, hidden.shape[0], hidden.device)
-        first = self.layers[0]
-        hidden, _ = first.self_attn(hidden, mask=mask)
-        return TextStates(hidden[:, :num_query], first._text_ffn(hidden[:, num_query:]))
+        return self.layers[0].text_states(hidden, mask, num_query)
 
     def query_outputs_from_states(
         self,
@@ -583,7 +593,7 @@ class QFormer(nn.Module):
             image_embeds = image_embeds.to(queries.dtype)
         cross_mask = _cross_mask(image_mask, image_index)
         layer_kv = None if image_kv is None else image_kv[0]
-        queries = self.layers[0].query_block(queries, image_embeds, cross_mask, layer_kv, image_index)
+        queries = self.layers[0].queries_from_states(queries, image_embeds, cross_mask, layer_kv, image_index)
         hidden = torch.cat([queries, text], 1)
         mask = self_attention_mask(num_query, text_mask, False, 0, hidden.shape[0], hidden.device)
         out = self._run_layers(hidden, mask, num_query, image_embeds, cross_mask, None, image_kv, image_index,
