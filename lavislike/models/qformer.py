@@ -21,10 +21,19 @@ Public API (stable; used by :mod:`lavislike.models.base` and the stage-2 models)
 * :class:`QFormerConfig` - the ``qformer:`` YAML block (BERT-base sizes by default).
 * :class:`QFormer` ``(cfg, encoder_width)`` with
   ``forward(*, query_embeds=None, input_ids=None, text_mask=None, image_embeds=None,
-  image_mask=None, causal=False, past_key_values=None, use_cache=False) -> QFormerOutput``,
+  image_mask=None, causal=False, past_key_values=None, use_cache=False, output_rows=None)
+  -> QFormerOutput``,
   ``query_outputs(image_embeds, input_ids=None, text_mask=None) -> (B, Q, H)``,
+  ``text_states(input_ids, text_mask) -> TextStates`` and
+  ``query_outputs_from_states(states, text_mask, text_index, ...) -> (K, Q, H)``,
   ``lm_logits(hidden) -> (B, L, V)``, ``load_bert(folder)``, ``tie_weights()``,
   ``init_weights_(module)``, attribute ``query_tokens`` (1, Q, H).
+
+No work whose result nothing reads: with ``output_rows`` (set by ``query_outputs``: ITM and
+question-aware queries read the queries only; the ITC text pass reads [CLS]) the last layer
+computes its self-attention and FFN for those rows only; and a text scored against many
+images (retrieval re-ranking) runs the part of the pass that sees no image - the first
+layer's self-attention and its text FFN - once (``text_states``), not once per pair.
 * :func:`self_attention_mask` - the boolean SDPA masks of the regimes above.
 
 Parameter names (LAVIS ``Qformer.bert.*`` / HF ``qformer.*`` map onto them by the tables in
