@@ -533,20 +533,11 @@ class QFormer(nn.Module):
         return self._run_layers(hidden, mask, num_query, image_embeds, _cross_mask(image_mask, image_index),
                                 past_key_values, image_kv, image_index, output_rows, use_cache)
 
-    def _run_layers(
-        self,
-        hidden: torch.Tensor,
-        mask: Optional[torch.Tensor],
-        num_query: int,
-        image_embeds: Optional[torch.Tensor],
-        cross_mask: Optional[torch.Tensor],
-        past_key_values: Optional[KVCache],
-        image_kv: Optional[list],
-        image_index: Optional[torch.Tensor],
-        output_rows: Optional[int],
-        use_cache: bool = False,
-        start: int = 0,
-    ) -> QFormerOutput:
+    def _run_layers(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], num_query: int,
+                    image_embeds: Optional[torch.Tensor], cross_mask: Optional[torch.Tensor],
+                    past_key_values: Optional[KVCache], image_kv: Optional[list],
+                    image_index: Optional[torch.Tensor], output_rows: Optional[int],
+                    use_cache: bool = False, start: int = 0) -> QFormerOutput:
         """Layers ``start``.. on ``hidden`` (arguments as :meth:`forward` prepares them)."""
         cache: KVCache = []
         for i in range(start, len(self.layers)):
