@@ -36,7 +36,7 @@ def ours_outputs(model, pixels, ids, mask):
     # and one word-embedding lookup for the text and ITM passes
     words = model.qformer.embeddings.word_embeddings(ids)
     _, image_feat = model._image_pass(embeds, image_kv=image_kv)
-    _, text_feat = model._text_pass(ids, mask, words)
+    text_feat = model._text_feat(ids, mask, words)
     sim = model.itc_similarity(image_feat, text_feat)
     itm = model.itm_logits(None, ids, mask, image_kv=image_kv, word_embeds=words)
     return sim, itm

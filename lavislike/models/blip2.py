@@ -33,6 +33,7 @@ from lavislike.models.base import Blip2Base, Blip2BaseConfig
 from lavislike.models.convert.hf import HF_DROP, HF_RETRIEVAL, HF_RETRIEVAL_ALLOW_MISSING
 from lavislike.models.convert.lavis import LAVIS_ALLOW_MISSING, LAVIS_DROP, LAVIS_STAGE1
 from lavislike.models.generation import GenerationOutput
+from lavislike.models.qformer import TextStates
 from lavislike.models.qformer_decoding import decode
 from lavislike.registry import MODELS
 
@@ -115,9 +116,10 @@ class Blip2Qformer(Blip2Base):
         out = self.qformer(query_embeds=queries, image_embeds=image_embeds, use_cache=use_cache, image_kv=image_kv)
         return out, F.normalize(self.vision_proj(out.last_hidden_state), dim=-1)
 
-    def _text_pass(self, input_ids: torch.Tensor, text_mask: torch.Tensor, word_embeds: Optional[torch.Tensor] = None):
-        out = self.qformer(input_ids=input_ids, text_mask=text_mask, word_embeds=word_embeds)
-        return out.last_hidden_state, F.normalize(self.text_proj(out.last_hidden_state[:, 0]), dim=-1)
+    def _text_feat(self, input_ids: torch.Tensor, text_mask: torch.Tensor, word_embeds: Optional[torch.Tensor] = None):
+        """Normalised ITC text feature (B, D): the [CLS] output, so the last layer computes that row only."""
+        out = self.qformer(input_ids=input_ids, text_mask=text_mask, word_embeds=word_embeds, output_rows=1)
+        return F.normalize(self.text_proj(out.last_hidden_state[:, 0]), dim=-1)
 
     def itm_logits(
         self,
@@ -162,7 +164,7 @@ class Blip2Qformer(Blip2Base):
         bos = torch.full_like(input_ids[:, :1], self.tokenizer.bos_token_id)
         words = self.qformer.embeddings.word_embeddings(torch.cat([input_ids, bos], 1))
         words, bos_word = words[:, :-1], words[:, -1:]
-        _, text_feat = self._text_pass(input_ids, text_mask, words)
+        text_feat = self._text_feat(input_ids, text_mask, words)
         image_ids = samples.get("image_id")
         if image_ids is not None:
             image_ids = torch.as_tensor(image_ids, device=self.device)
@@ -307,8 +309,14 @@ class Blip2Qformer(Blip2Base):
     def retrieval_text_embeds(self, texts: Sequence[str]) -> dict:
         """``{"feat": (M, D), "input_ids": (M, T), "attention_mask": (M, T)}``."""
         input_ids, text_mask = self.tokenize(list(texts))
-        _, feat = self._text_pass(input_ids, text_mask)
+        feat = self._text_feat(input_ids, text_mask)
         return {"feat": feat, "input_ids": input_ids, "attention_mask": text_mask}
+
+    @torch.no_grad()
+    def itm_text_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextStates:
+        """The image-independent part of the ITM pass of each text (:meth:`QFormer.text_states`),
+        for :meth:`itm_scores` to score the texts against many images."""
+        return self.qformer.text_states(input_ids.to(self.device), attention_mask.to(self.device))
 
     @torch.no_grad()
     def itm_scores(
@@ -317,6 +325,8 @@ class Blip2Qformer(Blip2Base):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         image_index: Optional[torch.Tensor] = None,
+        text_states: Optional[TextStates] = None,
+        text_index: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Positive-class ITM logit per (image, text) pair: (K,).
 
@@ -327,13 +337,24 @@ class Blip2Qformer(Blip2Base):
             image_index: (K,) row of ``image_embeds`` for each pair; each distinct image's
                 cross-attention keys/values are then computed once (re-ranking scores one
                 image against many texts).
+            text_states: :meth:`itm_text_states` of texts, ``text_index`` (K,) the row of each
+                pair's text in them: the work that sees no image is then not repeated per pair
+                (``input_ids`` are not read again; ``attention_mask`` still is).
         """
         image_embeds = image_embeds.to(self.device)
         ids, mask = input_ids.to(self.device), attention_mask.to(self.device)
-        if image_index is None:
+        if image_index is None and text_states is None:
             return self.itm_logits(image_embeds, ids, mask)[:, 1]
         image_kv = self.qformer.cross_kv(image_embeds)
-        return self.itm_logits(None, ids, mask, image_kv=image_kv, image_index=image_index.to(self.device))[:, 1]
+        if image_index is not None:
+            image_index = image_index.to(self.device)
+        if text_states is None:
+            return self.itm_logits(None, ids, mask, image_kv=image_kv, image_index=image_index)[:, 1]
+        hidden = self.qformer.query_outputs_from_states(
+            text_states, mask, None if text_index is None else text_index.to(self.device),
+            image_kv=image_kv, image_index=image_index,
+        )
+        return self.itm_head(hidden).mean(1)[:, 1]
 
     @staticmethod
     def itc_similarity(image_feat: torch.Tensor, text_feat: torch.Tensor) -> torch.Tensor:
@@ -364,7 +385,7 @@ class Blip2ImageTextMatching(Blip2Qformer):
             return self.itm_logits(image_embeds, input_ids, text_mask)
         if match_head == "itc":
             _, image_feats = self._image_pass(image_embeds)
-            _, text_feat = self._text_pass(input_ids, text_mask)
+            text_feat = self._text_feat(input_ids, text_mask)
             return torch.einsum("bqd,bd->bq", image_feats, text_feat).amax(1, keepdim=True)
         raise ConfigError(f"match_head '{match_head}' is not one of itm, itc")
 

@@ -21,10 +21,19 @@ Public API (stable; used by :mod:`lavislike.models.base` and the stage-2 models)
 * :class:`QFormerConfig` - the ``qformer:`` YAML block (BERT-base sizes by default).
 * :class:`QFormer` ``(cfg, encoder_width)`` with
   ``forward(*, query_embeds=None, input_ids=None, text_mask=None, image_embeds=None,
-  image_mask=None, causal=False, past_key_values=None, use_cache=False) -> QFormerOutput``,
+  image_mask=None, causal=False, past_key_values=None, use_cache=False, output_rows=None)
+  -> QFormerOutput``,
   ``query_outputs(image_embeds, input_ids=None, text_mask=None) -> (B, Q, H)``,
+  ``text_states(input_ids, text_mask) -> TextStates`` and
+  ``query_outputs_from_states(states, text_mask, text_index, ...) -> (K, Q, H)``,
   ``lm_logits(hidden) -> (B, L, V)``, ``load_bert(folder)``, ``tie_weights()``,
   ``init_weights_(module)``, attribute ``query_tokens`` (1, Q, H).
+
+No work whose result nothing reads: with ``output_rows`` (set by ``query_outputs``: ITM and
+question-aware queries read the queries only; the ITC text pass reads [CLS]) the last layer
+computes its self-attention and FFN for those rows only; and a text scored against many
+images (retrieval re-ranking) runs the part of the pass that sees no image - the first
+layer's self-attention and its text FFN - once (``text_states``), not once per pair.
 * :func:`self_attention_mask` - the boolean SDPA masks of the regimes above.
 
 Parameter names (LAVIS ``Qformer.bert.*`` / HF ``qformer.*`` map onto them by the tables in
@@ -92,6 +101,21 @@ class QFormerConfig:
 
 
 @dataclass
+class TextStates:
+    """What a bidirectional ``[queries; text]`` pass computes before it first sees an image,
+    once per text: layer 0's self-attention (the queries meet the image only afterwards, in
+    its cross-attention) and layer 0's text FFN (text rows never cross-attend).
+
+    Attributes:
+        queries: (M, Q, H) layer 0's self-attention output at the query rows.
+        text: (M, T, H) layer 0's output at the text rows.
+    """
+
+    queries: torch.Tensor
+    text: torch.Tensor
+
+
+@dataclass
 class QFormerOutput:
     """``last_hidden_state`` (B, L, H); ``past_key_values`` per layer when ``use_cache``."""
 
@@ -149,6 +173,14 @@ def self_attention_mask(
     return mask.contiguous()
 
 
+def _cross_mask(image_mask: Optional[torch.Tensor], image_index: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """SDPA mask of the cross-attention (B, 1, 1, P), None when every patch is visible."""
+    if image_mask is None or bool(image_mask.all()):
+        return None
+    cross_mask = image_mask.bool()[:, None, None, :]
+    return cross_mask if image_index is None else cross_mask.index_select(0, image_index)
+
+
 class Attention(nn.Module):
     """Multi-head attention (SDPA) with BERT's post-norm residual output."""
 
@@ -185,15 +217,20 @@ class Attention(nn.Module):
         past: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         kv_index: Optional[torch.Tensor] = None,
+        rows: Optional[int] = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Returns the block output and this call's full (key, value) in head layout.
 
         ``kv`` replaces the key/value projection of ``kv_input`` (computed once by
         :meth:`project_kv` and shared); ``kv_index`` (B,) picks each row's key/value from
         them (or from the projection of ``kv_input``), so that features shared by many rows
-        are projected once.
+        are projected once. ``rows``: only the first ``rows`` positions of ``hidden`` are
+        computed (all of them still serve as keys/values of self-attention).
         """
-        q = self._heads(self.query(hidden))
+        asking = hidden if rows is None else hidden[:, :rows]
+        if rows is not None and mask is not None and mask.shape[-2] > rows:
+            mask = mask[..., :rows, :]
+        q = self._heads(self.query(asking))
         if kv is None:
             kv = self.project_kv(hidden if kv_input is None else kv_input)
         k, v = kv
@@ -208,7 +245,7 @@ class Attention(nn.Module):
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
         )
         ctx = ctx.transpose(1, 2).flatten(2)
-        return self.norm(self.dropout(self.out(ctx)) + hidden), (k, v)
+        return self.norm(self.dropout(self.out(ctx)) + asking), (k, v)
 
 
 class FeedForward(nn.Module):
@@ -252,27 +289,52 @@ class QFormerLayer(nn.Module):
         past: Optional[tuple[torch.Tensor, torch.Tensor]],
         image_kv: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
         image_index: Optional[torch.Tensor] = None,
+        rows: Optional[int] = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        hidden, kv = self.self_attn(hidden, mask=mask, past=past)
+        """``rows``: compute only the first ``rows`` outputs (the others would feed nothing)."""
+        hidden, kv = self.self_attn(hidden, mask=mask, past=past, rows=rows)
         if num_query == 0:
             return self._text_ffn(hidden), kv
-        queries = hidden[:, :num_query]
+        queries = self.query_block(hidden[:, :num_query], image_embeds, image_mask, image_kv, image_index)
+        if hidden.shape[1] <= num_query:
+            return queries, kv
+        return torch.cat([queries, self._text_ffn(hidden[:, num_query:])], 1), kv
+
+    def query_block(
+        self,
+        queries: torch.Tensor,
+        image_embeds: Optional[torch.Tensor],
+        image_mask: Optional[torch.Tensor],
+        image_kv: Optional[tuple[torch.Tensor, torch.Tensor]],
+        image_index: Optional[torch.Tensor],
+    ) -> torch.Tensor:
+        """What the query rows do after self-attention: cross-attention (on layers with one),
+        then the query FFN. The first place a Q-Former pass sees the image."""
         if self.has_cross:
             if image_embeds is None and image_kv is None:
                 raise ValueError("the Q-Former queries need image_embeds for cross-attention")
             queries, _ = self.cross_attn(queries, image_embeds, mask=image_mask, kv=image_kv, kv_index=image_index)
-        queries = self.query_ffn(queries)
-        if hidden.shape[1] == num_query:
-            return queries, kv
-        return torch.cat([queries, self._text_ffn(hidden[:, num_query:])], 1), kv
+        return self.query_ffn(queries)
 
     def cross_kv(self, image_embeds: torch.Tensor) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         """This layer's cross-attention (key, value) of ``image_embeds`` (None without one).
 
         A method of the layer, not reached into from outside: FSDP runs it as a forward of
         the layer's unit (``register_fsdp_forward_method``), so its weights are gathered.
+        The same holds for :meth:`text_states` and :meth:`queries_from_states`.
         """
         return self.cross_attn.project_kv(image_embeds) if self.has_cross else None
+
+    def text_states(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], num_query: int) -> "TextStates":
+        """As the first layer: the part of its pass over ``[queries; text]`` that sees no image."""
+        hidden, _ = self.self_attn(hidden, mask=mask)
+        return TextStates(hidden[:, :num_query], self._text_ffn(hidden[:, num_query:]))
+
+    def queries_from_states(self, queries: torch.Tensor, image_embeds: Optional[torch.Tensor],
+                            image_mask: Optional[torch.Tensor], image_kv: Optional[tuple[torch.Tensor, torch.Tensor]],
+                            image_index: Optional[torch.Tensor]) -> torch.Tensor:
+        """The rest of the first layer for the query rows of :meth:`text_states`."""
+        return self.query_block(queries, image_embeds, image_mask, image_kv, image_index)
 
     def _text_ffn(self, x: torch.Tensor) -> torch.Tensor:
         if self.text_ffn is None:
@@ -432,6 +494,7 @@ class QFormer(nn.Module):
         image_kv: Optional[list[Optional[tuple[torch.Tensor, torch.Tensor]]]] = None,
         image_index: Optional[torch.Tensor] = None,
         word_embeds: Optional[torch.Tensor] = None,
+        output_rows: Optional[int] = None,
     ) -> QFormerOutput:
         """Run queries and/or text through the Q-Former.
 
@@ -452,6 +515,9 @@ class QFormer(nn.Module):
             word_embeds: (B, T, H) ``word_embeddings(input_ids)`` computed by the caller:
                 passes over the same tokens share one lookup (each lookup's backward
                 allocates a dense vocabulary-sized gradient).
+            output_rows: return only the first ``output_rows`` positions (e.g. the queries,
+                or the text's [CLS]): the last layer computes its self-attention and FFN
+                for those rows only (the others still give keys/values).
         """
         num_query = 0 if query_embeds is None else query_embeds.shape[1]
         past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
@@ -464,25 +530,75 @@ class QFormer(nn.Module):
         mask = self_attention_mask(num_query, text_mask, causal, past_len, hidden.shape[0], hidden.device)
         if image_embeds is not None:
             image_embeds = image_embeds.to(hidden.dtype)
-        cross_mask = None
-        if image_mask is not None and not bool(image_mask.all()):
-            cross_mask = image_mask.bool()[:, None, None, :]
-            if image_index is not None:
-                cross_mask = cross_mask.index_select(0, image_index)
+        return self._run_layers(hidden, mask, num_query, image_embeds, _cross_mask(image_mask, image_index),
+                                past_key_values, image_kv, image_index, output_rows, use_cache)
+
+    def _run_layers(self, hidden: torch.Tensor, mask: Optional[torch.Tensor], num_query: int,
+                    image_embeds: Optional[torch.Tensor], cross_mask: Optional[torch.Tensor],
+                    past_key_values: Optional[KVCache], image_kv: Optional[list],
+                    image_index: Optional[torch.Tensor], output_rows: Optional[int],
+                    use_cache: bool = False, start: int = 0) -> QFormerOutput:
+        """Layers ``start``.. on ``hidden`` (arguments as :meth:`forward` prepares them)."""
         cache: KVCache = []
-        for i, layer in enumerate(self.layers):
+        for i in range(start, len(self.layers)):
+            layer = self.layers[i]
             past = None if past_key_values is None else past_key_values[i]
             layer_kv = None if image_kv is None else image_kv[i]
+            rows = output_rows if i == len(self.layers) - 1 else None
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 hidden, kv = checkpoint(
-                    layer, hidden, mask, num_query, image_embeds, cross_mask, past, layer_kv, image_index,
+                    layer, hidden, mask, num_query, image_embeds, cross_mask, past, layer_kv, image_index, rows,
                     use_reentrant=False,
                 )
             else:
-                hidden, kv = layer(hidden, mask, num_query, image_embeds, cross_mask, past, layer_kv, image_index)
+                hidden, kv = layer(hidden, mask, num_query, image_embeds, cross_mask, past, layer_kv, image_index,
+                                   rows)
             if use_cache:
                 cache.append(kv)
-        return QFormerOutput(hidden, cache if use_cache else None)
+        return QFormerOutput(hidden[:, :output_rows], cache if use_cache else None)
+
+    def text_states(self, input_ids: torch.Tensor, text_mask: Optional[torch.Tensor] = None) -> TextStates:
+        """The image-independent start of the bidirectional ``[queries; text]`` pass (ITM),
+        once per text: scoring one text against many images (retrieval re-ranking) then
+        repeats only what sees the image (:meth:`query_outputs_from_states`)."""
+        num_query = self.cfg.num_query_token
+        hidden = self.embeddings(input_ids, self.query_tokens.expand(input_ids.shape[0], -1, -1))
+        mask = self_attention_mask(num_query, text_mask, False, 0, hidden.shape[0], hidden.device)
+        return self.layers[0].text_states(hidden, mask, num_query)
+
+    def query_outputs_from_states(
+        self,
+        states: TextStates,
+        text_mask: Optional[torch.Tensor] = None,
+        text_index: Optional[torch.Tensor] = None,
+        image_embeds: Optional[torch.Tensor] = None,
+        image_mask: Optional[torch.Tensor] = None,
+        image_kv: Optional[list] = None,
+        image_index: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """:meth:`query_outputs` of (image, text) pairs from the texts' :meth:`text_states`.
+
+        Args:
+            states: of the texts; ``text_index`` (K,) picks each pair's (None = one per pair).
+            text_mask: (K, T') the pairs' text masks; T' <= T cuts trailing padding columns.
+            image_embeds / image_mask / image_kv / image_index: as in :meth:`forward`.
+        """
+        queries, text = states.queries, states.text
+        if text_index is not None:
+            queries, text = queries.index_select(0, text_index), text.index_select(0, text_index)
+        if text_mask is not None:
+            text = text[:, : text_mask.shape[1]]
+        num_query = queries.shape[1]
+        if image_embeds is not None:
+            image_embeds = image_embeds.to(queries.dtype)
+        cross_mask = _cross_mask(image_mask, image_index)
+        layer_kv = None if image_kv is None else image_kv[0]
+        queries = self.layers[0].queries_from_states(queries, image_embeds, cross_mask, layer_kv, image_index)
+        hidden = torch.cat([queries, text], 1)
+        mask = self_attention_mask(num_query, text_mask, False, 0, hidden.shape[0], hidden.device)
+        out = self._run_layers(hidden, mask, num_query, image_embeds, cross_mask, None, image_kv, image_index,
+                               num_query, start=1)
+        return out.last_hidden_state[:, :num_query]
 
     def cross_kv(self, image_embeds: torch.Tensor) -> list[Optional[tuple[torch.Tensor, torch.Tensor]]]:
         """Cross-attention (key, value) of ``image_embeds`` (B, P, C) per layer (None where a
@@ -520,9 +636,9 @@ class QFormer(nn.Module):
         out = self(
             query_embeds=queries, input_ids=input_ids, text_mask=text_mask,
             image_embeds=image_embeds, image_mask=image_mask, image_kv=image_kv, image_index=image_index,
-            word_embeds=word_embeds,
+            word_embeds=word_embeds, output_rows=queries.shape[1],
         )
-        return out.last_hidden_state[:, : queries.shape[1]]
+        return out.last_hidden_state
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits from text hidden states."""

@@ -32,7 +32,7 @@ from lavislike.common import dist as D
 logger = logging.getLogger("lavislike")
 
 # block methods that read the block's weights outside its forward (FSDP must gather them)
-FSDP_FORWARD_METHODS = ("cross_kv",)
+FSDP_FORWARD_METHODS = ("cross_kv", "text_states", "queries_from_states")
 
 
 def _block_classes(model: nn.Module) -> set[type]:

@@ -145,9 +145,9 @@ def embed_texts(model, texts: list[str], batch_size: int) -> dict[str, torch.Ten
             "attention_mask": torch.cat([pad(p["attention_mask"]) for _, p in parts])}
 
 
-def _takes_image_index(model) -> bool:
+def _itm_takes(model, argument: str) -> bool:
     try:
-        return "image_index" in inspect.signature(model.itm_scores).parameters
+        return argument in inspect.signature(model.itm_scores).parameters
     except (TypeError, ValueError):
         return False
 
@@ -171,6 +171,18 @@ def image_batches(img_sorted: torch.Tensor, batch_size: int) -> list[tuple[int, 
     return bounds
 
 
+# texts whose ITM text states (model.itm_text_states, (Q + T) x H floats per text: ~200 KB
+# at BERT-base width, 32 queries, 35 tokens) are held at once; an image's cross-attention
+# keys/values are projected again in every chunk it has pairs in
+TEXT_STATES_CHUNK = 4096
+
+
+def _width(mask: torch.Tensor) -> int:
+    """Columns up to the last one that is not padding in every row (at least 1)."""
+    used = mask.any(0).nonzero()
+    return int(used.max()) + 1 if used.numel() else 1
+
+
 @torch.no_grad()
 def itm_pair_scores(model, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     img: torch.Tensor, txt: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -179,26 +191,40 @@ def itm_pair_scores(model, image_embeds: torch.Tensor, input_ids: torch.Tensor, 
 
     Pairs are scored grouped by image (:func:`image_batches`); a model whose ``itm_scores``
     takes ``image_index`` then projects each image's cross-attention keys/values once per
-    batch instead of once per pair. Trailing columns that are padding in every text of a
-    batch are cut (they are masked out anyway).
+    batch instead of once per pair. A model with ``itm_text_states`` computes the part of
+    the ITM pass that sees no image once per text (in chunks of ``TEXT_STATES_CHUNK``
+    texts), not once per pair. Trailing columns that are padding in every text of a batch
+    are cut (they are masked out anyway).
     """
     device = model_device(model)
-    order = torch.argsort(img, stable=True)
-    shared = _takes_image_index(model)
+    shared = _itm_takes(model, "image_index")
+    per_text = hasattr(model, "itm_text_states") and _itm_takes(model, "text_states")
+    chunk = TEXT_STATES_CHUNK if per_text else max(input_ids.shape[0], 1)
     out = torch.empty(img.numel())
-    for s, e in image_batches(img[order], batch_size):
-        sel = order[s:e]
-        mask = attention_mask[txt[sel]]
-        used = mask.any(0).nonzero()
-        width = int(used.max()) + 1 if used.numel() else 1
-        ids, mask = input_ids[txt[sel], :width].to(device), mask[:, :width].to(device)
-        if shared:
-            uniq, inverse = torch.unique(img[sel], return_inverse=True)
-            scores = model.itm_scores(image_embeds[uniq.to(image_embeds.device)], ids, mask,
-                                      image_index=inverse.to(device))
-        else:
-            scores = model.itm_scores(image_embeds[img[sel].to(image_embeds.device)], ids, mask)
-        out[sel] = scores.float().cpu()
+    for first in range(0, input_ids.shape[0], chunk):
+        in_chunk = ((txt >= first) & (txt < first + chunk)).nonzero().squeeze(1)
+        if not in_chunk.numel():
+            continue
+        states = {}
+        if per_text:
+            width = _width(attention_mask[first : first + chunk])
+            states["text_states"] = model.itm_text_states(input_ids[first : first + chunk, :width],
+                                                          attention_mask[first : first + chunk, :width])
+        order = in_chunk[torch.argsort(img[in_chunk], stable=True)]
+        for s, e in image_batches(img[order], batch_size):
+            sel = order[s:e]
+            mask = attention_mask[txt[sel]]
+            width = _width(mask)
+            ids, mask = input_ids[txt[sel], :width].to(device), mask[:, :width].to(device)
+            if per_text:
+                states["text_index"] = (txt[sel] - first).to(device)
+            if shared:
+                uniq, inverse = torch.unique(img[sel], return_inverse=True)
+                scores = model.itm_scores(image_embeds[uniq.to(image_embeds.device)], ids, mask,
+                                          image_index=inverse.to(device), **states)
+            else:
+                scores = model.itm_scores(image_embeds[img[sel].to(image_embeds.device)], ids, mask, **states)
+            out[sel] = scores.float().cpu()
     return out
 
 

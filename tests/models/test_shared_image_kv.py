@@ -52,6 +52,13 @@ def test_itm_scores_with_image_index_match_transformers(tmp_path, tiny_bert_toke
         expected = _hf_itm(hf, vision[1:2].expand(len(TEXTS), -1, -1), ids, mask)[:, 1]
     got = model.itm_scores(embeds[1:2], ids, mask, image_index=single)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # each text's image-independent work done once (text states), the pairs read them
+    texts = torch.tensor([4, 1, 4, 0, 1])
+    with torch.no_grad():
+        expected = _hf_itm(hf, vision[index], ids[texts], mask[texts])[:, 1]
+    states = model.itm_text_states(ids, mask)
+    got = model.itm_scores(embeds, ids[texts], mask[texts], image_index=index, text_states=states, text_index=texts)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_shared_image_kv_gradients_match_transformers(tmp_path, tiny_bert_tokenizer_dir):

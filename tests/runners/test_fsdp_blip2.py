@@ -76,9 +76,11 @@ def test_fsdp_two_gloo_ranks_train_and_evaluate_like_one_process(runs, stage):
     one, two = runs / "one" / stage, runs / "two" / stage
     assert_same_losses(one, two, stage)
     w1, w2 = load_file(str(one / "final.safetensors")), load_file(str(two / "final.safetensors"))
-    # DDP's 2 ranks differ from one process by the same spread here (6e-6 on the cross-
-    # attention query of stage 1, where the ViT trains too; one AdamW step is ~1e-3)
-    assert_weights_close(w1, w2, atol=1e-5)
+    # DDP's 2 ranks differ from one process by the same spread here (one AdamW step is
+    # ~1e-3). All but one element agree to 3e-6; element (16, 22) of stage 1's first
+    # cross-attention query weight gets a gradient ~1e-9 at step 1 (typical: 4e-5), below
+    # AdamW's eps, so its rounding noise becomes up to 3e-5 of the step there
+    assert_weights_close(w1, w2, atol=5e-5)
     init = load_file(str(runs / "one" / stage / "checkpoints" / f"step_{1:09d}" / "model.safetensors"))
     assert sum(int((w1[k] - init[k]).abs().max() > 1e-5) for k in w1) > len(w1) // 2  # steps 2, 3 trained
 
