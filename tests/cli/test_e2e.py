@@ -45,6 +45,41 @@ def lavislike(cache: Path, *args: str, timeout: int = 120) -> subprocess.Complet
                           env=env_for(cache), cwd=REPO, timeout=timeout)
 
 
+class Started:
+    """``lavislike ARGS`` started in a fresh process that runs on while the test goes on (an
+    uninterrupted reference run beside the killed one: a 2-core machine runs both at once);
+    ``result()`` waits for it, ``stop()`` ends it if the test failed first."""
+
+    def __init__(self, cache: Path, log: Path, *args: str):
+        self.log = log
+        with open(log, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "lavislike", *args], cwd=REPO, env=env_for(cache),
+                                         stdout=subprocess.DEVNULL, stderr=err)
+
+    def result(self, timeout: int = 300) -> subprocess.CompletedProcess:
+        self.proc.wait(timeout=timeout)
+        return subprocess.CompletedProcess(self.proc.args, self.proc.returncode, "", self.log.read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def start(cache):
+    """``start(log, *args)``: a :class:`Started` run, ended at teardown if still running."""
+    started = []
+
+    def run(log: Path, *args: str) -> Started:
+        started.append(Started(cache, log, *args))
+        return started[-1]
+
+    yield run
+    for s in started:
+        s.stop()
+
+
 def in_process(cli, cache: Path, *args: str) -> subprocess.CompletedProcess:
     """``lavislike ARGS`` by its ``main`` (the ``cli`` fixture), reading the corpus in ``cache``."""
     return cli(*args, env={"LAVISLIKE_CACHE": str(cache)}, cwd=REPO)
@@ -115,16 +150,15 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 
 
 @pytest.mark.parametrize("processor, workers", [("blip_image_eval", 0), ("blip_image_train", 2)])
-def test_killed_run_resumes_to_the_same_weights(cache, tmp_path, processor, workers):
+def test_killed_run_resumes_to_the_same_weights(cache, tmp_path, start, processor, workers):
     """kill -9 after the first checkpoint (mid-epoch), resume in the same folder: the final
     trainable weights equal an uninterrupted run's bit for bit - also with random crops and
     RandAugment loaded by two DataLoader workers (batches land on other workers after the
     resume; each sample's augmentation must not depend on which)."""
     run = {"max_epoch": 2, "ckpt_every_steps": 1, "keep_last_checkpoints": 20, "num_workers": workers}
     full = tmp_path / "full"
-    full_cfg = stage1_config(tmp_path / "full.yaml", full, processor, **run)
-    res = lavislike(cache, "train", "--cfg-path", str(full_cfg), timeout=300)  # generous: a loaded 2-core CI
-    assert res.returncode == 0, res.stderr[-3000:]
+    full_run = start(tmp_path / "full.log", "train", "--cfg-path",
+                     str(stage1_config(tmp_path / "full.yaml", full, processor, **run)))
 
     cut = tmp_path / "cut"
     cfg = stage1_config(tmp_path / "cut.yaml", cut, processor, **run)
@@ -135,6 +169,8 @@ def test_killed_run_resumes_to_the_same_weights(cache, tmp_path, processor, work
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"global step {killed_at}" in res.stderr or f"step_{killed_at:09d}" in res.stderr
     assert (cut / "checkpoints" / "step_000000008").is_dir()
+    res = full_run.result(timeout=300)  # generous: a loaded 2-core CI
+    assert res.returncode == 0, res.stderr[-3000:]
     a = final_weights(full)
     assert_same_weights(a, final_weights(cut))
     # and training did move the weights (a resume that reloads the same file proves nothing)
@@ -161,7 +197,7 @@ def write_shards(root: Path, n_shards: int = 3, per_shard: int = 7) -> str:
 
 
 @pytest.mark.parametrize("resampled", [True, False])
-def test_killed_stream_run_resumes_to_the_same_weights(cache, tmp_path, resampled):
+def test_killed_stream_run_resumes_to_the_same_weights(cache, tmp_path, start, resampled):
     """The same on LAION webdataset shards read by two workers (random crops, a random caption
     of two per sample, shuffle buffer, and with resampled: false an epoch end mid-run):
     resuming after kill -9 gives the uninterrupted run's weights."""
@@ -178,13 +214,14 @@ def test_killed_stream_run_resumes_to_the_same_weights(cache, tmp_path, resample
         return tmp_path / f"{name}.yaml"
 
     full = tmp_path / "full"
-    res = lavislike(cache, "train", "--cfg-path", str(config("full")), timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    full_run = start(tmp_path / "full.log", "train", "--cfg-path", str(config("full")))
     cut = tmp_path / "cut"
     cfg = config("cut")
     killed_at = kill_after_first_checkpoint(cache, cfg, cut)
     assert 1 <= killed_at < 6
     res = lavislike(cache, "train", "--cfg-path", str(cfg), "run.resume=true", timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = full_run.result(timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert_same_weights(final_weights(full), final_weights(cut))
     assert "skipping" not in res.stderr  # no batch was read again

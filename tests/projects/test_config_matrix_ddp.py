@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 
 import pytest
@@ -54,14 +55,26 @@ def test_two_gloo_processes(script, fsdp, matrix, tmp_path, monkeypatch, capsys,
     fsdp_extra = ["run.fsdp=true"] if fsdp else []
 
     out2 = tmp_path / "nproc2"
-    res = subprocess.run(
-        ["bash", f"run_scripts/{script}", *cm.overrides(cfg, out2, matrix), *extra, *fsdp_extra],
-        capture_output=True, text=True, cwd=cm.REPO, timeout=300,
-        env=dict(os.environ, **env, NPROC=cm.NPROC, MASTER_PORT=str(29300 + os.getpid() % 200 + len(script)),
-                 LAVISLIKE_VENV=str(fake_venv), PYTHONPATH=str(cm.REPO), OMP_NUM_THREADS="1",
-                 HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    script_log = tmp_path / "nproc2.log"
+    with open(script_log, "w") as err:
+        proc = subprocess.Popen(
+            ["bash", f"run_scripts/{script}", *cm.overrides(cfg, out2, matrix), *extra, *fsdp_extra],
+            stdout=err, stderr=err, cwd=cm.REPO, start_new_session=True,
+            env=dict(os.environ, **env, NPROC=cm.NPROC, MASTER_PORT=str(29300 + os.getpid() % 200 + len(script)),
+                     LAVISLIKE_VENV=str(fake_venv), PYTHONPATH=str(cm.REPO), OMP_NUM_THREADS="1",
+                     HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
+        )
+    try:
+        out1 = tmp_path / "nproc1"
+        if cfg.run.evaluate:  # the one-process reference, in this process while the two ranks run
+            rc1 = main(["evaluate", "--cfg-path", str(cm.PROJECTS / rel), *cm.overrides(cfg, out1, matrix), *extra])
+            assert rc1 == 0, capsys.readouterr().err[-3000:]
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:  # the launcher and the ranks it started
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, script_log.read_text()[-3000:]
     log = (out2 / "log.txt").read_text()
     assert f"world size {cm.NPROC}" in log and ("FSDP:" in log) == fsdp, log[-2000:]
     if not cfg.run.evaluate:
@@ -69,7 +82,4 @@ def test_two_gloo_processes(script, fsdp, matrix, tmp_path, monkeypatch, capsys,
         assert [r["step"] for r in rows if r.get("split") == "train"] == [1, 2]
         assert all(r["loss"] == r["loss"] for r in rows if "loss" in r)  # not NaN
         return
-    out1 = tmp_path / "nproc1"
-    assert main(["evaluate", "--cfg-path", str(cm.PROJECTS / rel), *cm.overrides(cfg, out1, matrix), *extra]) == 0, \
-        capsys.readouterr().err[-3000:]
     assert _results(out2, cfg.run.test_splits) == _results(out1, cfg.run.test_splits)
