@@ -198,5 +198,5 @@ def test_default_precision_is_the_configs_fp32_and_stays_without_native_bf16(mon
         assert (run.get("frozen_precision", "model"), run.amp) == ("model", False), rel
     monkeypatch.setattr("lavislike.runners.precision.cpu_has_native_bf16", lambda: False)
     assert precision_overrides("recommended") == []
-    with pytest.raises(ConfigError, match="'bf16'.*valid: fp32, recommended"):
+    with pytest.raises(ConfigError, match="'bf16'.*Valid: fp32, recommended"):
         precision_overrides("bf16")
