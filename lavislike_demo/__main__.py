@@ -36,6 +36,8 @@ def _print_summary(summary: dict) -> None:
 
 
 def main(argv=None) -> int:
+    from lavislike_demo.plan import PRECISIONS
+
     parser = argparse.ArgumentParser(prog="python -m lavislike_demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="*", default=["all"], help="all | prepare [stage1] [t5]")
@@ -43,6 +45,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="do not fail when a number is not clearly above its baseline")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32 (default: the configs as they are) or recommended: the recommended CPU "
+                             "training configuration, run.frozen_precision=auto run.amp=true (frozen parts in "
+                             "bf16, bf16 autocast) for every run, where the CPU has native bf16 (else fp32)")
     parser.add_argument("overrides", nargs="*", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     command = [c for c in args.command if "=" not in c] or ["all"]
@@ -51,13 +57,16 @@ def main(argv=None) -> int:
     import torch
 
     from lavislike.common.logging import setup_logging
-    from lavislike_demo.plan import STAGE1, DemoPlan
+    from lavislike_demo.plan import STAGE1, DemoPlan, precision_overrides
     from lavislike.errors import LavislikeError
 
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
-    plan = DemoPlan(quick=args.quick, extra=tuple(overrides))
+    plan = DemoPlan(quick=args.quick, extra=tuple(overrides), precision=args.precision)
+    if args.precision != "fp32":
+        print(f"demo: precision {args.precision}: "
+              f"{' '.join(precision_overrides(args.precision)) or 'fp32 (this CPU has no native bf16)'}")
     t0 = time.perf_counter()
     try:
         if command[:1] == ["prepare"]:

@@ -3,7 +3,8 @@
 The full size is the README demo (minutes on 2 CPU cores); the quick size shrinks every
 config the same way (corpus, Q-Former, epochs) for the smoke test (seconds). Either way
 the configs go through the ordinary loader, so the demo trains and evaluates exactly
-what ``lavislike train --cfg-path projects/blip2_tiny/...`` would.
+what ``lavislike train --cfg-path projects/blip2_tiny/...`` would. ``precision``
+"recommended" adds the recommended CPU configuration's run options to every config.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Sequence
 from omegaconf import DictConfig
 
 from lavislike_demo.fit import QUICK_LM, LMSizes
+from lavislike.errors import ConfigError
 
 PROJECT_DIR = Path(__file__).resolve().parents[1] / "projects" / "blip2_tiny"
 
@@ -52,6 +54,23 @@ QUICK_RUN = {
     VQA: ["run.num_beams=1", "run.max_len=3"],
 }
 
+# The recommended CPU configuration (README, "Speed options"): frozen parts stored in bf16 and
+# bf16 autocast over the trainable ones. Only on a CPU with native bf16: elsewhere bf16 is
+# emulated and slower than fp32, which then stays the recommendation.
+RECOMMENDED_CPU = ["run.frozen_precision=auto", "run.amp=true"]
+PRECISIONS = ("fp32", "recommended")
+
+
+def precision_overrides(precision: str) -> list[str]:
+    """The run options of the demo's ``--precision`` (none for fp32, the configs' own)."""
+    from lavislike.common.suggest import did_you_mean
+    from lavislike.runners.precision import cpu_has_native_bf16
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"demo precision: '{precision}' is not valid.{did_you_mean(precision, PRECISIONS)} "
+                          f"Valid: {', '.join(PRECISIONS)}")
+    return list(RECOMMENDED_CPU) if precision == "recommended" and cpu_has_native_bf16() else []
+
 
 @dataclass
 class DemoPlan:
@@ -60,12 +79,15 @@ class DemoPlan:
     Attributes:
         project: the folder holding ``train/`` and ``eval/`` (``projects/blip2_tiny``).
         quick: the smoke-test size.
-        extra: ``a.b=c`` overrides applied to every config (after the size's own).
+        extra: ``a.b=c`` overrides applied to every config (after the size's and precision's).
+        precision: "fp32" (the configs as they are) or "recommended" (:data:`RECOMMENDED_CPU`
+            where the CPU has native bf16).
     """
 
     project: Path = PROJECT_DIR
     quick: bool = False
     extra: Sequence[str] = field(default_factory=tuple)
+    precision: str = "fp32"
 
     @property
     def prep(self) -> PrepSizes:
@@ -86,7 +108,7 @@ class DemoPlan:
             out += QUICK_COMMON + QUICK_RUN.get(rel, [])
             for name in self.dataset_names(rel):
                 out += [f"datasets.{name}.{k}={v}" for k, v in QUICK_CORPUS.items()]
-        return out + list(self.extra)
+        return out + precision_overrides(self.precision) + list(self.extra)
 
     def config(self, rel: str, more: Sequence[str] = ()) -> DictConfig:
         """The loaded config of ``rel`` with this plan's overrides and ``more``."""

@@ -6,12 +6,12 @@ import pytest
 
 
 @contextmanager
-def demo_env(root: Path):
-    """``LAVISLIKE_CACHE`` = ``root/cache`` and ``LAVISLIKE_OUTPUT`` = ``root/out`` inside the block
+def demo_env(root: Path, out: str = "out"):
+    """``LAVISLIKE_CACHE`` = ``root/cache`` and ``LAVISLIKE_OUTPUT`` = ``root/<out>`` inside the block
     (a manual MonkeyPatch: module-scoped fixtures cannot take the ``monkeypatch`` fixture)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("LAVISLIKE_CACHE", str(root / "cache"))
-    mp.setenv("LAVISLIKE_OUTPUT", str(root / "out"))
+    mp.setenv("LAVISLIKE_OUTPUT", str(root / out))
     try:
         yield root
     finally:

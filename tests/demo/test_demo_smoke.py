@@ -1,4 +1,5 @@
-"""The demo pipeline end to end at the smoke size, and the pieces its table relies on.
+"""The demo pipeline end to end at the smoke size, the pieces its table relies on, and its
+``--precision recommended`` option.
 
 The module fixture runs ``run_demo`` on the quick plan (tiny corpus, 1-layer Q-Former, a
 few steps) in a temporary cache / output folder; the numbers are meaningless at this size,
@@ -14,10 +15,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from omegaconf import OmegaConf
+
 from lavislike_demo.baselines import BlankImage, majority_vqa_accuracy, retrieval_chance
-from lavislike_demo.plan import STAGE1, STAGE2, DemoPlan
+from lavislike_demo.plan import CAPTION, RETRIEVAL, STAGE1, STAGE2, VQA, DemoPlan, precision_overrides
 from lavislike_demo.report import Row
-from lavislike.errors import LavislikeError
+from lavislike.errors import ConfigError, LavislikeError
+from lavislike.runners.precision import cpu_has_native_bf16
 
 from demo_env import demo_env
 
@@ -158,3 +162,41 @@ def test_serve_with_no_arguments_serves_the_demos_runs(demo):
         assert session.caption(image, "beam", 1, num_beams=1, max_length=8) == [written[ann["image_id"]]]
     assert 0.0 <= session.match(image, annotations[0]["caption"][0])["itm"] <= 1.0
     assert len(session.search("a red circle", top_k=3)) == 3
+
+
+RUNS = (STAGE1, STAGE2, RETRIEVAL, CAPTION, VQA)
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="the CPU has no native bf16")
+def test_recommended_precision_option_reaches_the_runs(demo):
+    """``--precision recommended``: a real stage-1 run trained with the recommended CPU options,
+    every run's config carries them, and stage 2's frozen parts are stored in bf16."""
+    from lavislike_demo.__main__ import main
+    from lavislike.runners.launch import build_runner
+
+    root, _ = demo
+    with demo_env(root, out="out_recommended"):  # the fixture's frozen parts, runs of its own
+        assert main(["--quick", "--precision", "recommended", "prepare", "stage1"]) == 0
+        written = OmegaConf.load(root / "out_recommended/blip2_tiny/pretrain_stage1/config.yaml")
+        assert (written.run.frozen_precision, written.run.amp) == ("auto", True)
+        plan = DemoPlan(quick=True, precision="recommended")
+        for rel in RUNS:
+            assert (plan.config(rel).run.frozen_precision, plan.config(rel).run.amp) == ("auto", True), rel
+        runner = build_runner(plan.config(STAGE2), plan.path(STAGE2))
+        runner.setup()
+    model = runner.unwrapped_model
+    assert runner.amp_dtype == torch.bfloat16
+    for part in (model.image_encoder, model.llm):
+        assert {p.dtype for p in part.parameters()} == {torch.bfloat16}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and {p.dtype for p in trainable} == {torch.float32}
+
+
+def test_default_precision_is_the_configs_fp32_and_stays_without_native_bf16(monkeypatch):
+    for rel in RUNS:
+        run = DemoPlan(quick=True).config(rel).run
+        assert (run.get("frozen_precision", "model"), run.amp) == ("model", False), rel
+    monkeypatch.setattr("lavislike.runners.precision.cpu_has_native_bf16", lambda: False)
+    assert precision_overrides("recommended") == []
+    with pytest.raises(ConfigError, match="'bf16'.*Valid: fp32, recommended"):
+        precision_overrides("bf16")
