@@ -214,6 +214,20 @@ def _load_encoder_pretrained(model: nn.Module, cfg: DictConfig, missing: set[str
     return missing - enc_missing
 
 
+def _check_saved_arch(saved: Optional[DictConfig], name: str, checkpoint: Optional[str]) -> None:
+    """A checkpoint saved by another kind of model (a stage-1 folder given to ``blip2_opt``)
+    has a config that does not fit ``name``: say how its weights can start that model."""
+    arch = saved.get("arch") if saved is not None else None
+    if not arch or arch == name or arch not in MODELS.names():
+        return
+    if MODELS.get_config(arch) is not MODELS.get_config(name):
+        raise CheckpointError(
+            f"checkpoint='{checkpoint}' holds a '{arch}' model, whose config does not fit '{name}'; "
+            f"to start a {name} from its weights (e.g. stage 2 from a stage-1 Q-Former) give it as the "
+            f"pretrained weights: load_model('{name}', <model_type>, pretrained='{checkpoint}') "
+            f"(in a YAML: model.pretrained)")
+
+
 def load_model(
     name: str,
     model_type: Optional[str] = None,
@@ -242,6 +256,7 @@ def load_model(
     device = torch.device(device)
     checkpoint = None if checkpoint is None else str(checkpoint)
     saved = saved_config(checkpoint)
+    _check_saved_arch(saved, name, checkpoint)
     layers = OmegaConf.merge(saved or {}, OmegaConf.create(overrides or {}))
     if saved is not None:
         if model_type is None and saved.get("model_type") in getattr(MODELS.get(name), "MODEL_TYPES", {}):

@@ -97,3 +97,13 @@ def test_a_mis_shaped_stage1_key_still_fails_naming_it(stage1, tmp_path):
     with pytest.raises(CheckpointError, match=r"qformer\.query_tokens") as err:
         stage2_from(source)
     assert "\n" not in str(err.value)
+
+
+def test_a_stage1_folder_as_checkpoint_of_stage2_says_to_give_it_as_pretrained(stage1, tmp_path):
+    source = write(stage1, "save_pretrained", tmp_path)
+    with pytest.raises(CheckpointError) as err:
+        load_model("blip2_opt", "tiny", checkpoint=source)
+    message = str(err.value)
+    assert "\n" not in message and "'blip2' model" in message and f"pretrained='{source}'" in message
+    # and what it proposes works
+    assert torch.equal(stage2_from(source).state_dict()["qformer.query_tokens"], stage1.state_dict()["qformer.query_tokens"])
