@@ -116,5 +116,5 @@ def test_stage1_losses_and_gradients_equal_those_of_full_passes(tiny_bert_tokeni
         torch.testing.assert_close(ours[key], ref[key], atol=1e-6, rtol=1e-5)
     assert sum(g is not None for g in g_ours) == sum(g is not None for g in g_ref) > 0
     for a, b in zip(g_ours, g_ref):
-        if b is not None:
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+        if b is not None:  # as above: summation order differs with the thread count (2.6e-6 seen)
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
