@@ -48,6 +48,20 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0))
 
 
+def resolve_device(want: str, key: str = "run.device") -> torch.device:
+    """``auto`` (CUDA when there is one, else the CPU), ``cpu``, ``cuda`` (this process's
+    local GPU) or any torch device string; ``key`` names the setting in the error."""
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cuda":
+        if not torch.cuda.is_available():
+            from lavislike.errors import ConfigError
+
+            raise ConfigError(f"{key}: 'cuda' requested but CUDA is not available; use 'cpu' or 'auto'")
+        return torch.device("cuda", local_rank())
+    return torch.device(want)
+
+
 def _exchange_device(tensor: torch.Tensor) -> torch.device:
     # NCCL only moves CUDA tensors; gloo moves CPU ones
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else tensor.device

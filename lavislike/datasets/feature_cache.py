@@ -277,6 +277,7 @@ def cache_features(cfg: DictConfig, dtype: str = "fp16", batch_size: Optional[in
     from lavislike.datasets.builder import resolve_storage
     from lavislike.models.freezing import is_frozen
     from lavislike.registry import DATASETS
+    from lavislike.common.dist import resolve_device
     from lavislike.runners.launch import seed_everything
     from lavislike.runners.precision import store_frozen_parts
     from lavislike.tasks import setup_task
@@ -287,8 +288,7 @@ def cache_features(cfg: DictConfig, dtype: str = "fp16", batch_size: Optional[in
     run = cfg.run
     seed_everything(int(run.get("seed", 42)))  # a random (tiny) encoder: the one training builds
     model = setup_task(cfg).build_model(cfg)
-    want = str(run.get("device", "auto"))
-    device = torch.device("cuda" if want == "auto" and torch.cuda.is_available() else ("cpu" if want == "auto" else want))
+    device = resolve_device(str(run.get("device", "auto")))
     model.to(device).eval()
     # the frozen parts' dtypes as the training run will have them (the fingerprint holds them)
     store_frozen_parts(model, run, device)

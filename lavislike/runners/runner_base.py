@@ -154,16 +154,6 @@ class RunnerBase:
     def unwrapped_model(self) -> torch.nn.Module:
         return self._model
 
-    def _resolve_device(self) -> torch.device:
-        want = self.run.device
-        if want == "auto":
-            want = "cuda" if torch.cuda.is_available() else "cpu"
-        if want == "cuda":
-            if not torch.cuda.is_available():
-                raise ConfigError("run.device: 'cuda' requested but CUDA is not available; use 'cpu' or 'auto'")
-            return torch.device("cuda", D.local_rank())
-        return torch.device(want)
-
     def _resolve_output_dir(self) -> Path:
         if self.run.output_dir:
             return Path(self.run.output_dir).expanduser().resolve()
@@ -182,7 +172,7 @@ class RunnerBase:
         run = self.run
         if run.distributed:
             D.init_distributed_mode()
-        self.device = self._resolve_device()
+        self.device = D.resolve_device(self.run.device)
         seed = run.seed + D.get_rank()
         random.seed(seed)
         np.random.seed(seed % 2**32)

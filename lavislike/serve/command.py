@@ -40,13 +40,13 @@ def serve_main(args: argparse.Namespace) -> None:
         require_demo_runs()  # before the slow imports: the usual first mistake, said at once
     if find_spec("gradio") is None:
         raise LavislikeError("lavislike serve needs Gradio: pip install 'lavislike[web]'")
-    import torch
 
+    from lavislike.common.dist import resolve_device
     from lavislike.serve.actions import ServeSession
     from lavislike.serve.app import build_app, launch
     from lavislike.serve.models import load_served
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device, "--device")
     served = load_served(args.model, args.model_type, args.checkpoint, device)
     folder = args.image_folder
     if folder is None and args.model is None and args.checkpoint is None:
