@@ -63,12 +63,10 @@ PRECISIONS = ("fp32", "recommended")
 
 def precision_overrides(precision: str) -> list[str]:
     """The run options of the demo's ``--precision`` (none for fp32, the configs' own)."""
-    from lavislike.common.suggest import did_you_mean
+    from lavislike.common.suggest import check_choice
     from lavislike.runners.precision import cpu_has_native_bf16
 
-    if precision not in PRECISIONS:
-        raise ConfigError(f"demo precision: '{precision}' is not valid.{did_you_mean(precision, PRECISIONS)} "
-                          f"Valid: {', '.join(PRECISIONS)}")
+    check_choice(precision, PRECISIONS, "demo precision")
     return list(RECOMMENDED_CPU) if precision == "recommended" and cpu_has_native_bf16() else []
 
 

@@ -1,6 +1,6 @@
 """Near-match suggestions for error messages."""
 import difflib
-from typing import Iterable
+from typing import Iterable, Sequence
 
 
 def closest(name: str, candidates: Iterable[str]) -> str | None:
@@ -13,3 +13,14 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
     """' Did you mean 'x'?' or an empty string."""
     best = closest(name, candidates)
     return f" Did you mean '{best}'?" if best else ""
+
+
+def check_choice(value: str, valid: Sequence[str], key: str, shown: str | None = None) -> None:
+    """Raise ``ConfigError`` "KEY: 'SHOWN' is not valid. Did you mean ...? Valid: ..." unless
+    ``value`` is one of ``valid`` (``shown``: the value as the user wrote it)."""
+    if value in valid:
+        return
+    from lavislike.errors import ConfigError
+
+    raise ConfigError(f"{key}: '{value if shown is None else shown}' is not valid.{did_you_mean(value, valid)} "
+                      f"Valid: {', '.join(valid)}")

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from lavislike.errors import ConfigError
+from lavislike.common.suggest import check_choice
 from lavislike.models.freezing import cast_precision, is_frozen, parse_precision
 from lavislike.runners.amp import resolve_amp_dtype, store_frozen_in
 
@@ -61,11 +62,7 @@ def resolve_frozen_precision(choice: str, device: torch.device) -> Optional[torc
         ConfigError: an unknown value, or fp16 on the CPU.
     """
     name = str(choice).strip().lower()
-    if name not in FROZEN_PRECISIONS:
-        from lavislike.common.suggest import did_you_mean
-
-        raise ConfigError(f"run.frozen_precision: '{choice}' is not valid.{did_you_mean(name, FROZEN_PRECISIONS)} "
-                          f"Valid: {', '.join(FROZEN_PRECISIONS)}")
+    check_choice(name, FROZEN_PRECISIONS, "run.frozen_precision", shown=choice)
     if name == "model":
         return None
     if name == "auto":
