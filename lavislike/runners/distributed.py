@@ -44,25 +44,14 @@ def _block_classes(model: nn.Module) -> set[type]:
 def _fsdp_units(model: nn.Module) -> list[nn.Module]:
     """The outermost blocks whose parameters all train (and share one dtype)."""
     classes = _block_classes(model)
-    units: list[nn.Module] = []
-    taken: set[int] = set()
+    units: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
-        if type(module) not in classes or any(id(m) in taken for m in _ancestors(model, name)):
+        if type(module) not in classes or any(name.startswith(u + ".") for u in units):
             continue
         params = list(module.parameters())
         if params and all(p.requires_grad for p in params) and len({p.dtype for p in params}) == 1:
-            units.append(module)
-            taken.add(id(module))
-    return units
-
-
-def _ancestors(model: nn.Module, name: str) -> list[nn.Module]:
-    parts = name.split(".") if name else []
-    out, module = [], model
-    for part in parts[:-1]:
-        module = getattr(module, part)
-        out.append(module)
-    return out
+            units[name] = module
+    return list(units.values())
 
 
 def _shard(model: nn.Module) -> int:
