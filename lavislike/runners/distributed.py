@@ -44,25 +44,14 @@ def _block_classes(model: nn.Module) -> set[type]:
 def _fsdp_units(model: nn.Module) -> list[nn.Module]:
     """The outermost blocks whose parameters all train (and share one dtype)."""
     classes = _block_classes(model)
-    units: list[nn.Module] = []
-    taken: set[int] = set()
+    units: dict[str, nn.Module] = {}
     for name, module in model.named_modules():
-        if type(module) not in classes or any(id(m) in taken for m in _ancestors(model, name)):
+        if type(module) not in classes or any(name.startswith(u + ".") for u in units):
             continue
         params = list(module.parameters())
         if params and all(p.requires_grad for p in params) and len({p.dtype for p in params}) == 1:
-            units.append(module)
-            taken.add(id(module))
-    return units
-
-
-def _ancestors(model: nn.Module, name: str) -> list[nn.Module]:
-    parts = name.split(".") if name else []
-    out, module = [], model
-    for part in parts[:-1]:
-        module = getattr(module, part)
-        out.append(module)
-    return out
+            units[name] = module
+    return list(units.values())
 
 
 def _shard(model: nn.Module) -> int:
@@ -168,21 +157,19 @@ def sync_replicated_grads(model: nn.Module) -> None:
         return
     import torch.distributed as dist
 
-    device = params[0].device
-    has = D.all_reduce_sum(torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device))
-    live = [p for p, n in zip(params, has.tolist()) if n > 0]
-    for p in live:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    if not live:
-        return
-    flat = torch.cat([p.grad.reshape(-1).float() for p in live])
+    # one all-reduce per step: the gradients (zeros where this rank has none), then how
+    # many ranks had each one
+    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                      for p in params] + [has])
     dist.all_reduce(flat)
-    flat /= D.get_world_size()
     offset = 0
-    for p in live:
+    for p, ranks in zip(params, flat[-len(params):].tolist()):
         n = p.numel()
-        p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        if ranks > 0:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            p.grad.copy_((flat[offset:offset + n] / D.get_world_size()).view_as(p.grad))
         offset += n
 
 

@@ -57,7 +57,17 @@ from lavislike.runners.data import (
     make_loader,
     move_to_device,
 )
-from lavislike.runners.distributed import clip_grad_norm, no_grad_sync, sync_replicated_grads, wrap_model
+from lavislike.runners.distributed import (
+    clip_grad_norm,
+    full_params,
+    gather_full,
+    load_full_state,
+    load_optimizer_state,
+    no_grad_sync,
+    sharded_grad_scaler,
+    sync_replicated_grads,
+    wrap_model,
+)
 from lavislike.runners.optim import build_optimizer
 from lavislike.runners.precision import store_frozen_parts
 
@@ -216,8 +226,6 @@ class RunnerBase:
         if self.amp_dtype != torch.float16:
             return None
         if self.fsdp:
-            from lavislike.runners.distributed import sharded_grad_scaler
-
             return sharded_grad_scaler(self.device.type)
         return torch.amp.GradScaler(self.device.type)
 
@@ -455,8 +463,6 @@ class RunnerBase:
     @torch.no_grad()
     def evaluate_splits(self, splits: list[str], kind: str) -> dict[str, dict]:
         """Evaluate every dataset that has one of ``splits``; metrics keyed ``name/split``."""
-        from lavislike.runners.distributed import full_params
-
         results = {}
         model = self.unwrapped_model
         model.eval()
@@ -490,16 +496,12 @@ class RunnerBase:
 
     # -- checkpoints ---------------------------------------------------------------------
     def model_state(self) -> dict[str, torch.Tensor]:
-        from lavislike.runners.distributed import gather_full
-
         state = trainable_state_dict(self.unwrapped_model)
         return gather_full(state) if self.fsdp else state
 
     def load_full_fn(self) -> Callable[[dict], None] | None:
         """How whole weights enter the model: None (``load_state_dict``), or, under FSDP,
         each rank keeping its shard of them."""
-        from lavislike.runners.distributed import load_full_state
-
         return (lambda state: load_full_state(self.model, state)) if self.fsdp else None
 
     def save_checkpoint(self, stream: TrainStream | MixedTrainStream) -> Path:
@@ -530,8 +532,6 @@ class RunnerBase:
                      train_state["optimizer"])
 
     def _maybe_resume(self, stream: TrainStream | MixedTrainStream) -> None:
-        from lavislike.runners.distributed import load_optimizer_state
-
         run = self.run
         path = Path(run.resume_ckpt_path).expanduser() if run.resume_ckpt_path else None
         if path is not None and is_checkpoint_folder(path):  # this checkpoint and no other
