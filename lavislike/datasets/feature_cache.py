@@ -258,12 +258,14 @@ def encode_dataset(model: nn.Module, dataset: Any, batch_size: int, num_workers:
     def batches():
         start = 0
         for items in loader:
-            ok = [x is not None for x in items]
-            bad.extend(k for k, good in zip(keys[start:start + len(items)], ok) if not good)
-            # unreadable images get a black image's features; their keys are listed as bad
-            size = int(model.cfg.image_encoder.image_size)
-            fill = next((x for x in items if x is not None), torch.zeros(3, size, size))
-            images = torch.stack([x if x is not None else torch.zeros_like(fill) for x in items]).to(device)
+            missing = [x is None for x in items]
+            if any(missing):  # unreadable images get a black image's features; their keys are listed as bad
+                bad.extend(k for k, m in zip(keys[start:start + len(items)], missing) if m)
+                fill = next((x for x in items if x is not None), None)
+                size = int(model.cfg.image_encoder.image_size)
+                blank = torch.zeros(3, size, size) if fill is None else torch.zeros_like(fill)
+                items = [blank if m else x for x, m in zip(items, missing)]
+            images = torch.stack(items).to(device)
             with torch.no_grad():
                 yield model.image_encoder(images)
             start += len(items)
