@@ -18,10 +18,9 @@ from lavislike.datasets import base
 from lavislike.datasets.collate import collate
 from lavislike.errors import DataError
 from lavislike.processors import build_processor
-from lavislike.registry import RUNNERS
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "runners"))
-from toy_parts import run_cfg  # noqa: E402
+from toy_parts import make_runner  # noqa: E402
 
 
 class MeanModel(nn.Module):
@@ -91,18 +90,10 @@ def _videos(root, ann, strict=False):
 
 
 def _train_log(out: Path, dataset) -> str:
-    torch.manual_seed(0)
-    cfg = run_cfg(out, max_epoch=1, batch_size_train=2, warmup_steps=0)
-    runner = RUNNERS.get("runner_base")(cfg, _task(), MeanModel(), {dataset.name: {"train": dataset}},
-                                        collate_fn=collate, save_config=lambda cfg, out: None)
+    runner = make_runner(out, model=MeanModel(), datasets={dataset.name: {"train": dataset}}, collate_fn=collate,
+                         max_epoch=1, batch_size_train=2, warmup_steps=0)
     runner.train()
     return (out / "log.txt").read_text()
-
-
-def _task():
-    from lavislike.tasks.base_task import BaseTask
-
-    return BaseTask()
 
 
 def test_image_rows_reported_by_file_and_row(image_data, tmp_path):

@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tiny_models import build_tiny_hf_blip2_retrieval, tiny_stage1_overrides
+from tiny_models import tiny_stage1_overrides
 from lavislike.errors import CheckpointError
 from lavislike.models import from_hf, load_model
+
 
 class Hostile:
     """Unpickling this runs a shell command: it must never happen."""

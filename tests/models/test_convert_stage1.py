@@ -1,10 +1,8 @@
 """Loading LAVIS .pth files, our own format, and the public API around them."""
 from __future__ import annotations
 
-
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from tiny_models import assert_itm_like_hf, build_tiny_hf_blip2_retrieval, tiny_stage1_overrides
 from lavislike.errors import CheckpointError

@@ -83,7 +83,7 @@ def run_cfg(tmp, **run):
     return OmegaConf.create({"run": base})
 
 
-def make_runner(tmp, model=None, datasets=None, runner="runner_base", task=None, **run):
+def make_runner(tmp, model=None, datasets=None, runner="runner_base", task=None, collate_fn=None, **run):
     from torch.utils.data import default_collate
 
     from lavislike.registry import RUNNERS
@@ -94,4 +94,4 @@ def make_runner(tmp, model=None, datasets=None, runner="runner_base", task=None,
     datasets = datasets if datasets is not None else {"toy": {"train": ToyData()}}
     cls = RUNNERS.get(runner)
     return cls(run_cfg(tmp, runner=runner, **run), task or BaseTask(), model, datasets,
-               collate_fn=default_collate, save_config=lambda cfg, out: None)
+               collate_fn=collate_fn or default_collate, save_config=lambda cfg, out: None)
