@@ -3,6 +3,7 @@ checked before torchrun starts any worker (``lavislike train --check-config``)."
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -14,15 +15,33 @@ REPO = Path(__file__).resolve().parents[2]
 STAGE1 = "projects/blip2_tiny/train/pretrain_stage1.yaml"
 
 
-def test_bad_key_with_two_processes_is_one_line(fake_venv):
+def _script(fake_venv, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     env = dict(os.environ, NPROC="2", LAVISLIKE_VENV=str(fake_venv), PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", MASTER_PORT=str(29300 + os.getpid() % 300))
-    res = subprocess.run(["bash", "run_scripts/pretrain_stage1.sh", STAGE1, "run.init_lrr=1e-4"],
-                         capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
-    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    res = subprocess.run(["bash", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    return res, [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+
+
+def test_bad_key_with_two_processes_is_one_line(fake_venv):
+    res, lines = _script(fake_venv, "run_scripts/pretrain_stage1.sh", STAGE1, "run.init_lrr=1e-4")
     assert res.returncode == 2, res.stdout + res.stderr
     assert len(lines) == 1 and lines[0].startswith("lavislike train: error: command line: key 'run.init_lrr'"), lines
     assert "'init_lr'" in lines[0] and "torchrun" not in res.stderr
+
+
+# every script that runs a project YAML through _torchrun.sh, a new one included: the YAML
+# reaches the CLI and is checked before workers start (the YAMLs themselves run in
+# tests/projects' config matrix; finetune.sh has its own tests)
+RUNS = {p.name: m.group(1) for p in sorted((REPO / "run_scripts").glob("*.sh"))
+        if (m := re.search(r"^lavislike_torchrun (train|evaluate) projects/", p.read_text(), re.M))}
+
+
+@pytest.mark.parametrize("script", RUNS)
+def test_every_run_script_reads_its_config_and_checks_it_first(script, fake_venv):
+    command = RUNS[script]
+    res, lines = _script(fake_venv, f"run_scripts/{script}", "run.init_lrr=1e-4")
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"lavislike {command}: error: command line: key 'run.init_lrr'"), lines
 
 
 @pytest.mark.parametrize("override, expected", [
