@@ -596,9 +596,8 @@ class QFormer(nn.Module):
         queries = self.layers[0].queries_from_states(queries, image_embeds, cross_mask, layer_kv, image_index)
         hidden = torch.cat([queries, text], 1)
         mask = self_attention_mask(num_query, text_mask, False, 0, hidden.shape[0], hidden.device)
-        out = self._run_layers(hidden, mask, num_query, image_embeds, cross_mask, None, image_kv, image_index,
-                               num_query, start=1)
-        return out.last_hidden_state[:, :num_query]
+        return self._run_layers(hidden, mask, num_query, image_embeds, cross_mask, None, image_kv, image_index,
+                                num_query, start=1).last_hidden_state
 
     def cross_kv(self, image_embeds: torch.Tensor) -> list[Optional[tuple[torch.Tensor, torch.Tensor]]]:
         """Cross-attention (key, value) of ``image_embeds`` (B, P, C) per layer (None where a

@@ -120,6 +120,17 @@ def _local_config_folder(path: str) -> Optional[str]:
     return str(Path(cached).parent) if isinstance(cached, str) else None
 
 
+def _kept_config(path: Optional[str]) -> Optional[str | dict]:
+    """For a hub id whose facts ``known_configs.yaml`` keeps: the local folder holding its
+    config.json (:func:`_local_config_folder`), else the kept facts; None for other paths.
+    No network is asked for such a model (offline, the hub costs minutes of retries)."""
+    known = known_config(path)
+    if known is None:
+        return None
+    local = _local_config_folder(str(path))
+    return local if local is not None else known
+
+
 def build_hf_config(cfg: Any, known_fallback: bool = False):
     """The ``transformers`` config for ``cfg`` (``hf_config`` dict or ``path``'s config.json).
 
@@ -131,14 +142,13 @@ def build_hf_config(cfg: Any, known_fallback: bool = False):
 
     overrides = dict(_plain(cfg.config_overrides) or {})
     data = dict(_plain(cfg.hf_config)) if cfg.hf_config is not None else None
-    known = known_config(cfg.path) if data is None and known_fallback else None
-    if known is not None:
-        # a build that reads no weights needs no network: the hub's file when it is cached,
-        # else the kept facts (the same model); asking the hub offline costs minutes of retries
-        local = _local_config_folder(str(cfg.path))
-        if local is not None:
-            return AutoConfig.from_pretrained(local, **overrides)
-        data = known
+    # a build that reads no weights needs no network: the hub's file when it is cached,
+    # else the kept facts (the same model)
+    kept = _kept_config(cfg.path) if data is None and known_fallback else None
+    if isinstance(kept, str):
+        return AutoConfig.from_pretrained(kept, **overrides)
+    if kept is not None:
+        data = kept
     if data is not None:
         model_type = data.pop("model_type", None)
         if model_type is None:
@@ -170,12 +180,9 @@ def raw_config(cfg: Any) -> dict:
 
     data = dict(_plain(cfg.hf_config)) if cfg.hf_config is not None else {}
     if cfg.hf_config is None and cfg.path:
-        known = known_config(cfg.path)
-        if known is None:
-            data = PretrainedConfig.get_config_dict(str(cfg.path))[0]
-        else:  # as build_hf_config: no network asked for a model whose facts are kept
-            local = _local_config_folder(str(cfg.path))
-            data = PretrainedConfig.get_config_dict(local)[0] if local is not None else known
+        kept = _kept_config(cfg.path)  # as build_hf_config: no network for a model whose facts are kept
+        source = str(cfg.path) if kept is None else kept
+        data = source if isinstance(source, dict) else PretrainedConfig.get_config_dict(source)[0]
     return {**data, **dict(_plain(cfg.config_overrides) or {})}
 
 
