@@ -58,6 +58,18 @@ SIZES = {
     ),
 }
 
+# issue 13's measuring point ("Where we stand"): ViT 12x384 at 224 / 16, Q-Former 6x384 with 32
+# queries, OPT 6x512 with OPT's 50,272 vocabulary, batch 8; retrieval 32 images x 160 texts, k = 16
+SIZES["issue"] = dict(
+    SIZES["small"],
+    vision=dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=6,
+                image_size=224, patch_size=16),
+    qformer=dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6,
+                 cross_attention_frequency=2),
+    opt=dict(hidden_size=512, ffn_dim=2048, num_hidden_layers=6, num_attention_heads=8, vocab_size=50272),
+    batch=8,
+)
+
 # the paper's models (EVA-CLIP ViT-g/14 widths, BERT-base Q-Former, OPT-2.7B): ``base`` at full
 # width and depth; batches per GPU as LAVIS's BLIP-2 configs (stage 1: 100, stage 2: 64)
 SIZES["paper"] = dict(

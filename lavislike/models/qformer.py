@@ -49,10 +49,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from lavislike.models.attention import scaled_dot_product_attention
 from lavislike.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ class Attention(nn.Module):
         if past is not None:
             k = torch.cat([past[0], k], 2)
             v = torch.cat([past[1], v], 2)
-        ctx = F.scaled_dot_product_attention(
+        ctx = scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
         )
         ctx = ctx.transpose(1, 2).flatten(2)

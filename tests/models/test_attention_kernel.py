@@ -1,0 +1,106 @@
+"""The Q-Former's attention (``lavislike.models.attention``): fp32 scores for
+reduced-precision CPU training over few keys, PyTorch's SDPA otherwise; both give softmax
+attention, checked against a hand-written fp32 attention with its autograd gradients (tolerance: bf16 keeps 8 significant bits, ~0.4% relative per rounding; a few
+roundings per value stay within 2%)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lavislike.models import attention
+from lavislike.models.attention import SCORES_MAX_KEYS, scaled_dot_product_attention, use_fp32_scores
+
+REL_TOL = 2e-2
+
+
+def _reference(q, k, v, mask):
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+def _inputs(dtype, keys, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(3, 4, n, 16, generator=g) for n in (9, keys, keys))
+    mask = torch.ones(3, 1, 9, keys, dtype=torch.bool)
+    mask[0, :, :, keys - 3:] = False  # padded keys of the first row
+    return [t.to(dtype).requires_grad_() for t in (q, k, v)], mask
+
+
+def _rel(a, b):
+    return float((a.detach().float() - b.detach().float()).norm() / b.detach().float().norm())
+
+
+@pytest.mark.parametrize("dtype,keys", [(torch.bfloat16, 20), (torch.bfloat16, SCORES_MAX_KEYS + 40),
+                                        (torch.float32, 20)])
+def test_output_and_gradients_match_hand_written_attention(dtype, keys):
+    (q, k, v), mask = _inputs(dtype, keys)
+    out = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out.square().sum().backward()
+    (rq, rk, rv), _ = _inputs(torch.float32, keys)
+    ref = _reference(rq, rk, rv, mask)
+    ref.square().sum().backward()
+    assert out.dtype == dtype
+    tol = REL_TOL if dtype == torch.bfloat16 else 1e-5
+    assert _rel(out, ref) < tol
+    for got, want in ((q.grad, rq.grad), (k.grad, rk.grad), (v.grad, rv.grad)):
+        assert _rel(got, want) < tol
+    # masked keys get no gradient
+    assert float(k.grad[0, :, keys - 3:].abs().max()) == 0.0
+
+
+def test_kernel_rule():
+    (q, k, _), _ = _inputs(torch.bfloat16, 20)
+    assert use_fp32_scores(q, k)  # bf16 training over few keys
+    (q_long, k_long, _), _ = _inputs(torch.bfloat16, SCORES_MAX_KEYS + 1)
+    assert not use_fp32_scores(q_long, k_long)  # many keys: flash's backward wins
+    (q32, k32, _), _ = _inputs(torch.float32, 20)
+    assert not use_fp32_scores(q32, k32)  # fp32: PyTorch's choice (parity with transformers)
+    with torch.no_grad():
+        assert not use_fp32_scores(q, k)  # inference: flash's forward is faster
+    assert not use_fp32_scores(q.detach(), k.detach())
+
+
+def test_qformer_training_under_bf16_autocast(monkeypatch):
+    """A Q-Former pass over [queries; text] reading image features (the ITM pass), trained
+    under bf16 autocast: self-attention takes the fp32-score path, cross-attention over
+    many patches keeps flash, and the output and the query-token gradient stay as close to fp32
+    as with PyTorch's own kernel choice."""
+    from lavislike.models.qformer import QFormer, QFormerConfig
+
+    torch.manual_seed(0)
+    cfg = QFormerConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                        vocab_size=100, num_query_token=8, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    qformer = QFormer(cfg, encoder_width=48).train()
+    with torch.no_grad():
+        qformer.query_tokens.normal_()  # zeros at init: every query would be alike
+    image = torch.randn(3, SCORES_MAX_KEYS + 20, 48)
+    ids = torch.randint(5, 100, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, 5:] = 0
+
+    chosen = []
+    rule = attention.use_fp32_scores
+
+    def run(autocast):
+        qformer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = qformer.query_outputs(image, ids, mask)
+        out.float().square().mean().backward()
+        return out.detach().float(), qformer.query_tokens.grad.clone()
+
+    monkeypatch.setattr(attention, "use_fp32_scores", lambda q, k: chosen.append(rule(q, k)) or chosen[-1])
+    out32, grad32 = run(False)
+    assert chosen and not any(chosen)
+    chosen.clear()
+    out16, grad16 = run(True)
+    # two layers: self-attention on the fp32-score path both times, the one cross-attention (148 patches) on flash
+    assert chosen == [True, False, True]
+    monkeypatch.setattr(attention, "use_fp32_scores", lambda q, k: False)
+    out_default, grad_default = run(True)
+    assert _rel(out16, out32) < REL_TOL
+    assert _rel(out16, out32) < 1.5 * _rel(out_default, out32)
+    assert _rel(grad16, grad32) < 1.5 * _rel(grad_default, grad32) + 1e-3
