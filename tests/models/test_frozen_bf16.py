@@ -95,3 +95,35 @@ def test_frozen_precision_values():
         resolve_frozen_precision("fp16", cpu)
     with pytest.raises(ConfigError, match="'bf61' is not valid.*bf16"):
         resolve_frozen_precision("bf61", cpu)
+
+
+def test_bf16_training_runs_the_llm_attention_on_the_math_kernel(models, monkeypatch):
+    """CPU flash attention's bf16 backward is the slow kernel at these lengths
+    (lavislike.models.attention): a bf16 LLM's training forward takes PyTorch's math
+    kernel, an fp32 one or inference keeps flash; the gradients match fp32 as before."""
+    fp32, bf16, _ = models
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        calls.append((q.dtype, q.requires_grad, torch.backends.cuda.flash_sdp_enabled()))
+        return real(q, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    grads = []
+    for model in (fp32, bf16):
+        calls.clear()
+        model.train()
+        model.zero_grad(set_to_none=True)
+        model({"image": images(), "text_input": TEXTS})["loss"].backward()
+        # the LLM's attention: its dtype, and gradients (the soft prompt); the frozen ViT's have none
+        llm_calls = [flash for dtype, grad, flash in calls if dtype == model.llm.dtype and grad]
+        assert llm_calls and all(flash == (model is fp32) for flash in llm_calls)
+        grads.append(model.qformer.query_tokens.grad.clone())
+        calls.clear()
+        with torch.no_grad():
+            model({"image": images(), "text_input": TEXTS})
+        assert calls and all(flash for _, _, flash in calls)
+        model.eval()
+    cos = torch.nn.functional.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0)
+    assert cos > 0.99

@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from lavislike.errors import ConfigError
+from lavislike.models.attention import llm_attention_kernel
 from lavislike.models.losses import token_cross_entropy
 from lavislike.models.llms.base import LLMAdapter, LLMConfig, token_logprobs
 from lavislike.registry import LLMS
@@ -114,7 +115,8 @@ class CausalLM(LLMAdapter):
         # bit for bit
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != -100
-        logits = self.model(inputs_embeds=embeds, attention_mask=attn, logits_to_keep=keep, use_cache=False).logits
+        with llm_attention_kernel(embeds, self.dtype, embeds.shape[1]):
+            logits = self.model(inputs_embeds=embeds, attention_mask=attn, logits_to_keep=keep, use_cache=False).logits
         if logits.dim() == 3:  # a model that computes every position's logits anyway
             logits = logits[keep]
         return token_cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], layout=keep)

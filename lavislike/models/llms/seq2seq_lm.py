@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional, Sequence
 import torch
 from transformers.modeling_outputs import BaseModelOutput
 
+from lavislike.models.attention import llm_attention_kernel
 from lavislike.models.losses import token_cross_entropy
 from lavislike.models.llms.base import LLMAdapter, LLMConfig, token_logprobs
 from lavislike.registry import LLMS
@@ -62,10 +63,11 @@ class Seq2SeqLM(LLMAdapter):
         embeds, attn = self._encoder_inputs(soft_prompt, prefixes, max_txt_len)
         out_ids, out_mask = self.tokenize(targets, side="right", max_length=max_txt_len)
         labels = out_ids.masked_fill(out_mask == 0, -100)
-        logits = self.model(
-            inputs_embeds=embeds, attention_mask=attn, decoder_attention_mask=out_mask,
-            decoder_input_ids=self.model.prepare_decoder_input_ids_from_labels(labels=labels),
-        ).logits
+        with llm_attention_kernel(embeds, self.dtype, max(embeds.shape[1], out_ids.shape[1])):
+            logits = self.model(
+                inputs_embeds=embeds, attention_mask=attn, decoder_attention_mask=out_mask,
+                decoder_input_ids=self.model.prepare_decoder_input_ids_from_labels(labels=labels),
+            ).logits
         # transformers' loss for these models (mean over labelled tokens, logits' dtype),
         # over the global batch under DDP
         return token_cross_entropy(logits.flatten(0, 1), labels.flatten())
