@@ -3,18 +3,21 @@
 PyTorch picks its flash-attention kernel on CPU whenever it can. In bf16/fp16 that kernel's
 backward is several times slower than plain matrix products at the Q-Former's lengths
 (45 x 45 self-attention, 8 pairs, 6 heads, forward + backward on one Xeon core with AMX:
-flash 8.8 ms, its "math" kernel 3.2 ms, the path below 2.4 ms), while its forward and its
-fp32 backward are as fast or faster, and from about 250 keys on flash's backward wins
-again. So training under bf16/fp16 autocast on CPU over at most :data:`SCORES_MAX_KEYS`
-keys takes the path below; everything else (fp32, inference, GPUs, long key sequences)
-keeps PyTorch's choice. A frozen LLM's attention (transformers' SDPA integration) gets
+flash 8.8 ms, its "math" kernel 3.2 ms, the path below 2.0 ms), while its forward and its
+fp32 backward are as fast or faster, and over image patches (32 queries x 197 keys) its
+backward wins again. So training under bf16/fp16 autocast on CPU over at most
+:data:`SCORES_MAX_KEYS` keys takes the path below; everything else (fp32, inference, GPUs,
+longer key sequences) keeps PyTorch's choice. A frozen LLM's attention (transformers' SDPA integration) gets
 PyTorch's math kernel in the same case (:func:`llm_attention_kernel`; 45 x 45 causal,
 8 heads: 3.7 against flash's 11.7 ms).
 
-The path: scores ``q k^T / sqrt(d)`` and their softmax in fp32 (rounding the scores to
-bf16 would add ~0.4% of each score to the logits), the probabilities rounded to the
-value dtype for the product with ``v``. Its error against fp32 attention equals flash's
-(0.51% vs 0.49% relative at bf16, whose rounding of the inputs alone gives 0.49%).
+The path computes what PyTorch's math kernel computes for bf16/fp16 inputs on the CPU:
+everything between the inputs and the output in fp32 (scores ``q k^T / sqrt(d)``, mask,
+softmax, dropout on the probabilities, the product with ``v``), without its copies. Its
+gradients are closer to fp32 attention's than flash's (45 x 45: 0.17% against 0.24-0.28%
+relative). With attention dropout (LAVIS's configs: 0.1) PyTorch runs its math kernel on
+the CPU anyway, and this path draws the same dropout masks (``at::dropout`` on the fp32
+probabilities).
 """
 from __future__ import annotations
 
@@ -28,9 +31,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 __all__ = ["SCORES_MAX_KEYS", "llm_attention_kernel", "scaled_dot_product_attention", "use_fp32_scores"]
 
-# keys up to which the path below beats flash (8 pairs x 12 heads x 32 queries: 197 keys
-# 5.9 vs 7.0 ms, 257 keys 17.2 vs 16.9 ms, 320 keys 22.6 vs 18.3 ms)
-SCORES_MAX_KEYS = 224
+# keys up to which the path below beats flash's backward (8 pairs x 6 heads, one core,
+# ms forward + backward, flash / this path): 32 x 64 keys 4.4 / 2.5, 32 x 128 4.9 / 4.4,
+# 128 x 128 16.8 / 10.7; beyond, cross-attention over image patches: 32 x 197 6.5 / 7.4
+SCORES_MAX_KEYS = 128
 _REDUCED = (torch.bfloat16, torch.float16)
 
 
@@ -81,4 +85,4 @@ def scaled_dot_product_attention(
     probs = scores.softmax(-1)
     if dropout_p > 0.0:
         probs = F.dropout(probs, dropout_p)
-    return torch.matmul(probs.to(v.dtype), v)
+    return torch.matmul(probs, v.float()).to(v.dtype)

@@ -104,3 +104,20 @@ def test_qformer_training_under_bf16_autocast(monkeypatch):
     assert _rel(out16, out32) < REL_TOL
     assert _rel(out16, out32) < 1.5 * _rel(out_default, out32)
     assert _rel(grad16, grad32) < 1.5 * _rel(grad_default, grad32) + 1e-3
+
+
+def test_with_dropout_equals_pytorch_math_kernel():
+    """With attention dropout PyTorch runs its math kernel on the CPU (flash has none): the
+    path computes the same values and draws the same dropout masks from the same seed."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    (q, k, v), mask = _inputs(torch.bfloat16, 20, seed=3)
+    assert use_fp32_scores(q, k)
+    torch.manual_seed(5)
+    ours = scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.3)
+    torch.manual_seed(5)
+    with sdpa_kernel(SDPBackend.MATH):
+        ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.3)
+    without = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert _rel(ours, without) > 0.1  # dropout did something
+    assert _rel(ours, ref) < 1e-2  # the same masks (bf16 outputs: a rounding apart at most)
