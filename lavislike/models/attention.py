@@ -76,13 +76,15 @@ def scaled_dot_product_attention(
     above for reduced-precision CPU training."""
     if not use_fp32_scores(q, k):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attn_mask, float("-inf"))
-        else:
-            scores = scores + attn_mask
-    probs = scores.softmax(-1)
-    if dropout_p > 0.0:
-        probs = F.dropout(probs, dropout_p)
-    return torch.matmul(probs, v.float()).to(v.dtype)
+    # autocast would run these products in bf16 again
+    with torch.autocast(q.device.type, enabled=False):
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            else:
+                scores = scores + attn_mask
+        probs = scores.softmax(-1)
+        if dropout_p > 0.0:
+            probs = F.dropout(probs, dropout_p)
+        return torch.matmul(probs, v.float()).to(v.dtype)

@@ -121,3 +121,39 @@ def test_with_dropout_equals_pytorch_math_kernel():
     without = scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert _rel(ours, without) > 0.1  # dropout did something
     assert _rel(ours, ref) < 1e-2  # the same masks (bf16 outputs: a rounding apart at most)
+
+
+def test_stage1_step_under_autocast_equals_pytorch_with_dropout(monkeypatch):
+    """The real configs train with attention dropout 0.1, where PyTorch runs its math kernel
+    on the CPU: the stage-1 step under bf16 autocast gives the same losses and gradients
+    through the path as through PyTorch (autocast must not run the path's fp32 products in
+    bf16 again)."""
+    from lavislike.models import load_model
+
+    torch.manual_seed(0)
+    model = load_model("blip2", "tiny", load_pretrained=False).train()
+    assert model.qformer.layers[0].self_attn.attn_dropout > 0
+    g = torch.Generator().manual_seed(0)
+    samples = {"image": torch.randn(4, 3, 32, 32, generator=g),
+               "text_input": ["a dog on a couch", "two cats", "a red bus in the street", "a man"],
+               "image_id": torch.arange(4)}
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # dropout masks and the ITM negatives
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(samples)
+        out["loss"].backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    chosen = []
+    rule = attention.use_fp32_scores
+    monkeypatch.setattr(attention, "use_fp32_scores", lambda q, k: chosen.append(rule(q, k)) or chosen[-1])
+    ours, ours_grads = step()
+    assert any(chosen)
+    monkeypatch.setattr(attention, "use_fp32_scores", lambda q, k: False)
+    ref, ref_grads = step()
+    for key in ("loss_itc", "loss_itm", "loss_lm"):
+        assert float(ours[key]) == pytest.approx(float(ref[key]), rel=1e-6), key
+    for name, grad in ref_grads.items():  # (a key bias's gradient is rounding noise around 0)
+        assert float((ours_grads[name] - grad).abs().max()) <= 1e-4 * float(grad.abs().max()) + 1e-6, name
