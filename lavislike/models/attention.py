@@ -7,9 +7,9 @@ flash 8.8 ms, its "math" kernel 3.2 ms, the path below 2.0 ms), while its forwar
 fp32 backward are as fast or faster, and over image patches (32 queries x 197 keys) its
 backward wins again. So training under bf16/fp16 autocast on CPU over at most
 :data:`SCORES_MAX_KEYS` keys takes the path below; everything else (fp32, inference, GPUs,
-longer key sequences) keeps PyTorch's choice. A frozen LLM's attention (transformers' SDPA integration) gets
-PyTorch's math kernel in the same case (:func:`llm_attention_kernel`; 45 x 45 causal,
-8 heads: 3.7 against flash's 11.7 ms).
+longer key sequences) keeps PyTorch's choice. A frozen LLM's attention (transformers' SDPA
+integration) gets PyTorch's math kernel in the same case (:func:`llm_attention_kernel`;
+45 x 45 causal, 8 heads: 3.7 against flash's 11.7 ms).
 
 The path computes what PyTorch's math kernel computes for bf16/fp16 inputs on the CPU:
 everything between the inputs and the output in fp32 (scores ``q k^T / sqrt(d)``, mask,
@@ -54,7 +54,9 @@ def use_fp32_scores(q: torch.Tensor, k: torch.Tensor) -> bool:
     return _flash_backward_is_slow(q.device, q.dtype, k.shape[-2], q.requires_grad or k.requires_grad)
 
 
-def llm_attention_kernel(inputs_embeds: torch.Tensor, llm_dtype: torch.dtype, keys: int) -> AbstractContextManager:
+def llm_attention_kernel(
+    inputs_embeds: torch.Tensor, llm_dtype: torch.dtype, keys: int
+) -> AbstractContextManager:
     """Context for a frozen LLM's forward whose ``inputs_embeds`` carry gradients (the soft
     prompt): PyTorch's math SDPA kernel when that attention runs in bf16/fp16 on CPU over at
     most :data:`SCORES_MAX_KEYS` keys (``llm_dtype``, or the CPU autocast dtype), else
@@ -80,7 +82,7 @@ def scaled_dot_product_attention(
     with torch.autocast(q.device.type, enabled=False):
         scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
         if attn_mask is not None:
-            if attn_mask.dtype == torch.bool:
+            if attn_mask.dtype == torch.bool:  # (every Q-Former row sees at least itself or a query)
                 scores = scores.masked_fill(~attn_mask, float("-inf"))
             else:
                 scores = scores + attn_mask

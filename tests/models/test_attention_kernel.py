@@ -1,7 +1,8 @@
-"""The Q-Former's attention (``lavislike.models.attention``): fp32 scores for
-reduced-precision CPU training over few keys, PyTorch's SDPA otherwise; both give softmax
-attention, checked against a hand-written fp32 attention with its autograd gradients (tolerance: bf16 keeps 8 significant bits, ~0.4% relative per rounding; a few
-roundings per value stay within 2%)."""
+"""The Q-Former's attention (``lavislike.models.attention``): its own fp32 path for
+reduced-precision CPU training over few keys, PyTorch's SDPA otherwise. Both are checked
+against a hand-written fp32 attention with its autograd gradients (tolerance: bf16 keeps 8
+significant bits, ~0.4% relative per rounding; a few roundings per value stay within 2%),
+and the path against PyTorch's math kernel, which PyTorch runs whenever dropout is on."""
 from __future__ import annotations
 
 import math
@@ -65,8 +66,8 @@ def test_kernel_rule():
 
 def test_qformer_training_under_bf16_autocast(monkeypatch):
     """A Q-Former pass over [queries; text] reading image features (the ITM pass), trained
-    under bf16 autocast: self-attention takes the fp32-score path, cross-attention over
-    many patches keeps flash, and the output and the query-token gradient stay as close to fp32
+    under bf16 autocast: self-attention takes the path, cross-attention over many patches
+    keeps flash, and the output and the query-token gradient stay as close to fp32
     as with PyTorch's own kernel choice."""
     from lavislike.models.qformer import QFormer, QFormerConfig
 
@@ -97,7 +98,7 @@ def test_qformer_training_under_bf16_autocast(monkeypatch):
     assert chosen and not any(chosen)
     chosen.clear()
     out16, grad16 = run(True)
-    # two layers: self-attention on the fp32-score path both times, the one cross-attention (148 patches) on flash
+    # two layers: self-attention on the path both times, the one cross-attention (148 patches) on flash
     assert chosen == [True, False, True]
     monkeypatch.setattr(attention, "use_fp32_scores", lambda q, k: False)
     out_default, grad_default = run(True)
