@@ -15,7 +15,6 @@ from typing import Sequence
 from omegaconf import DictConfig
 
 from lavislike_demo.fit import QUICK_LM, LMSizes
-from lavislike.errors import ConfigError
 
 PROJECT_DIR = Path(__file__).resolve().parents[1] / "projects" / "blip2_tiny"
 

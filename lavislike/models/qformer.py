@@ -52,8 +52,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from lavislike.models.attention import scaled_dot_product_attention
 from lavislike.errors import CheckpointError, ConfigError
+from lavislike.models.attention import scaled_dot_product_attention
 
 logger = logging.getLogger(__name__)
 
