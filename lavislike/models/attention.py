@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["SCORES_MAX_KEYS", "llm_attention_kernel", "scaled_dot_product_attention", "use_fp32_scores"]
+__all__ = ["SCORES_MAX_KEYS", "llm_attention_kernel", "scaled_dot_product_attention", "use_fp32_path"]
 
 # keys up to which the path below beats flash's backward (8 pairs x 6 heads, one core,
 # ms forward + backward, flash / this path): 32 x 64 keys 4.4 / 2.5, 32 x 128 4.9 / 4.4,
@@ -48,20 +48,21 @@ def _flash_backward_is_slow(device: torch.device, dtype: torch.dtype, keys: int,
     )
 
 
-def use_fp32_scores(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """True for CPU attention in bf16/fp16 that autograd records, over at most
-    :data:`SCORES_MAX_KEYS` keys."""
+def use_fp32_path(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether :func:`scaled_dot_product_attention` takes its fp32 path: CPU attention in
+    bf16/fp16 that autograd records, over at most :data:`SCORES_MAX_KEYS` keys."""
     return _flash_backward_is_slow(q.device, q.dtype, k.shape[-2], q.requires_grad or k.requires_grad)
 
 
 def llm_attention_kernel(
-    inputs_embeds: torch.Tensor, llm_dtype: torch.dtype, keys: int
+    inputs_embeds: torch.Tensor, llm_dtype: torch.dtype, keys: Optional[int] = None
 ) -> AbstractContextManager:
     """Context for a frozen LLM's forward whose ``inputs_embeds`` carry gradients (the soft
     prompt): PyTorch's math SDPA kernel when that attention runs in bf16/fp16 on CPU over at
-    most :data:`SCORES_MAX_KEYS` keys (``llm_dtype``, or the CPU autocast dtype), else
-    nothing changes."""
+    most :data:`SCORES_MAX_KEYS` keys (``keys``: the longest sequence attended to, default
+    ``inputs_embeds``'s; ``llm_dtype``, or the CPU autocast dtype), else nothing changes."""
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else llm_dtype
+    keys = inputs_embeds.shape[1] if keys is None else keys
     if _flash_backward_is_slow(inputs_embeds.device, dtype, keys, inputs_embeds.requires_grad):
         return sdpa_kernel(SDPBackend.MATH)
     return nullcontext()
@@ -76,7 +77,7 @@ def scaled_dot_product_attention(
 ) -> torch.Tensor:
     """``F.scaled_dot_product_attention`` (boolean or additive ``attn_mask``), on the path
     above for reduced-precision CPU training."""
-    if not use_fp32_scores(q, k):
+    if not use_fp32_path(q, k):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     # autocast would run these products in bf16 again
     with torch.autocast(q.device.type, enabled=False):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lavislike.models import attention
-from lavislike.models.attention import SCORES_MAX_KEYS, scaled_dot_product_attention, use_fp32_scores
+from lavislike.models.attention import SCORES_MAX_KEYS, scaled_dot_product_attention, use_fp32_path
 
 REL_TOL = 2e-2
 
@@ -54,14 +54,14 @@ def test_output_and_gradients_match_hand_written_attention(dtype, keys):
 
 def test_kernel_rule():
     (q, k, _), _ = _inputs(torch.bfloat16, 20)
-    assert use_fp32_scores(q, k)  # bf16 training over few keys
+    assert use_fp32_path(q, k)  # bf16 training over few keys
     (q_long, k_long, _), _ = _inputs(torch.bfloat16, SCORES_MAX_KEYS + 1)
-    assert not use_fp32_scores(q_long, k_long)  # many keys: flash's backward wins
+    assert not use_fp32_path(q_long, k_long)  # many keys: flash's backward wins
     (q32, k32, _), _ = _inputs(torch.float32, 20)
-    assert not use_fp32_scores(q32, k32)  # fp32: PyTorch's choice (parity with transformers)
+    assert not use_fp32_path(q32, k32)  # fp32: PyTorch's choice (parity with transformers)
     with torch.no_grad():
-        assert not use_fp32_scores(q, k)  # inference: flash's forward is faster
-    assert not use_fp32_scores(q.detach(), k.detach())
+        assert not use_fp32_path(q, k)  # inference: flash's forward is faster
+    assert not use_fp32_path(q.detach(), k.detach())
 
 
 def test_qformer_training_under_bf16_autocast(monkeypatch):
@@ -84,7 +84,7 @@ def test_qformer_training_under_bf16_autocast(monkeypatch):
     mask[0, 5:] = 0
 
     chosen = []
-    rule = attention.use_fp32_scores
+    rule = attention.use_fp32_path
 
     def run(autocast):
         qformer.zero_grad(set_to_none=True)
@@ -93,14 +93,14 @@ def test_qformer_training_under_bf16_autocast(monkeypatch):
         out.float().square().mean().backward()
         return out.detach().float(), qformer.query_tokens.grad.clone()
 
-    monkeypatch.setattr(attention, "use_fp32_scores", lambda q, k: chosen.append(rule(q, k)) or chosen[-1])
+    monkeypatch.setattr(attention, "use_fp32_path", lambda q, k: chosen.append(rule(q, k)) or chosen[-1])
     out32, grad32 = run(False)
     assert chosen and not any(chosen)
     chosen.clear()
     out16, grad16 = run(True)
     # two layers: self-attention on the path both times, the one cross-attention (148 patches) on flash
     assert chosen == [True, False, True]
-    monkeypatch.setattr(attention, "use_fp32_scores", lambda q, k: False)
+    monkeypatch.setattr(attention, "use_fp32_path", lambda q, k: False)
     out_default, grad_default = run(True)
     assert _rel(out16, out32) < REL_TOL
     assert _rel(out16, out32) < 1.5 * _rel(out_default, out32)
@@ -113,7 +113,7 @@ def test_with_dropout_equals_pytorch_math_kernel():
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     (q, k, v), mask = _inputs(torch.bfloat16, 20, seed=3)
-    assert use_fp32_scores(q, k)
+    assert use_fp32_path(q, k)
     torch.manual_seed(5)
     ours = scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.3)
     torch.manual_seed(5)
@@ -148,11 +148,11 @@ def test_stage1_step_under_autocast_equals_pytorch_with_dropout(monkeypatch):
         return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     chosen = []
-    rule = attention.use_fp32_scores
-    monkeypatch.setattr(attention, "use_fp32_scores", lambda q, k: chosen.append(rule(q, k)) or chosen[-1])
+    rule = attention.use_fp32_path
+    monkeypatch.setattr(attention, "use_fp32_path", lambda q, k: chosen.append(rule(q, k)) or chosen[-1])
     ours, ours_grads = step()
     assert any(chosen)
-    monkeypatch.setattr(attention, "use_fp32_scores", lambda q, k: False)
+    monkeypatch.setattr(attention, "use_fp32_path", lambda q, k: False)
     ref, ref_grads = step()
     for key in ("loss_itc", "loss_itm", "loss_lm"):
         assert ours[key].item() == pytest.approx(ref[key].item(), rel=1e-6), key

@@ -115,7 +115,7 @@ class CausalLM(LLMAdapter):
         # bit for bit
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = labels[:, 1:] != -100
-        with llm_attention_kernel(embeds, self.dtype, embeds.shape[1]):
+        with llm_attention_kernel(embeds, self.dtype):
             logits = self.model(inputs_embeds=embeds, attention_mask=attn, logits_to_keep=keep, use_cache=False).logits
         if logits.dim() == 3:  # a model that computes every position's logits anyway
             logits = logits[keep]
