@@ -38,10 +38,9 @@ def issue_table(rows: list, peak: float) -> str:
     for r in rows:
         if r.ratio is None:
             continue
-        goal = r.goal if r.goal is not None else (0.2 if r.metric.startswith("retrieval") else None)
         share = 1 / r.ratio
-        met = "-" if goal is None else ("yes" if share <= goal else "NO")
-        lines.append(f"{r.metric:<40} {share:8.2f} {'<=' + format(goal, '.2f') if goal else '':>6}  {met}")
+        met = "-" if r.goal is None else ("yes" if share <= r.goal else "NO")
+        lines.append(f"{r.metric:<40} {share:8.2f} {'<=' + format(r.goal, '.2f') if r.goal else '':>6}  {met}")
     lines.append(f"fp32 matmul peak of this machine: {peak:.0f} GFLOP/s ({common.torch.get_num_threads()} threads)")
     for r in rows:
         if r.gflops and r.ours_ms:
