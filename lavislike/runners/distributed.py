@@ -163,13 +163,14 @@ def sync_replicated_grads(model: nn.Module) -> None:
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
                       for p in params] + [has])
     dist.all_reduce(flat)
+    world = D.get_world_size()
     offset = 0
     for p, ranks in zip(params, flat[-len(params):].tolist()):
         n = p.numel()
         if ranks > 0:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            p.grad.copy_((flat[offset:offset + n] / D.get_world_size()).view_as(p.grad))
+            p.grad.copy_((flat[offset:offset + n] / world).view_as(p.grad))
         offset += n
 
 
