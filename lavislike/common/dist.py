@@ -1,6 +1,7 @@
 """torch.distributed helpers that are all safe in a single process with no group."""
 from __future__ import annotations
 
+import atexit
 import os
 from contextlib import contextmanager
 
@@ -203,8 +204,17 @@ def init_distributed_mode(backend: str | None = None, timeout_s: float = 1800.0)
         rank=int(os.environ["RANK"]),
         timeout=datetime.timedelta(seconds=timeout_s),
     )
+    # the group's threads must stop before the interpreter tears down: left to the
+    # destructors, gloo can abort a finished rank at exit ("terminate called without an
+    # active exception", exit code -6) and torchrun then fails the whole run
+    atexit.register(_leave_process_group)
     dist.barrier()
     return True
+
+
+def _leave_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def broadcast_object(obj):
