@@ -9,6 +9,7 @@ Nothing is downloaded: the BERT WordPiece vocabulary comes from the installed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -107,12 +108,28 @@ class Row:
     note: str = ""
     goal: Optional[float] = None  # issue 13's bound on ours / reference (None: no goal)
     gflops: Optional[float] = None  # work of one timed call of ours (forward + backward)
+    ref_gflops: Optional[float] = None  # the same of the reference
 
     @property
     def ratio(self) -> Optional[float]:
         if self.ours_ms is None or self.ref_ms is None:
             return None
         return self.ref_ms / self.ours_ms
+
+
+@contextlib.contextmanager
+def attention_kernel(hf, name: str):
+    """``hf`` (a transformers model) computing attention with ``name`` inside the block."""
+    from transformers.utils import logging
+
+    before, verbosity = hf.config._attn_implementation, logging.get_verbosity()
+    logging.set_verbosity_error()  # a warning about the absent LLM's sub-config on every switch
+    hf.set_attn_implementation(name)
+    try:
+        yield
+    finally:
+        hf.set_attn_implementation(before)
+        logging.set_verbosity(verbosity)
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -128,6 +145,10 @@ def parse_args(argv=None, description: str = "") -> argparse.Namespace:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall: elapsed time; cpu: CPU time of this process (steadier on a "
                              "machine shared with other jobs; use with --threads 1)")
+    parser.add_argument("--lavis-attention", choices=("eager", "sdpa"), default="eager",
+                        help="attention kernel of the LAVIS-style references (the full stage-1 step, "
+                             "retrieval): eager is what LAVIS runs (its Q-Former and EVA ViT compute "
+                             "matmul, softmax, matmul); sdpa: transformers' default kernel")
     args = parser.parse_args(argv)
     global _CLOCK
     _CLOCK = time.perf_counter if args.clock == "wall" else time.process_time

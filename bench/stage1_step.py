@@ -1,12 +1,17 @@
-"""Stage-1 training step: lavislike vs transformers' ``Blip2ForImageTextRetrieval``.
+"""Stage-1 training step: lavislike against LAVIS's and transformers' computation.
 
-transformers has no stage-1 losses, so the compared step is what both can compute: the
-frozen vision tower (under ``no_grad``), the ITC image and text passes, the ITC similarity
-matrix, the ITM logits of the B positive pairs, a loss built from both (contrastive
-cross-entropy over the similarity + ITM cross-entropy) and its backward into the Q-Former.
-The reference drives transformers' own modules exactly as its ``forward`` does, once per
-pass (calling ``forward`` twice would run the vision tower twice). Our full
-ITC + ITM (hard negatives) + ITG step is timed on its own: it has no reference.
+* ``stage-1 step (ITC+ITM+ITG)`` (issue 13's row): our whole training forward and backward
+  (ITC, ITM with hard negatives, ITG) against LAVIS's ``Blip2Qformer.forward`` re-implemented
+  on transformers' modules (``lavis_stage1.py``: texts padded to 32 tokens, the ITM pass over
+  3B pairs projecting every pair's image, ITG reusing the image pass's query keys/values, the
+  LM head on every text position; ``--lavis-attention``: eager as LAVIS, or sdpa), after a
+  check that both give the same losses and gradients from the same seed (hard negatives).
+  The same row for the recommended CPU configuration (bf16 frozen parts, bf16 autocast)
+  against the fp32 reference.
+* ``stage-1 ITC+ITM passes``: what transformers' ``Blip2ForImageTextRetrieval`` can compute
+  (no stage-1 losses there): the frozen vision tower (under ``no_grad``), the ITC image and
+  text passes, the similarity, the ITM logits of the B positive pairs, a loss from both and
+  its backward, driven through its own modules as its ``forward`` does, once per pass.
 
 Run: ``.venv/bin/python bench/stage1_step.py [--size small|base] [--threads N]``
 """
@@ -19,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import common
+import lavis_stage1
 from common import Row
 
 
@@ -112,19 +118,50 @@ def run(args) -> list[Row]:
         _loss(*ref_outputs(hf, pixels, ids, mask)).backward()
 
     t_ours, t_ref = common.time_pair(ours_step, ref_step, args.repeats, args.warmup)
-    rows = [Row("stage-1 step (ITC+ITM fwd+bwd)", t_ours, t_ref, diff, f"batch {bs}, vs LAVIS-style passes",
-                goal=0.65, gflops=common.count_gflops(ours_step))]
+    rows = [Row("stage-1 ITC+ITM passes fwd+bwd", t_ours, t_ref, diff,
+                f"batch {bs}, vs transformers' modules (no ITG)")]
 
+    # the whole step against LAVIS's stage-1 forward (ITC + ITM with hard negatives + ITG)
+    # on transformers' modules with our LM head's weights, the same hard negatives drawn
+    # from the same seed
     samples = {"image": pixels, "text_input": texts, "image_id": torch.arange(bs)}
+    head = lavis_stage1.lm_head(hf, {
+        "transform.dense.weight": ours.qformer.lm_head.transform.weight,
+        "transform.dense.bias": ours.qformer.lm_head.transform.bias,
+        "transform.LayerNorm.weight": ours.qformer.lm_head.norm.weight,
+        "transform.LayerNorm.bias": ours.qformer.lm_head.norm.bias,
+        "decoder.bias": ours.qformer.lm_head.decoder.bias}, ours.qformer.lm_head.norm.eps)
+    temp = float(ours.temp.detach())
 
-    def full_step():
+    def full_losses():
         # from_hf builds blip2_image_text_matching, whose forward scores pairs; the training
         # forward is its parent's
         ours.zero_grad(set_to_none=True)
-        Blip2Qformer.forward(ours, samples)["loss"].backward()
+        out = Blip2Qformer.forward(ours, samples)
+        out["loss"].backward()
+        return out
 
-    rows.append(Row("stage-1 full loss step (ours only)", common.time_one(full_step, args.repeats, args.warmup),
-                    None, None, "ITC+ITM(hard neg)+ITG"))
+    def lavis_losses():
+        hf.zero_grad(set_to_none=True)
+        out = lavis_stage1.stage1_losses(hf, head, ours.tokenizer, pixels, texts, temp)
+        out["loss"].backward()
+        return out
+
+    def seeded(fn, queries):
+        torch.manual_seed(args.seed)  # the hard negatives' draws
+        out = fn()
+        return [out[k].detach() for k in ("loss", "loss_itc", "loss_itm", "loss_lm")] + [queries().grad.clone()]
+
+    with common.attention_kernel(hf, args.lavis_attention):
+        full = seeded(full_losses, lambda: ours.qformer.query_tokens)
+        full_ref = seeded(lavis_losses, lambda: hf.query_tokens)
+        full_diff = common.check_parity("full step: loss, ITC, ITM, ITG, query gradient",
+                                        common.max_abs_diff(full, full_ref))
+        t_full, t_lavis = common.time_pair(full_losses, lavis_losses, args.repeats, args.warmup)
+        lavis_gflops = common.count_gflops(lavis_losses)
+    rows.append(Row("stage-1 step (ITC+ITM+ITG)", t_full, t_lavis, full_diff,
+                    f"batch {bs}, vs LAVIS forward ({args.lavis_attention} attention)", goal=0.65,
+                    gflops=common.count_gflops(full_losses), ref_gflops=lavis_gflops))
 
     # the recommended CPU configuration: frozen ViT in bf16, bf16 autocast (reference: fp32)
     with torch.no_grad():
@@ -136,10 +173,11 @@ def run(args) -> list[Row]:
     t_vit16 = common.time_one(lambda: ours.encode_image(pixels), args.repeats, args.warmup)
     rows.append(Row("frozen ViT, bf16 vs our fp32", t_vit16, t_vit32, common.rel_diff(feats16, feats32),
                     "parity = relative feature error"))
-    rec_loss = wrap(lambda: _loss(*ours_outputs(ours, pixels, ids, mask)))()
-    t_rec, t_ref = common.time_pair(wrap(ours_step), ref_step, args.repeats, args.warmup)
-    rows.append(Row("stage-1 step, recommended CPU cfg", t_rec, t_ref, common.rel_diff(rec_loss, outs["ours"][2]),
-                    "bf16 frozen + autocast; parity = rel. loss diff", goal=0.45))
+    rec = seeded(wrap(full_losses), lambda: ours.qformer.query_tokens)
+    with common.attention_kernel(hf, args.lavis_attention):
+        t_rec, t_lavis = common.time_pair(wrap(full_losses), lavis_losses, args.repeats, args.warmup)
+    rows.append(Row("stage-1 step, recommended CPU cfg", t_rec, t_lavis, common.rel_diff(rec[0], full[0]),
+                    "bf16 frozen + autocast vs LAVIS fp32; parity = rel. loss diff", goal=0.45))
     return rows
 
 
