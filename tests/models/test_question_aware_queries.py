@@ -179,9 +179,10 @@ def test_vqa_loss_matches_instructblip(setup):
     ref = hf_vqa_loss(setup, img, prefixes, targets, *qformer_ids(qtok, train_inputs(kind)))
     assert loss.item() == pytest.approx(ref.item(), abs=1e-5)
     blind = hf_vqa_loss(setup, img, prefixes, targets, *no_text(2))
-    # the Q-Former text changes the reference by well over the 1e-5 parity tolerance (the random
-    # tiny tokenizer differs per run, so the size of the change does too)
-    assert abs(ref.item() - blind.item()) > 1e-4
+    # ours is far closer to the reference that reads the question than to the blind one (how
+    # much the text moves the loss varies with the tiny tokenizer, which training does not
+    # reproduce from run to run: 4e-5 to over 1e-3 seen)
+    assert abs(loss.item() - blind.item()) > 1e-6 + 10 * abs(loss.item() - ref.item())
     loss.backward()
     assert ours.qformer.embeddings.word_embeddings.weight.grad.abs().sum() > 0
     assert ours.qformer.layers[0].text_ffn.fc1.weight.grad.abs().sum() > 0
