@@ -332,6 +332,64 @@ def main_wrapper(run: Callable[[argparse.Namespace], list[Row]], description: st
     sys.stdout.flush()
 
 
+# -- training steps as they train ------------------------------------------------------------
+# The Q-Former's dropout in LAVIS's and transformers' configs (BERT-base: hidden and
+# attention probabilities). Parity is checked with dropout off; the timed steps train with it.
+TRAIN_DROPOUT = 0.1
+# The optimizer update runs in full while the weights barely move, so rows measured after
+# the timed steps still compare like with like.
+TIMING_LR = 1e-10
+
+
+def set_dropout(module: torch.nn.Module, p: float) -> None:
+    """Hidden and attention-probability dropout of every layer in ``module`` set to ``p``
+    (``nn.Dropout`` modules; ours' ``attn_dropout``, transformers' ``attention_dropout``)."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+        for attr in ("attn_dropout", "attention_dropout"):
+            if isinstance(getattr(m, attr, None), float):
+                setattr(m, attr, p)
+
+
+def ours_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Our runner's AdamW (decay groups, torch's fused kernel where it exists)."""
+    from lavislike.runners.optim import build_optimizer
+
+    return build_optimizer(model, TIMING_LR, 0.05, (0.9, 0.999))
+
+
+def lavis_optimizer(named_params: list[tuple[str, torch.nn.Parameter]]) -> torch.optim.Optimizer:
+    """LAVIS's runner optimizer: ``torch.optim.AdamW`` with no weight decay on 1-d, bias,
+    ``ln`` and ``bn`` parameters, otherwise torch's defaults (on CPU its per-tensor loop)."""
+    decay = [p for n, p in named_params if not (p.ndim < 2 or "bias" in n or "ln" in n or "bn" in n)]
+    no_decay = [p for n, p in named_params if p.ndim < 2 or "bias" in n or "ln" in n or "bn" in n]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                             lr=TIMING_LR, weight_decay=0.05, betas=(0.9, 0.999))
+
+
+def trainer_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """transformers ``Trainer``'s default optimizer (``adamw_torch_fused`` on torch >= 2.8),
+    no weight decay on biases and LayerNorm weights."""
+    no_decay = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    no_decay |= {id(p) for n, p in named if n.endswith("bias")}
+    return torch.optim.AdamW(
+        [{"params": [p for _, p in named if id(p) not in no_decay], "weight_decay": 0.05},
+         {"params": [p for _, p in named if id(p) in no_decay], "weight_decay": 0.0}],
+        lr=TIMING_LR, betas=(0.9, 0.999), fused=True,
+    )
+
+
+def train_step(optimizer: torch.optim.Optimizer, loss: Callable[[], torch.Tensor]) -> Callable[[], None]:
+    """One training step: gradients cleared, the loss and its backward, the update."""
+    def go():
+        optimizer.zero_grad(set_to_none=True)
+        loss().backward()
+        optimizer.step()
+    return go
+
+
 # -- the recommended CPU training configuration (issue 13) ----------------------------------
 def recommended(model: torch.nn.Module) -> Callable:
     """Put ``model`` in the recommended CPU configuration: frozen parts stored in bf16 where

@@ -1,11 +1,14 @@
 """Stage-1 training step: lavislike against LAVIS's and transformers' computation.
 
-* ``stage-1 step (ITC+ITM+ITG)`` (issue 13's row): our whole training forward and backward
-  (ITC, ITM with hard negatives, ITG) against LAVIS's ``Blip2Qformer.forward`` re-implemented
+* ``stage-1 train step (ITC+ITM+ITG)`` (issue 13's row): our whole training step - forward,
+  backward (ITC, ITM with hard negatives, ITG) and the runner's AdamW update, Q-Former
+  dropout 0.1 as configured for training - against LAVIS's ``Blip2Qformer.forward`` re-implemented
   on transformers' modules (``lavis_stage1.py``: texts padded to 32 tokens, the ITM pass over
   3B pairs projecting every pair's image, ITG reusing the image pass's query keys/values, the
-  LM head on every text position; ``--lavis-attention``: eager as LAVIS, or sdpa), after a
-  check that both give the same losses and gradients from the same seed (hard negatives).
+  LM head on every text position; ``--lavis-attention``: eager as LAVIS, or sdpa) with LAVIS's
+  runner optimizer (``torch.optim.AdamW``, torch's default implementation), after a check,
+  dropout off, that both give the same losses and gradients from the same seed (hard
+  negatives).
   The same row for the recommended CPU configuration (bf16 frozen parts, bf16 autocast)
   against the fp32 reference.
 * ``stage-1 ITC+ITM passes``: what transformers' ``Blip2ForImageTextRetrieval`` can compute
@@ -136,32 +139,43 @@ def run(args) -> list[Row]:
     def full_losses():
         # from_hf builds blip2_image_text_matching, whose forward scores pairs; the training
         # forward is its parent's
-        ours.zero_grad(set_to_none=True)
-        out = Blip2Qformer.forward(ours, samples)
-        out["loss"].backward()
-        return out
+        return Blip2Qformer.forward(ours, samples)
 
     def lavis_losses():
-        hf.zero_grad(set_to_none=True)
-        out = lavis_stage1.stage1_losses(hf, head, ours.tokenizer, pixels, texts, temp)
-        out["loss"].backward()
-        return out
+        return lavis_stage1.stage1_losses(hf, head, ours.tokenizer, pixels, texts, temp)
 
     def seeded(fn, queries):
+        ours.zero_grad(set_to_none=True)
+        hf.zero_grad(set_to_none=True)
+        head.zero_grad(set_to_none=True)
         torch.manual_seed(args.seed)  # the hard negatives' draws
         out = fn()
+        out["loss"].backward()
         return [out[k].detach() for k in ("loss", "loss_itc", "loss_itm", "loss_lm")] + [queries().grad.clone()]
+
+    # the training steps: LAVIS's runner optimizer over the reference's trainable parameters
+    # (the LM head's decoder is the word embeddings), ours over ours; Q-Former dropout on
+    named = [(n, p) for n, p in hf.named_parameters() if p.requires_grad]
+    named += [(f"cls.predictions.{n}", p) for n, p in head.named_parameters() if n != "decoder.weight"]
+    ours_train = common.train_step(common.ours_optimizer(ours), lambda: full_losses()["loss"])
+    lavis_train = common.train_step(common.lavis_optimizer(named), lambda: lavis_losses()["loss"])
+
+    def dropout(p):
+        common.set_dropout(ours.qformer, p)
+        common.set_dropout(hf.qformer, p)
 
     with common.attention_kernel(hf, args.lavis_attention):
         full = seeded(full_losses, lambda: ours.qformer.query_tokens)
         full_ref = seeded(lavis_losses, lambda: hf.query_tokens)
         full_diff = common.check_parity("full step: loss, ITC, ITM, ITG, query gradient",
                                         common.max_abs_diff(full, full_ref))
-        t_full, t_lavis = common.time_pair(full_losses, lavis_losses, args.repeats, args.warmup)
-        lavis_gflops = common.count_gflops(lavis_losses)
-    rows.append(Row("stage-1 step (ITC+ITM+ITG)", t_full, t_lavis, full_diff,
-                    f"batch {bs}, vs LAVIS forward ({args.lavis_attention} attention)", goal=0.65,
-                    gflops=common.count_gflops(full_losses), ref_gflops=lavis_gflops))
+        gflops = common.count_gflops(lambda: full_losses()["loss"].backward())
+        lavis_gflops = common.count_gflops(lambda: lavis_losses()["loss"].backward())
+        dropout(common.TRAIN_DROPOUT)
+        t_full, t_lavis = common.time_pair(ours_train, lavis_train, args.repeats, args.warmup)
+    rows.append(Row("stage-1 train step (ITC+ITM+ITG)", t_full, t_lavis, full_diff,
+                    f"batch {bs}, AdamW, dropout {common.TRAIN_DROPOUT}, vs LAVIS ({args.lavis_attention} attention)",
+                    goal=0.65, gflops=gflops, ref_gflops=lavis_gflops))
 
     # the recommended CPU configuration: frozen ViT in bf16, bf16 autocast (reference: fp32)
     with torch.no_grad():
@@ -173,13 +187,14 @@ def run(args) -> list[Row]:
     t_vit16 = common.time_one(lambda: ours.encode_image(pixels), args.repeats, args.warmup)
     rows.append(Row("frozen ViT, bf16 vs our fp32", t_vit16, t_vit32, common.rel_diff(feats16, feats32),
                     "parity = relative feature error"))
+    dropout(0.0)
     rec = seeded(wrap(full_losses), lambda: ours.qformer.query_tokens)
+    dropout(common.TRAIN_DROPOUT)
     with common.attention_kernel(hf, args.lavis_attention):
-        t_rec, t_lavis = common.time_pair(wrap(full_losses), lavis_losses, args.repeats, args.warmup)
-    rows.append(Row("stage-1 step, recommended CPU cfg", t_rec, t_lavis, common.rel_diff(rec[0], full[0]),
+        t_rec, t_lavis = common.time_pair(wrap(ours_train), lavis_train, args.repeats, args.warmup)
+    rows.append(Row("stage-1 train step, recommended CPU cfg", t_rec, t_lavis, common.rel_diff(rec[0], full[0]),
                     "bf16 frozen + autocast vs LAVIS fp32; parity = rel. loss diff", goal=0.45))
     return rows
-
 
 if __name__ == "__main__":
     common.main_wrapper(run, __doc__)

@@ -62,6 +62,9 @@ def test_kernel_rule():
     with torch.no_grad():
         assert not use_fp32_path(q, k)  # inference: flash's forward is faster
     assert not use_fp32_path(q.detach(), k.detach())
+    # with dropout PyTorch runs its math kernel, which the path computes: any dtype and length
+    assert use_fp32_path(q32, k32, 0.1)
+    assert use_fp32_path(q_long, k_long, 0.1)
 
 
 def test_qformer_training_under_bf16_autocast(monkeypatch):
@@ -93,14 +96,14 @@ def test_qformer_training_under_bf16_autocast(monkeypatch):
         out.float().square().mean().backward()
         return out.detach().float(), qformer.query_tokens.grad.clone()
 
-    monkeypatch.setattr(attention, "use_fp32_path", lambda q, k: chosen.append(rule(q, k)) or chosen[-1])
+    monkeypatch.setattr(attention, "use_fp32_path", lambda q, k, p=0.0: chosen.append(rule(q, k, p)) or chosen[-1])
     out32, grad32 = run(False)
     assert chosen and not any(chosen)
     chosen.clear()
     out16, grad16 = run(True)
     # two layers: self-attention on the path both times, the one cross-attention (148 patches) on flash
     assert chosen == [True, False, True]
-    monkeypatch.setattr(attention, "use_fp32_path", lambda q, k: False)
+    monkeypatch.setattr(attention, "use_fp32_path", lambda q, k, p=0.0: False)
     out_default, grad_default = run(True)
     assert _rel(out16, out32) < REL_TOL
     assert _rel(out16, out32) < 1.5 * _rel(out_default, out32)
@@ -124,11 +127,32 @@ def test_with_dropout_equals_pytorch_math_kernel():
     assert _rel(ours, ref) < 1e-2  # the same masks (bf16 outputs: a rounding apart at most)
 
 
-def test_stage1_step_under_autocast_equals_pytorch_with_dropout(monkeypatch):
+@pytest.mark.parametrize("keys", [20, SCORES_MAX_KEYS + 40])
+def test_fp32_with_dropout_equals_pytorch_math_kernel(keys):
+    """fp32 training with dropout (LAVIS's configs without AMP) takes the path too: the
+    values, gradients and dropout masks of PyTorch's math kernel, which it runs then."""
+    (q, k, v), mask = _inputs(torch.float32, keys, seed=4)
+    (rq, rk, rv), _ = _inputs(torch.float32, keys, seed=4)
+    assert use_fp32_path(q, k, 0.3)
+    torch.manual_seed(5)
+    ours = scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.3)
+    ours.square().sum().backward()
+    torch.manual_seed(5)
+    ref = torch.nn.functional.scaled_dot_product_attention(rq, rk, rv, attn_mask=mask, dropout_p=0.3)
+    ref.square().sum().backward()
+    without = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert _rel(ours, without) > 0.1  # dropout did something
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    for got, want in ((q.grad, rq.grad), (k.grad, rk.grad), (v.grad, rv.grad)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("autocast", [True, False])
+def test_stage1_step_equals_pytorch_with_dropout(monkeypatch, autocast):
     """The real configs train with attention dropout 0.1, where PyTorch runs its math kernel
-    on the CPU: the stage-1 step under bf16 autocast gives the same losses and gradients
-    through the path as through PyTorch (autocast must not run the path's fp32 products in
-    bf16 again)."""
+    on the CPU: the stage-1 step, in fp32 and under bf16 autocast, gives the same losses and
+    gradients through the path as through PyTorch (autocast must not run the path's fp32
+    products in bf16 again)."""
     from lavislike.models import load_model
 
     torch.manual_seed(0)
@@ -142,17 +166,17 @@ def test_stage1_step_under_autocast_equals_pytorch_with_dropout(monkeypatch):
     def step():
         model.zero_grad(set_to_none=True)
         torch.manual_seed(1)  # dropout masks and the ITM negatives
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = model(samples)
         out["loss"].backward()
         return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     chosen = []
     rule = attention.use_fp32_path
-    monkeypatch.setattr(attention, "use_fp32_path", lambda q, k: chosen.append(rule(q, k)) or chosen[-1])
+    monkeypatch.setattr(attention, "use_fp32_path", lambda q, k, p=0.0: chosen.append(rule(q, k, p)) or chosen[-1])
     ours, ours_grads = step()
     assert any(chosen)
-    monkeypatch.setattr(attention, "use_fp32_path", lambda q, k: False)
+    monkeypatch.setattr(attention, "use_fp32_path", lambda q, k, p=0.0: False)
     ref, ref_grads = step()
     for key in ("loss_itc", "loss_itm", "loss_lm"):
         assert ours[key].item() == pytest.approx(ref[key].item(), rel=1e-6), key
