@@ -132,6 +132,24 @@ def attention_kernel(hf, name: str):
         logging.set_verbosity(verbosity)
 
 
+def keep_freed_memory() -> bool:
+    """glibc: serve every allocation from the heap and never give it back to the kernel
+    (``mallopt(M_MMAP_MAX, 0)``, ``M_TRIM_THRESHOLD`` at its maximum), the effect of
+    ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647``. Large tensors are otherwise
+    fresh mappings, and first touching their pages is kernel time in every step. False where
+    the C library has no ``mallopt`` (not glibc)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
 # -- command line ---------------------------------------------------------------------------
 def parse_args(argv=None, description: str = "") -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
@@ -149,7 +167,15 @@ def parse_args(argv=None, description: str = "") -> argparse.Namespace:
                         help="attention kernel of the LAVIS-style references (the full stage-1 step, "
                              "retrieval): eager is what LAVIS runs (its Q-Former and EVA ViT compute "
                              "matmul, softmax, matmul); sdpa: transformers' default kernel")
+    parser.add_argument("--malloc", choices=("keep", "default"), default="keep",
+                        help="keep: glibc keeps freed memory for reuse (no mmap, no trimming), so "
+                             "the step's large tensors stop costing page faults in both "
+                             "implementations (they share this process); default: glibc's "
+                             "settings, under which the kernel's page-fault time swings step times "
+                             "by up to 30%% here")
     args = parser.parse_args(argv)
+    if args.malloc == "keep":
+        keep_freed_memory()
     global _CLOCK
     _CLOCK = time.perf_counter if args.clock == "wall" else time.process_time
     if args.threads:
