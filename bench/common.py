@@ -388,8 +388,11 @@ def ours_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
 def lavis_optimizer(named_params: list[tuple[str, torch.nn.Parameter]]) -> torch.optim.Optimizer:
     """LAVIS's runner optimizer: ``torch.optim.AdamW`` with no weight decay on 1-d, bias,
     ``ln`` and ``bn`` parameters, otherwise torch's defaults (on CPU its per-tensor loop)."""
-    decay = [p for n, p in named_params if not (p.ndim < 2 or "bias" in n or "ln" in n or "bn" in n)]
-    no_decay = [p for n, p in named_params if p.ndim < 2 or "bias" in n or "ln" in n or "bn" in n]
+    def decays(n, p):
+        return not (p.ndim < 2 or "bias" in n or "ln" in n or "bn" in n)
+
+    decay = [p for n, p in named_params if decays(n, p)]
+    no_decay = [p for n, p in named_params if not decays(n, p)]
     return torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
                              lr=TIMING_LR, weight_decay=0.05, betas=(0.9, 0.999))
 
