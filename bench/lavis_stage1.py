@@ -76,7 +76,8 @@ def stage1_losses(hf, head, tokenizer, pixels: torch.Tensor, texts: list[str], t
     with torch.no_grad():
         image_embeds = hf.vision_model(pixel_values=pixels).last_hidden_state
     bs = image_embeds.shape[0]
-    image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long)
+    dev = image_embeds.device
+    image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=dev)
     query_tokens = hf.query_tokens.expand(bs, -1, -1)
     nq = query_tokens.shape[1]
 
@@ -98,7 +99,7 @@ def stage1_losses(hf, head, tokenizer, pixels: torch.Tensor, texts: list[str], t
     image_feats = F.normalize(hf.vision_projection(query_output), dim=-1)
 
     tok = tokenizer(texts, padding="max_length", truncation=True, max_length=MAX_TXT_LEN, return_tensors="pt")
-    ids, atts = tok.input_ids, tok.attention_mask
+    ids, atts = tok.input_ids.to(dev), tok.attention_mask.to(dev)
     text_output = hf.qformer(query_embeds=hf.embeddings(input_ids=ids), query_length=0,
                              attention_mask=atts).last_hidden_state
     text_feat = F.normalize(hf.text_projection(text_output[:, 0]), dim=-1)
@@ -108,7 +109,7 @@ def stage1_losses(hf, head, tokenizer, pixels: torch.Tensor, texts: list[str], t
     image_feats_all, text_feat_all = image_feats.detach(), text_feat.detach()
     sim_i2t = (image_feats.unsqueeze(1) @ text_feat_all.unsqueeze(-1)).squeeze(-1).max(-1).values / temp
     sim_t2i = (text_feat.unsqueeze(1).unsqueeze(1) @ image_feats_all.permute(0, 2, 1)).squeeze(-2).max(-1).values / temp
-    targets = torch.arange(bs)
+    targets = torch.arange(bs, device=dev)
     loss_itc = (F.cross_entropy(sim_i2t, targets, label_smoothing=0.1)
                 + F.cross_entropy(sim_t2i, targets, label_smoothing=0.1)) / 2
 
@@ -125,13 +126,13 @@ def stage1_losses(hf, head, tokenizer, pixels: torch.Tensor, texts: list[str], t
     text_ids_all = torch.cat([ids, ids, ids[neg_text]])
     text_atts_all = torch.cat([atts, atts, atts[neg_text]])
     queries_itm = hf.query_tokens.expand(text_ids_all.shape[0], -1, -1)
-    att_all = torch.cat([torch.ones(queries_itm.shape[:-1], dtype=torch.long), text_atts_all], 1)
+    att_all = torch.cat([torch.ones(queries_itm.shape[:-1], dtype=torch.long, device=dev), text_atts_all], 1)
     image_embeds_all = torch.cat([image_embeds, image_embeds_neg, image_embeds])
     output_itm = hf.qformer(query_embeds=hf.embeddings(input_ids=text_ids_all, query_embeds=queries_itm),
                             query_length=nq, attention_mask=att_all, encoder_hidden_states=image_embeds_all,
-                            encoder_attention_mask=torch.ones(image_embeds_all.shape[:-1], dtype=torch.long))
+                            encoder_attention_mask=torch.ones(image_embeds_all.shape[:-1], dtype=torch.long, device=dev))
     logits = hf.itm_head(output_itm.last_hidden_state[:, :nq]).mean(dim=1)
-    itm_labels = torch.cat([torch.ones(bs, dtype=torch.long), torch.zeros(2 * bs, dtype=torch.long)])
+    itm_labels = torch.cat([torch.ones(bs, dtype=torch.long), torch.zeros(2 * bs, dtype=torch.long)]).to(dev)
     loss_itm = F.cross_entropy(logits, itm_labels)
 
     # ITG
@@ -139,9 +140,9 @@ def stage1_losses(hf, head, tokenizer, pixels: torch.Tensor, texts: list[str], t
     dec[:, 0] = tokenizer.bos_token_id
     labels = dec.masked_fill(dec == tokenizer.pad_token_id, -100)
     t = dec.shape[1]
-    causal = torch.ones(t, t).tril().bool()
-    keep = torch.cat([torch.ones(bs, t, nq, dtype=torch.bool), causal & atts[:, None, :].bool()], 2)
-    mask = torch.zeros(keep.shape).masked_fill(~keep, NEG)[:, None]
+    causal = torch.ones(t, t, device=dev).tril().bool()
+    keep = torch.cat([torch.ones(bs, t, nq, dtype=torch.bool, device=dev), causal & atts[:, None, :].bool()], 2)
+    mask = torch.zeros(keep.shape, device=dev).masked_fill(~keep, NEG)[:, None]
     hidden = hf.qformer.dropout(hf.qformer.layernorm(hf.embeddings(input_ids=dec)))
     hidden = _itg_layers(hf, hidden, past, mask)
     scores = head(hidden)
