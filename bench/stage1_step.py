@@ -196,5 +196,6 @@ def run(args) -> list[Row]:
                     "bf16 frozen + autocast vs LAVIS fp32; parity = rel. loss diff", goal=0.45))
     return rows
 
+
 if __name__ == "__main__":
     common.main_wrapper(run, __doc__)
