@@ -169,7 +169,7 @@ def finetune_main(args: argparse.Namespace) -> int:
         from lavislike.models.loading import pretrained_state
         from lavislike.runners.distributed import gather_full
 
-        state = gather_full(pretrained_state(model))
+        state = gather_full(pretrained_state(model), keep=D.is_main_process())
     if D.is_main_process():
         model.save_pretrained(out / MODEL_DIR, preprocess=trained_processors(cfg, model), state=state)
         print(report(exp, summary, out, model.cfg), flush=True)

@@ -235,9 +235,19 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if _is_sharded(t) else t
 
 
-def gather_full(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` with sharded tensors gathered whole (a collective: every rank calls it)."""
-    return {k: _full(v).detach().cpu() for k, v in state.items()}
+def gather_full(state: dict[str, torch.Tensor], keep: bool = True) -> dict[str, torch.Tensor]:
+    """``state`` with sharded tensors gathered whole (a collective: every rank calls it).
+
+    ``keep=False`` on the ranks that do not write it: they take part in each gather and drop
+    the result at once, so a whole model (a frozen 7B LLM in a fine-tuned folder) is held in
+    host memory once per node's writer, not once per rank; they get ``{}``.
+    """
+    out = {}
+    for k, v in state.items():
+        whole = _full(v)
+        if keep:
+            out[k] = whole.detach().cpu()
+    return out
 
 
 def _like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -496,8 +496,10 @@ class RunnerBase:
 
     # -- checkpoints ---------------------------------------------------------------------
     def model_state(self) -> dict[str, torch.Tensor]:
+        """The trainable weights whole; under FSDP every rank takes part in gathering them
+        and only the main process keeps them (the others get ``{}``: only it writes)."""
         state = trainable_state_dict(self.unwrapped_model)
-        return gather_full(state) if self.fsdp else state
+        return gather_full(state, keep=D.is_main_process()) if self.fsdp else state
 
     def load_full_fn(self) -> Callable[[dict], None] | None:
         """How whole weights enter the model: None (``load_state_dict``), or, under FSDP,

@@ -79,3 +79,15 @@ def test_evaluation_shards_are_whole_one_process_batches():
     assert shards(7, 2, 2) == [[0, 1, 4, 5], [2, 3, 6]]
     assert shards(3, 2, 4) == [[0, 1, 2], []]
     assert shards(5, 3, 1) == [[0, 3], [1, 4], [2]]
+
+
+def test_gather_full_keeps_the_whole_state_only_where_asked():
+    """Ranks that do not write the gathered weights take part and keep nothing (a whole
+    model once per rank in host memory is what a frozen 7B LLM cannot afford)."""
+    from lavislike.runners.distributed import gather_full
+
+    state = {"a": torch.arange(6.0).view(2, 3).requires_grad_(), "b": torch.ones(2)}
+    kept = gather_full(state)
+    assert set(kept) == {"a", "b"} and not kept["a"].requires_grad
+    torch.testing.assert_close(kept["a"], torch.arange(6.0).view(2, 3))
+    assert gather_full(state, keep=False) == {}
