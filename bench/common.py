@@ -367,10 +367,10 @@ TRAIN_DROPOUT = 0.1
 TIMING_LR = 1e-10
 
 
-def set_dropout(module: torch.nn.Module, p: float) -> None:
-    """Hidden and attention-probability dropout of every layer in ``module`` set to ``p``
+def set_dropout(p: float, *modules: torch.nn.Module) -> None:
+    """Hidden and attention-probability dropout of every layer in ``modules`` set to ``p``
     (``nn.Dropout`` modules; ours' ``attn_dropout``, transformers' ``attention_dropout``)."""
-    for m in module.modules():
+    for m in (sub for module in modules for sub in module.modules()):
         if isinstance(m, torch.nn.Dropout):
             m.p = p
         for attr in ("attn_dropout", "attention_dropout"):

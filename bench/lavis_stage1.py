@@ -36,17 +36,21 @@ MAX_TXT_LEN = 32  # LAVIS blip2 ``max_txt_len``
 NEG = -10000.0  # LAVIS's additive mask value
 
 
-def lm_head(hf, state: dict, eps: float):
-    """transformers' BERT LM head on ``hf``'s Q-Former width, decoder tied to the word
-    embeddings; ``state``: its ``transform.dense``, ``transform.LayerNorm`` and ``decoder.bias``."""
+def lm_head_like(hf, ours):
+    """transformers' BERT LM head on ``hf``'s Q-Former width holding a copy of ``ours`` (a
+    lavislike ``LMHead``: ``transform``, ``norm``, ``decoder``), its decoder tied to ``hf``'s
+    word embeddings as LAVIS's ``cls.predictions`` is."""
     from transformers import BertConfig
     from transformers.models.bert.modeling_bert import BertLMPredictionHead
 
     cfg = hf.config.qformer_config
     head = BertLMPredictionHead(BertConfig(hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size,
-                                           hidden_act=cfg.hidden_act, layer_norm_eps=eps))
+                                           hidden_act=cfg.hidden_act, layer_norm_eps=ours.norm.eps))
     head.decoder.weight = hf.embeddings.word_embeddings.weight
-    missing = head.load_state_dict(state, strict=False).missing_keys
+    state = {"transform.dense.weight": ours.transform.weight, "transform.dense.bias": ours.transform.bias,
+             "transform.LayerNorm.weight": ours.norm.weight, "transform.LayerNorm.bias": ours.norm.bias,
+             "decoder.bias": ours.decoder.bias}
+    missing = head.load_state_dict({k: v.detach() for k, v in state.items()}, strict=False).missing_keys
     assert sorted(missing) == ["bias", "decoder.weight"], missing  # ``bias``: transformers' tie of decoder.bias
     return head
 

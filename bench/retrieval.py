@@ -93,11 +93,8 @@ def run(args) -> list[Row]:
     k = min(r["k"], len(data.text), len(data))
     cfg = RetrievalTaskConfig(k_test=k, itm_batch_size=128, text_batch_size=256, fusion="itm+itc")
 
-    def lavis_kernel():  # LAVIS computes attention eagerly
-        return common.attention_kernel(hf, args.lavis_attention)
-
     mine = retrieval_scores(ours, loader, cfg)
-    with lavis_kernel():
+    with common.attention_kernel(hf, args.lavis_attention):
         ref = lavis_compute_sim_matrix(hf, tok, pixels, data.text, k)
     with torch.no_grad():
         sim = ours.itc_similarity(ours.retrieval_image_embeds(pixels)["feat"],
@@ -115,7 +112,7 @@ def run(args) -> list[Row]:
     pairs = int(((ref[0] != -100) | (ref[1].t() != -100)).sum())
     print(f"  ITM pairs: LAVIS {(ref[0] != -100).sum() + (ref[1] != -100).sum()} "
           f"(i2t and t2i separately), ours {pairs} (each pair once)")
-    with lavis_kernel():
+    with common.attention_kernel(hf, args.lavis_attention):
         t_ours, t_ref = common.time_pair(lambda: retrieval_scores(ours, loader, cfg),
                                          lambda: lavis_compute_sim_matrix(hf, tok, pixels, data.text, k),
                                          args.repeats, args.warmup)

@@ -128,12 +128,7 @@ def run(args) -> list[Row]:
     # on transformers' modules with our LM head's weights, the same hard negatives drawn
     # from the same seed
     samples = {"image": pixels, "text_input": texts, "image_id": torch.arange(bs)}
-    head = lavis_stage1.lm_head(hf, {
-        "transform.dense.weight": ours.qformer.lm_head.transform.weight,
-        "transform.dense.bias": ours.qformer.lm_head.transform.bias,
-        "transform.LayerNorm.weight": ours.qformer.lm_head.norm.weight,
-        "transform.LayerNorm.bias": ours.qformer.lm_head.norm.bias,
-        "decoder.bias": ours.qformer.lm_head.decoder.bias}, ours.qformer.lm_head.norm.eps)
+    head = lavis_stage1.lm_head_like(hf, ours.qformer.lm_head)
     temp = float(ours.temp.detach())
 
     def full_losses():
@@ -160,10 +155,6 @@ def run(args) -> list[Row]:
     ours_train = common.train_step(common.ours_optimizer(ours), lambda: full_losses()["loss"])
     lavis_train = common.train_step(common.lavis_optimizer(named), lambda: lavis_losses()["loss"])
 
-    def dropout(p):
-        common.set_dropout(ours.qformer, p)
-        common.set_dropout(hf.qformer, p)
-
     with common.attention_kernel(hf, args.lavis_attention):
         full = seeded(full_losses, lambda: ours.qformer.query_tokens)
         full_ref = seeded(lavis_losses, lambda: hf.query_tokens)
@@ -171,7 +162,7 @@ def run(args) -> list[Row]:
                                         common.max_abs_diff(full, full_ref))
         gflops = common.count_gflops(lambda: full_losses()["loss"].backward())
         lavis_gflops = common.count_gflops(lambda: lavis_losses()["loss"].backward())
-        dropout(common.TRAIN_DROPOUT)
+        common.set_dropout(common.TRAIN_DROPOUT, ours.qformer, hf.qformer)
         t_full, t_lavis = common.time_pair(ours_train, lavis_train, args.repeats, args.warmup)
     rows.append(Row("stage-1 train step (ITC+ITM+ITG)", t_full, t_lavis, full_diff,
                     f"batch {bs}, AdamW, dropout {common.TRAIN_DROPOUT}, vs LAVIS ({args.lavis_attention} attention)",
@@ -187,9 +178,9 @@ def run(args) -> list[Row]:
     t_vit16 = common.time_one(lambda: ours.encode_image(pixels), args.repeats, args.warmup)
     rows.append(Row("frozen ViT, bf16 vs our fp32", t_vit16, t_vit32, common.rel_diff(feats16, feats32),
                     "parity = relative feature error"))
-    dropout(0.0)
+    common.set_dropout(0.0, ours.qformer, hf.qformer)
     rec = seeded(wrap(full_losses), lambda: ours.qformer.query_tokens)
-    dropout(common.TRAIN_DROPOUT)
+    common.set_dropout(common.TRAIN_DROPOUT, ours.qformer, hf.qformer)
     with common.attention_kernel(hf, args.lavis_attention):
         t_rec, t_lavis = common.time_pair(wrap(ours_train), lavis_train, args.repeats, args.warmup)
     rows.append(Row("stage-1 train step, recommended CPU cfg", t_rec, t_lavis, common.rel_diff(rec[0], full[0]),

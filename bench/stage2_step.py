@@ -87,20 +87,16 @@ def run(args) -> list[Row]:
     ours_train = common.train_step(common.ours_optimizer(ours), ours_loss)
     ref_train = common.train_step(common.trainer_optimizer(hf), ref_loss)
 
-    def dropout(p):
-        common.set_dropout(ours.qformer, p)
-        common.set_dropout(hf.qformer, p)
-
-    dropout(common.TRAIN_DROPOUT)
+    common.set_dropout(common.TRAIN_DROPOUT, ours.qformer, hf.qformer)
     t_ours, t_ref = common.time_pair(ours_train, ref_train, args.repeats, args.warmup)
     rows = [Row("stage-2 train step (LM loss)", t_ours, t_ref, diff,
                 f"batch {bs}, OPT frozen, AdamW, dropout {common.TRAIN_DROPOUT}", goal=0.70)]
-    dropout(0.0)
+    common.set_dropout(0.0, ours.qformer, hf.qformer)
     rows += cache_rows(args, ours, samples)
     fp32_loss = grads["ours"][0]
     wrap = common.recommended(ours)
     rec_loss = wrap(ours_loss)()
-    dropout(common.TRAIN_DROPOUT)
+    common.set_dropout(common.TRAIN_DROPOUT, ours.qformer, hf.qformer)
     t_rec, t_ref = common.time_pair(wrap(ours_train), ref_train, args.repeats, args.warmup)
     rows.append(Row("stage-2 train step, recommended CPU cfg", t_rec, t_ref, common.rel_diff(rec_loss, fp32_loss),
                     "bf16 frozen + autocast; parity = rel. loss diff"))

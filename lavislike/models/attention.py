@@ -1,4 +1,5 @@
-"""Scaled dot-product attention, with a faster path for reduced-precision CPU training.
+"""Scaled dot-product attention, with a faster path for reduced-precision CPU training and
+CPU attention with dropout.
 
 PyTorch picks its flash-attention kernel on CPU whenever it can. In bf16/fp16 that kernel's
 backward is several times slower than plain matrix products at the Q-Former's lengths
@@ -83,7 +84,7 @@ def scaled_dot_product_attention(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """``F.scaled_dot_product_attention`` (boolean or additive ``attn_mask``), on the path
-    above for reduced-precision CPU training."""
+    above for reduced-precision CPU training and CPU attention with dropout."""
     if not use_fp32_path(q, k, dropout_p):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     # autocast would run these products in bf16 again

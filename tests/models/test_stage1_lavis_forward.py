@@ -2,25 +2,14 @@
 BLIP-2 against LAVIS's ``Blip2Qformer.forward`` re-implemented on transformers' modules
 (``bench/lavis_stage1.py``, the full-step reference of ``bench/stage1_step.py``): the same
 losses and gradients, the hard negatives drawn from the same seed."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from transformers import AutoTokenizer
 
+from bench_refs import bench_module
 from tiny_models import TINY_CORPUS, build_tiny_hf_blip2_retrieval
 from lavislike.models import from_hf
 from lavislike.models.blip2 import Blip2Qformer
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _lavis_stage1():
-    spec = importlib.util.spec_from_file_location("lavis_stage1_ref", ROOT / "bench" / "lavis_stage1.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +25,8 @@ def models(tmp_path_factory, tiny_bert_tokenizer_dir):
         head.norm.weight.normal_(1.0, 0.1)
         ours.temp.fill_(0.3)
     assert head.decoder.weight is ours.qformer.embeddings.word_embeddings.weight
-    ref = _lavis_stage1()
-    ref_head = ref.lm_head(hf, {
-        "transform.dense.weight": head.transform.weight.detach(), "transform.dense.bias": head.transform.bias.detach(),
-        "transform.LayerNorm.weight": head.norm.weight.detach(), "transform.LayerNorm.bias": head.norm.bias.detach(),
-        "decoder.bias": head.decoder.bias.detach()}, head.norm.eps)
+    ref = bench_module("lavis_stage1")
+    ref_head = ref.lm_head_like(hf, head)
     # dropout off on both sides (eval); the losses and their gradients are computed all the same
     return ours.eval(), hf.eval(), ref, ref_head, AutoTokenizer.from_pretrained(str(folder))
 

@@ -1,7 +1,6 @@
 """Retrieval scores of a real tiny BLIP-2 against LAVIS's compute_sim_matrix loops run on
 transformers' modules (bench/lavis_retrieval.py), each pair scored once, and 2 gloo
 processes against 1 with only scores crossing ranks."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,21 +11,14 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
+from bench_refs import bench_module
 from tiny_models import TINY_CORPUS, build_tiny_hf_blip2_retrieval
 from lavislike.models import from_hf
 from lavislike.tasks.retrieval import RetrievalTask, RetrievalTaskConfig, retrieval_scores
 from lavislike.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).parent / "retrieval_ddp_script.py"
 N_IMAGES, PER_IMAGE, K = 6, 3, 4
-
-
-def _lavis_reference():
-    spec = importlib.util.spec_from_file_location("lavis_retrieval_ref", ROOT / "bench" / "lavis_retrieval.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.lavis_compute_sim_matrix
 
 
 class RetrievalSet(torch.utils.data.Dataset):
@@ -63,7 +55,7 @@ def test_scores_equal_lavis_loops_and_each_pair_is_scored_once(tmp_path, tiny_be
     hf, pixels, texts = _setup(tmp_path, tiny_bert_tokenizer_dir)
     model = from_hf(tmp_path / "hf")
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
-    ref_i2t, ref_t2i = _lavis_reference()(hf, tok, pixels, texts, K, image_batch=4, fusion=fusion)
+    ref_i2t, ref_t2i = bench_module("lavis_retrieval").lavis_compute_sim_matrix(hf, tok, pixels, texts, K, image_batch=4, fusion=fusion)
 
     scored = _count_pairs(model)
     loader = DataLoader(RetrievalSet(pixels, texts), batch_size=4)
