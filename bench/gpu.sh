@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Paper-size BLIP-2 training steps on one GPU, lavislike vs transformers (bench/gpu_steps.py):
+# Paper-size BLIP-2 training steps on one GPU, lavislike vs transformers and LAVIS (bench/gpu_steps.py):
 # stage 1 (ViT-g + Q-Former, batch 100) and stage 2 (+ OPT-2.7B, batch 64), bf16 and fp16 AMP;
 # samples/s and peak memory per implementation. Random weights, nothing downloaded.
 #
