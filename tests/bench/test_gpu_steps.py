@@ -3,23 +3,20 @@ size: it runs end to end, prints a line per implementation, and the sides of eac
 give the same loss under bf16 autocast with dropout off (ours against transformers' modules
 and against the LAVIS stage-1 reference), so GPU time is not spent on a script that crashes
 or compares different computations."""
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from script_env import REPO, script_env
 LINE = re.compile(r"^stage (\d) (.+?)\s+batch\s+(\d+)\s+([\d.]+) samples/s .*dropout off: ([\d.]+)\)$")
 
 
 def run_steps(stage: int) -> dict[str, float]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     res = subprocess.run([sys.executable, "bench/gpu_steps.py", "--stage", str(stage), "--device", "cpu",
                           "--size", "small", "--steps", "1", "--warmup", "0"],
-                         capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+                         capture_output=True, text=True, cwd=REPO, env=script_env(), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = {}
     for line in res.stdout.splitlines():

@@ -5,19 +5,17 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from lavislike.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
+from script_env import REPO, script_env
 STAGE1 = "projects/blip2_tiny/train/pretrain_stage1.yaml"
 
 
 def _script(fake_venv, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    env = dict(os.environ, NPROC="2", LAVISLIKE_VENV=str(fake_venv), PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", MASTER_PORT=str(29300 + os.getpid() % 300))
+    env = script_env(NPROC="2", LAVISLIKE_VENV=str(fake_venv), MASTER_PORT=str(29300 + os.getpid() % 300))
     res = subprocess.run(["bash", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     return res, [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
 

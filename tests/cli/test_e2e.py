@@ -18,7 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[2]
+from script_env import REPO, script_env
 N_TRAIN, N_VAL, N_TEST = 16, 8, 8
 
 
@@ -34,8 +34,7 @@ def cache(tmp_path_factory) -> Path:
 
 
 def env_for(cache: Path) -> dict:
-    return dict(os.environ, LAVISLIKE_CACHE=str(cache), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return script_env(LAVISLIKE_CACHE=str(cache))
 
 
 def lavislike(cache: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:

@@ -2,22 +2,19 @@
 the command that creates it; exit status 2 from the CLI and from the run scripts."""
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 from lavislike.common.paths import missing_hint
 
-REPO = Path(__file__).resolve().parents[2]
+from script_env import REPO, script_env
 PREPARE = "python -m lavislike_demo prepare"
 STAGE1_CMD = "python -m lavislike_demo prepare stage1"
 STAGE2_CMD = "bash run_scripts/pretrain_stage2.sh projects/blip2_tiny/train/pretrain_stage2.yaml"
 
 
 def run(args: list[str], cache: Path, out: Path, **extra_env) -> subprocess.CompletedProcess:
-    env = dict(os.environ, LAVISLIKE_CACHE=str(cache), LAVISLIKE_OUTPUT=str(out), HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **extra_env)
+    env = script_env(LAVISLIKE_CACHE=str(cache), LAVISLIKE_OUTPUT=str(out), **extra_env)
     return subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
 
 

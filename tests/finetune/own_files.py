@@ -3,14 +3,13 @@ questions, written in each layout a user may have (imagefolder, JSONL, CSV, data
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
+from script_env import offline_vars, script_env
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
            "yellow": (230, 220, 30), "white": (245, 245, 245), "black": (10, 10, 10)}
 QUESTION = "what colour is the square?"
@@ -50,13 +49,11 @@ def write_jsonl(path: Path, rows: list[dict], keys: dict[str, str]) -> Path:
 
 def own_env(tmp: Path) -> dict:
     """The variables a run here is given on top of the caller's: outputs and caches in ``tmp``, offline."""
-    return dict(LAVISLIKE_OUTPUT=str(tmp / "output"), LAVISLIKE_CACHE=str(tmp / "cache"), HF_HUB_OFFLINE="1",
-                TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-                OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return offline_vars(LAVISLIKE_OUTPUT=str(tmp / "output"), LAVISLIKE_CACHE=str(tmp / "cache"))
 
 
 def env(tmp: Path) -> dict:
-    return dict(os.environ, **own_env(tmp))
+    return script_env(**own_env(tmp))
 
 
 def finetune(cli, tmp: Path, *args: str) -> subprocess.CompletedProcess:

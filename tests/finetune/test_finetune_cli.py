@@ -16,9 +16,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from own_files import (
-    DECODE, FAST, QUESTION, REPO, TINY_OPT, TINY_STAGE1, env, finetune, latest_result, load_line, reported,
+    DECODE, FAST, QUESTION, TINY_OPT, TINY_STAGE1, env, finetune, latest_result, load_line, reported,
     write_images, write_jsonl,
 )
+from script_env import REPO
 
 
 def train_steps(out) -> list[int]:

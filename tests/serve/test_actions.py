@@ -95,13 +95,11 @@ def test_demo_checkpoints_stage2_first(tmp_path):
 
 def test_serve_script_without_a_model_says_how_to_get_one(tmp_path, fake_venv):
     """``bash run_scripts/serve.sh`` before the demo: one line, exit status 2."""
-    import os
     import subprocess
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, LAVISLIKE_VENV=str(fake_venv), LAVISLIKE_OUTPUT=str(tmp_path),
-               PYTHONPATH=os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]))
+    from script_env import REPO as repo, script_env
+
+    env = script_env(LAVISLIKE_VENV=str(fake_venv), LAVISLIKE_OUTPUT=str(tmp_path))
     res = subprocess.run(["bash", "run_scripts/serve.sh"], cwd=repo, env=env, capture_output=True, text=True,
                          timeout=120)
     lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]

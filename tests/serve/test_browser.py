@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 
 from browser import headless_chromium
 
-REPO = Path(__file__).resolve().parents[2]
+from script_env import REPO, script_env
 QUESTION = "what colour is the circle?"
 
 
@@ -110,8 +110,7 @@ def test_browser_shows_the_models_caption_and_answer(tmp_path, tiny_checkpoint):
     not_image.write_text("not an image\n")
     port, log = _free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}/"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = script_env(GRADIO_ANALYTICS_ENABLED="False")
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "lavislike", "serve", "--checkpoint", str(tiny_checkpoint),
                                  "--port", str(port), "--device", "cpu"], env=env, stdout=out, stderr=subprocess.STDOUT)
