@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -158,7 +159,8 @@ def fetch(
         ``dest`` as a Path.
 
     Raises:
-        DataError: (or ``error``) the server refuses, the transfer stays incomplete after
+        DataError: (or ``error``) the server refuses, the host name does not resolve (no
+            retries then: offline, or a wrong host), the transfer stays incomplete after
             ``retries`` attempts, or a checksum / size does not match.
     """
     dest = Path(dest)
@@ -178,11 +180,16 @@ def fetch(
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as exc:
             if isinstance(exc, urllib.error.HTTPError) and exc.code not in (408, 429, 500, 502, 503, 504):
                 raise error(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
+            if _host_unknown(exc):  # no retry can help: offline, or a wrong host name
+                raise error(
+                    f"download of {url} failed: its host name does not resolve ({exc.reason.strerror}); "
+                    f"without a network, fetch the file elsewhere and put it at {dest}"
+                ) from None
             attempt += 1
             if attempt > retries:
                 raise error(
                     f"download of {url} failed after {retries} retries: {exc}; run the same "
-                    f"command again to resume from {part}"
+                    f"command again to resume from {part}, or put the whole file at {dest}"
                 ) from None
             logger.warning("download of %s interrupted (%s); resuming (%d/%d)", url, exc, attempt, retries)
             time.sleep(min(backoff**attempt, 60.0) if backoff else 0.0)
@@ -199,6 +206,14 @@ def fetch(
     if record:
         _write_record(dest, url, digests)
     return dest
+
+
+
+def _host_unknown(exc: BaseException) -> bool:
+    """Whether the resolver said the host does not exist (not "try again later")."""
+    reason = getattr(exc, "reason", None)
+    unknown = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+    return isinstance(reason, socket.gaierror) and reason.errno in unknown
 
 
 def _download_into(url: str, part: Path, timeout: float, progress) -> int | None:

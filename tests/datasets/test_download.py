@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import socket
+import urllib.error
 import zipfile
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from lavislike.datasets.download import (
     extract,
     fetch,
 )
+from lavislike.common import fetch as fetch_module
 from lavislike.datasets.download import core, sources
 from lavislike.errors import ConfigError, DataError
 
@@ -85,6 +88,30 @@ def test_fetch_refetches_file_that_no_longer_matches_record(server, tmp_path):
 def test_fetch_http_error_is_one_line_data_error(server, tmp_path):
     with pytest.raises(DataError, match="HTTP 404"):
         fetch(server.url("/nope.json"), tmp_path / "x.json")
+
+
+@pytest.mark.parametrize("errno, text, opens", [(socket.EAI_NONAME, "Name or service not known", 1),
+                                               (socket.EAI_AGAIN, "Temporary failure in name resolution", 3)])
+def test_fetch_unknown_host_fails_at_once_and_says_where_the_file_goes(tmp_path, monkeypatch, errno, text, opens):
+    """Offline (or a wrong host): the resolver's "no such name" is final, one line naming the
+    file's place, no retries and no waits; "try again later" is retried as a dropped link."""
+    calls, sleeps = [], []
+
+    def unresolved(url, offset, timeout):
+        calls.append(url)
+        raise urllib.error.URLError(socket.gaierror(errno, text))
+
+    monkeypatch.setattr(fetch_module, "_open", unresolved)
+    monkeypatch.setattr(fetch_module.time, "sleep", sleeps.append)
+    dest = tmp_path / "weights" / "model.pth"
+    with pytest.raises(DataError) as info:
+        fetch("https://weights.example/model.pth", dest, retries=2)
+    message = str(info.value)
+    assert len(calls) == opens and "\n" not in message and str(dest) in message
+    if errno == socket.EAI_NONAME:
+        assert "does not resolve" in message and sleeps == []
+    else:
+        assert "after 2 retries" in message and len(sleeps) == 2
 
 
 def test_extract_zip_with_subdir_is_idempotent_and_safe(tmp_path):
