@@ -31,6 +31,7 @@ import torch
 
 import common
 
+
 def batch(args, stage: int) -> int:
     """Per-device batch: ``--batch``, else the size's (paper: LAVIS's, 100 / 64)."""
     sizes = common.SIZES[args.size]
