@@ -225,8 +225,10 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
         model.query_tokens.copy_(torch.randn(model.query_tokens.shape, generator=g) * 0.02)
 
 
-def build_stage1(folder: Path, sizes: dict, seed: int = 0):
-    """A random ``Blip2ForImageTextRetrieval`` saved in ``folder``; returns ``(hf, tok)``."""
+def build_stage1(folder: Path, sizes: dict, seed: int = 0, device: str = "cpu"):
+    """A random ``Blip2ForImageTextRetrieval`` saved in ``folder``; returns ``(hf, tok)``.
+    ``device``: where it is built and initialised (a GPU draws paper-size weights in
+    seconds)."""
     from transformers import Blip2Config, Blip2ForImageTextRetrieval
 
     tok = bert_tokenizer(folder)
@@ -236,14 +238,16 @@ def build_stage1(folder: Path, sizes: dict, seed: int = 0):
                          num_query_tokens=sizes["num_query_tokens"], image_text_hidden_size=256)
     config.architectures = ["Blip2ForImageTextRetrieval"]
     torch.manual_seed(seed)
-    hf = Blip2ForImageTextRetrieval(config)
+    with torch.device(device):
+        hf = Blip2ForImageTextRetrieval(config)
     _randomize(hf, seed)
     hf.save_pretrained(str(folder))
     return hf.eval(), tok
 
 
-def build_stage2(folder: Path, sizes: dict, seed: int = 0):
-    """A random ``Blip2ForConditionalGeneration`` with OPT saved in ``folder``; ``(hf, tok)``."""
+def build_stage2(folder: Path, sizes: dict, seed: int = 0, device: str = "cpu"):
+    """A random ``Blip2ForConditionalGeneration`` with OPT saved in ``folder``; ``(hf, tok)``
+    (``device``: as :func:`build_stage1`)."""
     from transformers import Blip2Config, Blip2ForConditionalGeneration, OPTConfig
 
     tok = opt_tokenizer()
@@ -264,7 +268,8 @@ def build_stage2(folder: Path, sizes: dict, seed: int = 0):
         image_token_index=tok.convert_tokens_to_ids("<image>"),
     )
     torch.manual_seed(seed)
-    hf = Blip2ForConditionalGeneration(config)
+    with torch.device(device):
+        hf = Blip2ForConditionalGeneration(config)
     _randomize(hf, seed)
     with torch.no_grad():
         # default init (std 0.02) gives a nearly flat LLM; wider weights make generations

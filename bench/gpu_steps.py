@@ -90,7 +90,7 @@ def stage1(args, amp, folder: Path) -> list[str]:
     from stage1_step import _loss, ours_outputs, ref_outputs
 
     dev, sizes = args.device, common.SIZES[args.size]
-    hf, tok = common.build_stage1(folder, sizes, args.seed)
+    hf, tok = common.build_stage1(folder, sizes, args.seed, dev)
     ours = from_hf(str(folder), device=dev, is_eval=False)
     ours.tokenizer
     hf = hf.to(dev).train()
@@ -122,7 +122,7 @@ def stage2(args, amp, folder: Path) -> list[str]:
     from stage2_step import hf_batch
 
     dev, sizes = args.device, common.SIZES[args.size]
-    hf, tok = common.build_stage2(folder, sizes, args.seed)
+    hf, tok = common.build_stage2(folder, sizes, args.seed, dev)
     ours = from_hf(str(folder), device=dev, is_eval=False)
     ours.llm.tokenizer
     hf = hf.to(dev).train()
