@@ -208,7 +208,6 @@ def fetch(
     return dest
 
 
-
 def _host_unknown(exc: BaseException) -> bool:
     """Whether the resolver said the host does not exist (not "try again later")."""
     reason = getattr(exc, "reason", None)

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from script_env import offline_vars, script_env
+
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220),
            "yellow": (230, 220, 30), "white": (245, 245, 245), "black": (10, 10, 10)}
 QUESTION = "what colour is the square?"
