@@ -75,11 +75,15 @@ def trainer(model, loss_fn, amp: torch.dtype, device: str):
     return step
 
 
-def frozen_to(model, names: tuple[str, ...], dtype: torch.dtype) -> None:
+def frozen_to(hf, names: tuple[str, ...], dtype: torch.dtype) -> None:
+    """transformers' parts ``names`` frozen and stored in ``dtype``; the vision tower's
+    ``post_layernorm`` (LAVIS's ``ln_vision``) stays trainable in fp32, as ours."""
     for name in names:
-        part = model.get_submodule(name)
+        part = hf.get_submodule(name)
         part.requires_grad_(False)
         part.to(dtype).eval()
+    if "vision_model" in names:
+        hf.vision_model.post_layernorm.float().requires_grad_(True)
 
 
 def stage1(args, amp, folder: Path) -> list[str]:

@@ -6,7 +6,7 @@ transformers).
 What LAVIS computes, pass by pass (``lavis/models/blip2_models/blip2_qformer.py``, one
 process of a distributed run: the gathered features carry no gradient):
 
-* the frozen vision tower and ``ln_vision`` once;
+* the frozen vision tower and ``ln_vision`` (trained) once;
 * the image pass of the queries (cross-attention to the image), whose self-attention keys
   and values are kept (``use_cache=True``) for ITG;
 * the text pass of the captions, tokenised with ``padding="max_length"``, ``max_length=32``;
@@ -77,8 +77,9 @@ def _itg_layers(hf, hidden: torch.Tensor, past: list, mask: torch.Tensor) -> tor
 
 def stage1_losses(hf, head, tokenizer, pixels: torch.Tensor, texts: list[str], temp: float) -> dict:
     """LAVIS's ``Blip2Qformer.forward`` losses (one process, no ``image_id``)."""
-    with torch.no_grad():
-        image_embeds = hf.vision_model(pixel_values=pixels).last_hidden_state
+    # LAVIS: ``ln_vision(visual_encoder(image))``, no ``no_grad``: the frozen tower records
+    # nothing, ``ln_vision`` (transformers' ``post_layernorm``) trains
+    image_embeds = hf.vision_model(pixel_values=pixels).last_hidden_state
     bs = image_embeds.shape[0]
     dev = image_embeds.device
     image_atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=dev)

@@ -12,7 +12,7 @@
   The same row for the recommended CPU configuration (bf16 frozen parts, bf16 autocast)
   against the fp32 reference.
 * ``stage-1 ITC+ITM passes``: what transformers' ``Blip2ForImageTextRetrieval`` can compute
-  (no stage-1 losses there): the frozen vision tower (under ``no_grad``), the ITC image and
+  (no stage-1 losses there): the frozen vision tower (``ln_vision`` trained), the ITC image and
   text passes, the similarity, the ITM logits of the B positive pairs, a loss from both and
   its backward, driven through its own modules as its ``forward`` does, once per pass.
 
@@ -53,8 +53,8 @@ def ours_outputs(model, pixels, ids, mask):
 
 def ref_outputs(hf, pixels, ids, mask):
     """transformers' modules, computing what ``Blip2ForImageTextRetrieval.forward`` does."""
-    with torch.no_grad():
-        vision = hf.vision_model(pixel_values=pixels).last_hidden_state
+    # the tower's parameters are frozen, so it records nothing but ``post_layernorm`` (trained)
+    vision = hf.vision_model(pixel_values=pixels).last_hidden_state
     image_atts = torch.ones(vision.shape[:-1], dtype=torch.long)
     queries = hf.query_tokens.expand(vision.shape[0], -1, -1)
     q_out = hf.qformer(query_embeds=queries, encoder_hidden_states=vision,
@@ -82,9 +82,8 @@ def run(args) -> list[Row]:
         hf, tok = common.build_stage1(Path(tmp), s, args.seed)
         ours = from_hf(tmp)
         ours.tokenizer  # read while the folder exists
-    hf.vision_model.requires_grad_(False)
     hf.train()
-    hf.vision_model.eval()
+    common.freeze_vision_as_lavis(hf)
     ours.train()
     bs = s["batch"]
     pixels = common.images(bs, s["vision"]["image_size"], args.seed)
@@ -99,9 +98,11 @@ def run(args) -> list[Row]:
     outs = {}
     for name, model, fn, grads in (
         ("ours", ours, ours_outputs, lambda m: (m.qformer.query_tokens.grad,
-                                                 m.qformer.layers[0].cross_attn.key.weight.grad)),
+                                                 m.qformer.layers[0].cross_attn.key.weight.grad,
+                                                 m.ln_vision.weight.grad)),
         ("ref", hf, ref_outputs, lambda m: (m.query_tokens.grad,
-                                             m.qformer.encoder.layer[0].crossattention.attention.key.weight.grad)),
+                                             m.qformer.encoder.layer[0].crossattention.attention.key.weight.grad,
+                                             m.vision_model.post_layernorm.weight.grad)),
     ):
         model.zero_grad(set_to_none=True)
         sim, itm = fn(model, pixels, ids, mask)
@@ -110,7 +111,7 @@ def run(args) -> list[Row]:
         outs[name] = (sim.detach(), itm.detach(), loss.detach(), *[g.clone() for g in grads(model)])
     common.check_parity("reference ITM == transformers forward", common.max_abs_diff(outs["ref"][1], ref_itm))
     diff = common.check_parity("ITC sim, ITM logits, loss", common.max_abs_diff(outs["ours"][:3], outs["ref"][:3]))
-    common.check_parity("gradients (queries, cross-attn key)", common.max_abs_diff(outs["ours"][3:], outs["ref"][3:]))
+    common.check_parity("gradients (queries, cross-attn key, ln_vision)", common.max_abs_diff(outs["ours"][3:], outs["ref"][3:]))
 
     def ours_step():
         ours.zero_grad(set_to_none=True)
@@ -139,14 +140,14 @@ def run(args) -> list[Row]:
     def lavis_losses():
         return lavis_stage1.stage1_losses(hf, head, ours.tokenizer, pixels, texts, temp)
 
-    def seeded(fn, queries):
+    def seeded(fn, params):
         ours.zero_grad(set_to_none=True)
         hf.zero_grad(set_to_none=True)
         head.zero_grad(set_to_none=True)
         torch.manual_seed(args.seed)  # the hard negatives' draws
         out = fn()
         out["loss"].backward()
-        return [out[k].detach() for k in ("loss", "loss_itc", "loss_itm", "loss_lm")] + [queries().grad.clone()]
+        return [out[k].detach() for k in ("loss", "loss_itc", "loss_itm", "loss_lm")] + [p.grad.clone() for p in params]
 
     # the training steps: LAVIS's runner optimizer over the reference's trainable parameters
     # (the LM head's decoder is the word embeddings), ours over ours; Q-Former dropout on
@@ -156,9 +157,9 @@ def run(args) -> list[Row]:
     lavis_train = common.train_step(common.lavis_optimizer(named), lambda: lavis_losses()["loss"])
 
     with common.attention_kernel(hf, args.lavis_attention):
-        full = seeded(full_losses, lambda: ours.qformer.query_tokens)
-        full_ref = seeded(lavis_losses, lambda: hf.query_tokens)
-        full_diff = common.check_parity("full step: loss, ITC, ITM, ITG, query gradient",
+        full = seeded(full_losses, (ours.qformer.query_tokens, ours.ln_vision.weight))
+        full_ref = seeded(lavis_losses, (hf.query_tokens, hf.vision_model.post_layernorm.weight))
+        full_diff = common.check_parity("full step: loss, ITC, ITM, ITG, gradient of queries and ln_vision",
                                         common.max_abs_diff(full, full_ref))
         gflops = common.count_gflops(lambda: full_losses()["loss"].backward())
         lavis_gflops = common.count_gflops(lambda: lavis_losses()["loss"].backward())
@@ -179,7 +180,7 @@ def run(args) -> list[Row]:
     rows.append(Row("frozen ViT, bf16 vs our fp32", t_vit16, t_vit32, common.rel_diff(feats16, feats32),
                     "parity = relative feature error"))
     common.set_dropout(0.0, ours.qformer, hf.qformer)
-    rec = seeded(wrap(full_losses), lambda: ours.qformer.query_tokens)
+    rec = seeded(wrap(full_losses), (ours.qformer.query_tokens,))
     common.set_dropout(common.TRAIN_DROPOUT, ours.qformer, hf.qformer)
     with common.attention_kernel(hf, args.lavis_attention):
         t_rec, t_lavis = common.time_pair(wrap(ours_train), lavis_train, args.repeats, args.warmup)

@@ -1,7 +1,8 @@
 """Stage-2 training step: lavislike ``blip2_opt`` vs transformers' ``Blip2ForConditionalGeneration``.
 
 Both get the same frozen settings: ``requires_grad=False`` and eval mode on the vision
-tower and on OPT; the Q-Former, the query tokens and the projection train. The step is
+tower and on OPT; the Q-Former, the query tokens, the projection and ``ln_vision``
+(transformers' ``post_layernorm``, trained in LAVIS's recipe) train. The step is
 the LM loss (the caption after the visual prompt, queries masked with -100), its backward
 and the optimizer update (ours: the runner's AdamW; transformers: ``Trainer``'s default,
 fused AdamW), with the Q-Former's dropout (0.1) on; parity is checked first, dropout off. transformers takes ``input_ids`` with one ``<image>`` placeholder per query
@@ -49,10 +50,9 @@ def run(args) -> list[Row]:
     common.header("stage-2 step", args)
     s = args.sizes
     hf, ours, tok = load_pair(args)
-    hf.vision_model.requires_grad_(False)
-    hf.language_model.requires_grad_(False)
     hf.train()
-    hf.vision_model.eval()
+    common.freeze_vision_as_lavis(hf)
+    hf.language_model.requires_grad_(False)
     hf.language_model.eval()
     ours.train()
     bs = s["batch"]
@@ -71,15 +71,17 @@ def run(args) -> list[Row]:
 
     grads = {}
     for name, model, fn, params in (
-        ("ours", ours, ours_loss, lambda m: (m.llm_proj.weight.grad, m.qformer.query_tokens.grad)),
-        ("ref", hf, ref_loss, lambda m: (m.language_projection.weight.grad, m.query_tokens.grad)),
+        ("ours", ours, ours_loss, lambda m: (m.llm_proj.weight.grad, m.qformer.query_tokens.grad,
+                                             m.ln_vision.weight.grad)),
+        ("ref", hf, ref_loss, lambda m: (m.language_projection.weight.grad, m.query_tokens.grad,
+                                         m.vision_model.post_layernorm.weight.grad)),
     ):
         model.zero_grad(set_to_none=True)
         loss = fn()
         loss.backward()
         grads[name] = (loss.detach(), *[g.clone() for g in params(model)])
     diff = common.check_parity("LM loss", common.max_abs_diff(grads["ours"][0], grads["ref"][0]))
-    common.check_parity("gradients (projection, queries)", common.max_abs_diff(grads["ours"][1:], grads["ref"][1:]))
+    common.check_parity("gradients (projection, queries, ln_vision)", common.max_abs_diff(grads["ours"][1:], grads["ref"][1:]))
 
     # the training steps: our runner's optimizer, transformers Trainer's default one; the
     # Q-Former's dropout on as both configure it for training (OPT and the ViT are frozen, in
