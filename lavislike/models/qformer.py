@@ -181,6 +181,29 @@ def _cross_mask(image_mask: Optional[torch.Tensor], image_index: Optional[torch.
     return cross_mask if image_index is None else cross_mask.index_select(0, image_index)
 
 
+class _PickRows(torch.autograd.Function):
+    """``x.index_select(0, index)``, whose backward adds whole contiguous rows. The gradient
+    of gathered attention keys arrives with its last two dimensions transposed (from the
+    score product's backward), and ``index_select``'s own backward hands it to
+    ``index_add_`` as it is, which then scatters element by element (24 pairs x 197 keys x
+    384, one core: 4.2 ms); added in the layout where it is contiguous, 0.5 ms, the same
+    sums in the same order."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.rows = x.shape[0]
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        swap = grad.dim() > 2 and not grad.is_contiguous() and grad.transpose(-1, -2).is_contiguous()
+        rows = grad.transpose(-1, -2) if swap else grad.contiguous()
+        total = rows.new_zeros((ctx.rows, *rows.shape[1:])).index_add_(0, index, rows)
+        return (total.transpose(-1, -2) if swap else total), None
+
+
 class Attention(nn.Module):
     """Multi-head attention (SDPA) with BERT's post-norm residual output."""
 
@@ -237,7 +260,7 @@ class Attention(nn.Module):
         if kv_index is not None and k.shape[0] == 1:  # one image for all rows: a view, no copy
             k, v = k.expand(kv_index.shape[0], -1, -1, -1), v.expand(kv_index.shape[0], -1, -1, -1)
         elif kv_index is not None:
-            k, v = k.index_select(0, kv_index), v.index_select(0, kv_index)
+            k, v = _PickRows.apply(k, kv_index), _PickRows.apply(v, kv_index)
         if past is not None:
             k = torch.cat([past[0], k], 2)
             v = torch.cat([past[1], v], 2)

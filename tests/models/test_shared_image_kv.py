@@ -5,11 +5,13 @@ the scores and the gradients must still be those of transformers' ITM on one ima
 """
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import AutoTokenizer
 
 from tiny_models import build_tiny_hf_blip2_retrieval
 from lavislike.models import from_hf
+from lavislike.models.qformer import _PickRows
 
 TEXTS = ["a cat sitting on a red mat", "two dogs running in the park at night", "a bus",
          "a bird flying over the blue sea", "a man riding a horse"]
@@ -85,3 +87,23 @@ def test_shared_image_kv_gradients_match_transformers(tmp_path, tiny_bert_tokeni
     ref_key = hf.qformer.encoder.layer[0].crossattention.attention.key.weight.grad
     torch.testing.assert_close(ours_key, ref_key, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(model.qformer.query_tokens.grad, hf.query_tokens.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layout", ["keys", "heads", "projection"])
+def test_picked_keys_gradient_is_index_selects(layout):
+    """The pairs' keys/values gathered from the images' (``_PickRows``) give back the gradient
+    ``index_select`` gives, bit for bit, whatever layout the gradient arrives in: ``keys``
+    (the score product's backward: last two dimensions transposed), ``heads`` (contiguous
+    in head layout), ``projection`` (the (B, N, heads, d) layout of the projection)."""
+    g = torch.Generator().manual_seed(0)
+    index = torch.tensor([0, 1, 2, 3, 1, 3, 0, 2, 0, 1, 2, 3])
+    images = torch.randn(4, 7, 24, generator=g, requires_grad=True)
+    keys = images.view(4, 7, 3, 8).transpose(1, 2)
+    grad = {"keys": torch.randn(12, 3, 8, 7, generator=g).transpose(2, 3),
+            "heads": torch.randn(12, 3, 7, 8, generator=g),
+            "projection": torch.randn(12, 7, 3, 8, generator=g).transpose(1, 2)}[layout]
+    expected, = torch.autograd.grad(keys.index_select(0, index), images, grad)
+    picked = _PickRows.apply(keys, index)
+    assert torch.equal(picked, keys.index_select(0, index))
+    got, = torch.autograd.grad(picked, images, grad)
+    assert torch.equal(got, expected)
