@@ -111,7 +111,8 @@ def run(args) -> list[Row]:
         outs[name] = (sim.detach(), itm.detach(), loss.detach(), *[g.clone() for g in grads(model)])
     common.check_parity("reference ITM == transformers forward", common.max_abs_diff(outs["ref"][1], ref_itm))
     diff = common.check_parity("ITC sim, ITM logits, loss", common.max_abs_diff(outs["ours"][:3], outs["ref"][:3]))
-    common.check_parity("gradients (queries, cross-attn key, ln_vision)", common.max_abs_diff(outs["ours"][3:], outs["ref"][3:]))
+    common.check_parity("gradients (queries, cross-attn key, ln_vision)",
+                        common.max_abs_diff(outs["ours"][3:], outs["ref"][3:]))
 
     def ours_step():
         ours.zero_grad(set_to_none=True)

@@ -81,7 +81,8 @@ def run(args) -> list[Row]:
         loss.backward()
         grads[name] = (loss.detach(), *[g.clone() for g in params(model)])
     diff = common.check_parity("LM loss", common.max_abs_diff(grads["ours"][0], grads["ref"][0]))
-    common.check_parity("gradients (projection, queries, ln_vision)", common.max_abs_diff(grads["ours"][1:], grads["ref"][1:]))
+    common.check_parity("gradients (projection, queries, ln_vision)",
+                        common.max_abs_diff(grads["ours"][1:], grads["ref"][1:]))
 
     # the training steps: our runner's optimizer, transformers Trainer's default one; the
     # Q-Former's dropout on as both configure it for training (OPT and the ViT are frozen, in
