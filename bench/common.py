@@ -376,10 +376,11 @@ def freeze_vision_as_lavis(hf) -> None:
     """Freeze transformers' vision tower as LAVIS freezes its ``visual_encoder``: every
     parameter but ``post_layernorm``, which is LAVIS's ``ln_vision`` and trains (LAVIS's
     ``freeze_vit`` leaves it out; so does ours). Its gradient runs back through every use of
-    the image features (the cross-attention keys/values of each pass): work the step does."""
+    the image features (the cross-attention keys/values of each pass): work the step does.
+    Trained, it is kept in fp32 as ours is, also where the tower is stored in half precision."""
     hf.vision_model.requires_grad_(False)
     hf.vision_model.eval()
-    hf.vision_model.post_layernorm.requires_grad_(True)
+    hf.vision_model.post_layernorm.float().requires_grad_(True)
 
 
 def set_dropout(p: float, *modules: torch.nn.Module) -> None:

@@ -76,14 +76,14 @@ def trainer(model, loss_fn, amp: torch.dtype, device: str):
 
 
 def frozen_to(hf, names: tuple[str, ...], dtype: torch.dtype) -> None:
-    """transformers' parts ``names`` frozen and stored in ``dtype``; the vision tower's
-    ``post_layernorm`` (LAVIS's ``ln_vision``) stays trainable in fp32, as ours."""
+    """transformers' parts ``names`` frozen and stored in ``dtype``; the vision tower as
+    LAVIS freezes it (:func:`common.freeze_vision_as_lavis`)."""
     for name in names:
         part = hf.get_submodule(name)
         part.requires_grad_(False)
         part.to(dtype).eval()
     if "vision_model" in names:
-        hf.vision_model.post_layernorm.float().requires_grad_(True)
+        common.freeze_vision_as_lavis(hf)
 
 
 def stage1(args, amp, folder: Path) -> list[str]:
