@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import time
 from contextlib import contextmanager
 
 import torch
@@ -204,17 +205,31 @@ def init_distributed_mode(backend: str | None = None, timeout_s: float = 1800.0)
         rank=int(os.environ["RANK"]),
         timeout=datetime.timedelta(seconds=timeout_s),
     )
-    # the group's threads must stop before the interpreter tears down: left to the
-    # destructors, gloo can abort a finished rank at exit ("terminate called without an
-    # active exception", exit code -6) and torchrun then fails the whole run
     atexit.register(_leave_process_group)
     dist.barrier()
     return True
 
 
+# how long a leaving process lets the group's worker threads run with the GIL free
+_SETTLE_S = 0.1
+
+
 def _leave_process_group() -> None:
+    """Leave the group before the interpreter tears down (registered with ``atexit``).
+
+    ``destroy_process_group`` does not stop gloo's worker threads while anything still holds
+    the group (a DDP or FSDP module does until teardown). The worker that ran the last
+    collective (the metrics ``broadcast_object`` that ends an evaluation) frees its work
+    after waking the caller, and freeing tensors made in Python takes the GIL. At teardown
+    Python ends a thread that asks for the GIL; the C++ runtime then aborts the finished
+    process ("terminate called without an active exception", exit code -6) and torchrun
+    fails the whole run. Sleeping here hands the GIL to that worker while it can still take
+    it; a bare ``sleep(0)`` misses a worker the scheduler has not run yet (1 run in 50 on two
+    busy cores, `tests/runners/test_dist_exit.py`).
+    """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        time.sleep(_SETTLE_S)
 
 
 def broadcast_object(obj):
