@@ -4,6 +4,7 @@ one OpenMP thread (two cores run the suite)."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,3 +20,10 @@ def offline_vars(**extra: str) -> dict[str, str]:
 def script_env(**extra: str) -> dict[str, str]:
     """This process's environment with :func:`offline_vars` (``extra`` last)."""
     return {**os.environ, **offline_vars(**extra)}
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (a server's, a process group's)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

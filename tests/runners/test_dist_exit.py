@@ -7,28 +7,21 @@ this machine the bare script below aborted in 3 of 5 pairs of ranks before
 ``dist._leave_process_group`` let the workers finish."""
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from script_env import free_port, script_env
+
 SCRIPT = Path(__file__).parent / "dist_exit_script.py"
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_ranks_exit_cleanly_after_the_last_collective():
     failures = []
     for attempt in range(6):  # one pair aborted more often than not without the fix
-        env = dict(os.environ, WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
-                   OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-        ranks = [subprocess.Popen([sys.executable, str(SCRIPT)], env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+        port = str(free_port())
+        ranks = [subprocess.Popen([sys.executable, str(SCRIPT)], env=script_env(
+            WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=port),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in (0, 1)]
         for rank, proc in enumerate(ranks):
             out, _ = proc.communicate(timeout=120)

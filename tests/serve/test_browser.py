@@ -6,7 +6,6 @@ that is not an image). The screenshot goes to ``$LAVISLIKE_OUTPUT/serve_browser_
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from browser import headless_chromium
 
-from script_env import REPO, script_env
+from script_env import REPO, free_port, script_env
 QUESTION = "what colour is the circle?"
 
 
@@ -31,12 +30,6 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("serve") / "blip2_opt_tiny"
     save_pretrained(load_model("blip2_opt", "tiny", load_pretrained=False), folder)
     return folder
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 50.0) -> None:
@@ -108,7 +101,7 @@ def test_browser_shows_the_models_caption_and_answer(tmp_path, tiny_checkpoint):
     image = _shape_image(tmp_path / "shape.png")
     not_image = tmp_path / "notes.png"  # an image name, text inside
     not_image.write_text("not an image\n")
-    port, log = _free_port(), tmp_path / "serve.log"
+    port, log = free_port(), tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}/"
     env = script_env(GRADIO_ANALYTICS_ENABLED="False")
     with open(log, "w") as out:
