@@ -12,9 +12,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import fully_shard
 
+from lavislike.common.dist import init_distributed_mode
 from lavislike.runners.distributed import sharded_grad_scaler, sync_replicated_grads
 
-dist.init_process_group("gloo")
+init_distributed_mode(backend="gloo")  # leaves the group at exit as the CLI's runs do
 rank = dist.get_rank()
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
@@ -50,4 +51,3 @@ finite = all(bool(torch.isfinite(p).all()) for p in after2)
 Path(sys.argv[1], f"rank{rank}.json").write_text(json.dumps(
     {"unscale_err": err, "scale0": scale0, "scale_after_skip": scaler.get_scale(), "moved_on_skip": moved,
      "finite": finite, "sharded": type(model[0].weight).__name__}))
-dist.destroy_process_group()
