@@ -7,6 +7,6 @@ from lavislike.common import dist as D
 
 if __name__ == "__main__":
     assert D.init_distributed_mode(backend="gloo")
-    held = dist.group.WORLD
+    held = dist.group.WORLD  # noqa: F841 - alive until teardown, as a wrapped model keeps it
     metrics = D.broadcast_object({"agg_metrics": 1.0} if D.is_main_process() else None)
     assert metrics == {"agg_metrics": 1.0}

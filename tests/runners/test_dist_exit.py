@@ -3,8 +3,8 @@
 The worker thread that ran the last collective frees its tensors after waking the caller;
 if that happens once the interpreter has begun tearing down, the process aborts ("terminate
 called without an active exception", -6) and torchrun fails a run whose work was done. On
-this machine the bare script below aborted in 3 of 5 pairs of ranks before
-``dist._leave_process_group`` let the workers finish."""
+this machine the script aborted in 3 of 5 pairs of ranks (2 of this test's 6) while
+``dist._leave_process_group`` did not yet let the workers finish."""
 from __future__ import annotations
 
 import subprocess
