@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from ddp_blip2_script import VALID_BATCH, VALID_SIZE, Pairs, build
-from test_ddp_losses import env_without_torchrun, torchrun
+from script_env import env_without_torchrun, torchrun
 
 from lavislike.datasets.collate import collate
 

@@ -13,8 +13,6 @@ divided by the world size).
 """
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,22 +24,10 @@ from lavislike.models import losses
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ddp_losses_script import global_batch, run  # noqa: E402
+from script_env import torchrun  # noqa: E402
 
 SCRIPT = Path(__file__).parent / "ddp_losses_script.py"
 CASES = [(grad, ids) for grad in (0, 1) for ids in (0, 1)]
-
-
-def env_without_torchrun() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def torchrun(script: Path, *args: str, nproc: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
-           "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0", str(script), *args]
-    return subprocess.run(cmd, env=env_without_torchrun(), capture_output=True, text=True, timeout=timeout)
 
 
 # -- references ------------------------------------------------------------------------------

@@ -9,15 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from lavislike.common import dist as D
+from script_env import env_without_torchrun
 
 SCRIPT = Path(__file__).parent / "ddp_script.py"
-
-
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, monkeypatch, fresh_log_handlers):
@@ -25,7 +19,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         two = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                                 "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
                                 str(SCRIPT), str(tmp_path / "two"), "2"],
-                               env=_env(), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+                               env=env_without_torchrun(), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     try:
         # the one-process run is the same script, in this process while the two ranks start
         monkeypatch.setattr(sys, "argv", [str(SCRIPT), str(tmp_path / "one"), "4"])

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file
 
 from test_ddp_blip2 import LOSS_KEYS, assert_same_losses, one_process_of_8_and_two_ranks_of_4, train_rows
-from test_ddp_losses import torchrun
+from script_env import torchrun
 
 from lavislike.common.sharded_checkpoint import export_weights
 

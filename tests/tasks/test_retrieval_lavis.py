@@ -1,9 +1,6 @@
 """Retrieval scores of a real tiny BLIP-2 against LAVIS's compute_sim_matrix loops run on
 transformers' modules (bench/lavis_retrieval.py), each pair scored once, and 2 gloo
 processes against 1 with only scores crossing ranks."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +9,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
 from bench_refs import bench_module
+from script_env import torchrun
 from tiny_models import TINY_CORPUS, build_tiny_hf_blip2_retrieval
 from lavislike.models import from_hf
 from lavislike.tasks.retrieval import RetrievalTask, RetrievalTaskConfig, retrieval_scores
@@ -76,20 +74,10 @@ def test_task_defaults_are_lavis_and_bad_keys_fail():
         RetrievalTask({"fusion": "itc"})
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
 def test_two_gloo_processes_match_one_and_gather_only_scores(tmp_path, tiny_bert_tokenizer_dir):
     hf, pixels, texts = _setup(tmp_path, tiny_bert_tokenizer_dir)
     torch.save({"pixels": pixels, "texts": texts}, tmp_path / "data.pt")
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                          "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
-                          str(SCRIPT), str(tmp_path), str(tmp_path / "two")],
-                         env=_env(), capture_output=True, text=True, timeout=180)
+    two = torchrun(SCRIPT, str(tmp_path), str(tmp_path / "two"), timeout=180)
     assert two.returncode == 0, two.stderr[-3000:]
     model = from_hf(tmp_path / "hf")  # one process: here
     scored = _count_pairs(model)
