@@ -1,7 +1,9 @@
 """The frozen-feature cache: ``lavislike cache-features`` + ``datasets.<name>.feature_cache``.
 
-The reference is the same model reading the images: a stage-2 loss from an fp32 cache is
-identical to it, from an fp16 cache within 1e-2 relative (fp16 keeps 11 significant bits).
+The reference is the same model reading the images: a stage-2 loss from an fp32 cache equals
+it to float noise, from an fp16 cache within 1e-2 relative (fp16 keeps 11 significant bits).
+Not bit for bit: the cache encodes each distinct image once, in batches of its own making, and
+on some CPUs (AVX2 MKL) the encoder's last bits depend on which images share a batch.
 """
 from __future__ import annotations
 
@@ -91,7 +93,8 @@ def test_loss_from_cache_matches_loss_from_images(tmp_path, corpus, monkeypatch,
     spread_(model)
     (ref_embeds, ref), (got_embeds, got) = outputs(model, from_images), outputs(model, from_cache)
     if dtype == "fp32":
-        assert torch.equal(got_embeds, ref_embeds) and torch.equal(got, ref)
+        torch.testing.assert_close(got_embeds, ref_embeds, rtol=0, atol=1e-5)
+        assert got.item() == pytest.approx(ref.item(), rel=1e-6)
         # evaluation reads the cache too: the same captions as from the images
         val_img, val_cache = (d["synthetic_caption"]["val"] for d in (from_images, from_cache))
         gen = dict(num_beams=2, max_length=6, min_length=2)
@@ -182,7 +185,9 @@ def test_own_data_from_a_datasets_dataset_is_cached(tmp_path):
     attach_feature_cache(train, tmp_path / "fc", "own_caption")
     with torch.no_grad():
         for i, image in enumerate(expected):
-            assert torch.equal(train[i]["image_features"], model.image_encoder(image[None])[0])
+            # encoded two at a time there, one at a time here: equal to float noise (module doc)
+            torch.testing.assert_close(train[i]["image_features"], model.image_encoder(image[None])[0],
+                                       rtol=0, atol=1e-5)
     # the own_* builders attach it from the block's feature_cache (<folder>/<split>) as the others do
     import shutil
 

@@ -36,8 +36,16 @@ def _setup(folder: Path, tokenizer_dir: Path):
     hf = build_tiny_hf_blip2_retrieval(folder / "hf", tokenizer_dir, seed=3)
     size = hf.config.vision_config.image_size
     pixels = torch.randn(N_IMAGES, 3, size, size, generator=torch.Generator().manual_seed(2))
-    texts = [f"{TINY_CORPUS[(5 * i + j) % 10]} {'and a dog' * (j % 2)}".strip()
-             for i in range(N_IMAGES) for j in range(PER_IMAGE)]
+    # every caption distinct: two equal captions tie in every image's ranking, and which of
+    # them makes the top k is then decided by float noise (it differed on an AVX2 CPU)
+    texts = [TINY_CORPUS[t % 10] + " and a dog" * (t // 10) for t in range(N_IMAGES * PER_IMAGE)]
+    model = from_hf(folder / "hf")
+    with torch.no_grad():
+        sim = model.itc_similarity(model.retrieval_image_embeds(pixels)["feat"],
+                                   model.retrieval_text_embeds(texts)["feat"])
+    gap = min(float((v[:, K - 1] - v[:, K]).min()) for v in (s.sort(dim=1, descending=True).values
+                                                               for s in (sim, sim.t())))
+    assert gap > 1e-4, f"the top-{K} candidates are chosen by float noise (ITC gap {gap:.1e})"
     return hf, pixels, texts
 
 
