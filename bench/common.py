@@ -72,6 +72,17 @@ SIZES["issue"] = dict(
     batch=8,
 )
 
+# for the tests that run a bench script end to end (seconds, where bf16 is emulated too)
+SIZES["tiny"] = dict(
+    SIZES["small"],
+    vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                image_size=56, patch_size=14),
+    qformer=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 cross_attention_frequency=2),
+    num_query_tokens=8,
+    opt=dict(hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=8192),
+)
+
 # the paper's models (EVA-CLIP ViT-g/14 widths, BERT-base Q-Former, OPT-2.7B): ``base`` at full
 # width and depth; batches per GPU as LAVIS's BLIP-2 configs (stage 1: 100, stage 2: 64)
 SIZES["paper"] = dict(
@@ -155,7 +166,7 @@ def parse_args(argv=None, description: str = "") -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--size", choices=sorted(SIZES), default="issue",
                         help="issue: issue 13's measuring point (the default); small: a quicker run; "
-                             "base: released widths, fewer layers; paper: the GPU script's")
+                             "base: released widths, fewer layers; paper: the GPU script's; tiny: seconds, for tests")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats (median is reported)")
     parser.add_argument("--warmup", type=int, default=1)

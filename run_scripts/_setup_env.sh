@@ -12,19 +12,31 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -m pip --version >/dev/nu
   "$PY" -m venv --clear "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
 fi
-if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
-  # This build machine serves torch 2.14.1 / torchvision 0.29.1 from a local cache;
-  # elsewhere any recent torch works.
-  echo "[setup] installing torch"
-  "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" \
-    || "$VENV/bin/python" -m pip install -q "torch>=2.4" "torchvision>=0.19"
-fi
+# Importing torch and torchvision takes seconds and every run script passes here, so they
+# are checked only when the stamp is stale: it holds setup.py's hash and the installed torch
+# and torchvision versions (a failing import is what a wrong pairing gives, e.g. CPU torch
+# 2.13 beside PyPI's torchvision).
 stamp="$VENV/.lavislike-install-stamp"
-want="$(cat "$REPO/setup.py" | sha256sum | cut -d' ' -f1)"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python" -c "import lavislike" >/dev/null 2>&1; then
-  echo "[setup] installing lavislike and its dependencies into $VENV"
-  "$VENV/bin/python" -m pip install -q -e "$REPO[dev,video,plots,web]"
-  echo "$want" > "$stamp"
+fingerprint() {
+  echo "$(sha256sum < "$REPO/setup.py" | cut -d' ' -f1) $("$VENV/bin/python" -c \
+    'from importlib.metadata import version as v; print(v("torch"), v("torchvision"))' 2>/dev/null)"
+}
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(fingerprint)" ] \
+    || ! "$VENV/bin/python" -c "import lavislike" >/dev/null 2>&1; then
+  if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
+    # This build machine serves torch 2.14.1 / torchvision 0.29.1 from a local cache;
+    # elsewhere any recent torch works.
+    echo "[setup] installing torch"
+    "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" \
+      || "$VENV/bin/python" -m pip install -q "torch>=2.4" "torchvision>=0.19"
+  fi
+  want="$(fingerprint | cut -d' ' -f1)"
+  if [ ! -f "$stamp" ] || [ "$(cut -d' ' -f1 "$stamp")" != "$want" ] \
+      || ! "$VENV/bin/python" -c "import lavislike" >/dev/null 2>&1; then
+    echo "[setup] installing lavislike and its dependencies into $VENV"
+    "$VENV/bin/python" -m pip install -q -e "$REPO[dev,video,plots,web]"
+  fi
+  fingerprint > "$stamp"
 fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"

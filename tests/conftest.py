@@ -5,6 +5,7 @@ import hashlib
 import logging
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -36,8 +37,9 @@ def fake_venv(tmp_path) -> Path:
     py.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     py.chmod(0o755)
     (venv / "bin" / "activate").write_text(f'export PATH="{real_bin}:$PATH"\n')
+    # what _setup_env.sh's fingerprint prints: setup.py's hash, the torch and torchvision versions
     digest = hashlib.sha256((Path(__file__).resolve().parents[1] / "setup.py").read_bytes()).hexdigest()
-    (venv / ".lavislike-install-stamp").write_text(digest + "\n")
+    (venv / ".lavislike-install-stamp").write_text(f"{digest} {version('torch')} {version('torchvision')}\n")
     return venv
 
 

@@ -1,4 +1,4 @@
-"""``bench/gpu_steps.py`` (what ``bench/gpu.sh`` runs on a lent GPU) on the CPU at a small
+"""``bench/gpu_steps.py`` (what ``bench/gpu.sh`` runs on a lent GPU) on the CPU at the tiny
 size: it runs end to end, prints a line per implementation, and the sides of each comparison
 give the same loss under bf16 autocast with dropout off (ours against transformers' modules
 and against the LAVIS stage-1 reference), so GPU time is not spent on a script that crashes
@@ -15,7 +15,7 @@ LINE = re.compile(r"^stage (\d) (.+?)\s+batch\s+(\d+)\s+([\d.]+) samples/s .*dro
 
 def run_steps(stage: int) -> dict[str, float]:
     res = subprocess.run([sys.executable, "bench/gpu_steps.py", "--stage", str(stage), "--device", "cpu",
-                          "--size", "small", "--steps", "1", "--warmup", "0"],
+                          "--size", "tiny", "--steps", "1", "--warmup", "0"],
                          capture_output=True, text=True, cwd=REPO, env=script_env(), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = {}
