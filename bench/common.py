@@ -458,6 +458,9 @@ def recommended(model: torch.nn.Module) -> Callable:
     from lavislike.runners.precision import cast_frozen_parts, resolve_frozen_precision
 
     dtype = resolve_frozen_precision("auto", torch.device("cpu"))
+    if dtype is None:
+        print("  this CPU has no native bf16: the recommended configuration is fp32 here, and its "
+              "rows (bf16 in their names) time fp32")
     cast_frozen_parts(model, dtype)
 
     def wrap(fn: Callable[[], object]) -> Callable[[], object]:
