@@ -30,6 +30,18 @@ def itm_logit(hf, image_inputs: torch.Tensor, ids: torch.Tensor, atts: torch.Ten
     return hf.itm_head(out.last_hidden_state[:, : queries.shape[1]])[:, :, 1].mean(1)
 
 
+def topk_margin(sim: torch.Tensor, k: int) -> float:
+    """Smallest gap between the k-th and (k+1)-th candidate of any query, both directions: below
+    float noise (~1e-7) the top-k selection, and any comparison of two implementations' scores,
+    is decided by rounding."""
+    gaps = []
+    for s in (sim, sim.t()):
+        if s.shape[1] > k:
+            v = s.sort(dim=1, descending=True).values
+            gaps.append(float((v[:, k - 1] - v[:, k]).min()))
+    return min(gaps, default=float("inf"))
+
+
 @torch.no_grad()
 def lavis_compute_sim_matrix(hf, tokenizer, pixels: torch.Tensor, texts: list[str], k: int,
                              image_batch: int = 16, fusion: str = "itm+itc") -> tuple[torch.Tensor, torch.Tensor]:

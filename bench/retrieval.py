@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import common
 from common import Row
-from lavis_retrieval import lavis_compute_sim_matrix
+from lavis_retrieval import lavis_compute_sim_matrix, topk_margin
 
 
 class RetrievalSet(Dataset):
@@ -63,16 +63,6 @@ def retrieval_images(n: int, size: int, seed: int) -> torch.Tensor:
     """Noise around a colour of each image's own (noise alone looks alike to the network)."""
     colour = torch.randn(n, 3, 1, 1, generator=torch.Generator().manual_seed(seed + 1))
     return common.images(n, size, seed) * 0.5 + colour
-
-
-def topk_margin(sim: torch.Tensor, k: int) -> float:
-    """Smallest gap between the k-th and (k+1)-th candidate of any query, both directions."""
-    gaps = []
-    for s in (sim, sim.t()):
-        if s.shape[1] > k:
-            v = s.sort(dim=1, descending=True).values
-            gaps.append(float((v[:, k - 1] - v[:, k]).min()))
-    return min(gaps, default=float("inf"))
 
 
 def run(args) -> list[Row]:

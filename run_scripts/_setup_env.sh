@@ -21,7 +21,8 @@ fingerprint() {
   echo "$(sha256sum < "$REPO/setup.py" | cut -d' ' -f1) $("$VENV/bin/python" -c \
     'from importlib.metadata import version as v; print(v("torch"), v("torchvision"))' 2>/dev/null)"
 }
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(fingerprint)" ] \
+now="$(fingerprint)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$now" ] \
     || ! "$VENV/bin/python" -c "import lavislike" >/dev/null 2>&1; then
   if ! "$VENV/bin/python" -c "import torch, torchvision" >/dev/null 2>&1; then
     # This build machine serves torch 2.14.1 / torchvision 0.29.1 from a local cache;
@@ -30,8 +31,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(fingerprint)" ] \
     "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" \
       || "$VENV/bin/python" -m pip install -q "torch>=2.4" "torchvision>=0.19"
   fi
-  want="$(fingerprint | cut -d' ' -f1)"
-  if [ ! -f "$stamp" ] || [ "$(cut -d' ' -f1 "$stamp")" != "$want" ] \
+  if [ ! -f "$stamp" ] || [ "$(cut -d' ' -f1 "$stamp")" != "${now%% *}" ] \
       || ! "$VENV/bin/python" -c "import lavislike" >/dev/null 2>&1; then
     echo "[setup] installing lavislike and its dependencies into $VENV"
     "$VENV/bin/python" -m pip install -q -e "$REPO[dev,video,plots,web]"

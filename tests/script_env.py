@@ -40,8 +40,13 @@ def env_without_torchrun() -> dict:
     return env
 
 
+def torchrun_command(script: Path, *args: str, nproc: int = 2) -> list[str]:
+    """The command that starts ``script`` under ``torchrun`` with ``nproc`` processes on free ports."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
+            "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0", str(script), *args]
+
+
 def torchrun(script: Path, *args: str, nproc: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
     """``script`` under ``torchrun`` with ``nproc`` gloo processes on free ports, output captured."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
-           "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0", str(script), *args]
-    return subprocess.run(cmd, env=env_without_torchrun(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(torchrun_command(script, *args, nproc=nproc), env=env_without_torchrun(),
+                          capture_output=True, text=True, timeout=timeout)

@@ -9,17 +9,15 @@ import torch
 from safetensors.torch import load_file
 
 from lavislike.common import dist as D
-from script_env import env_without_torchrun
+from script_env import env_without_torchrun, torchrun_command
 
 SCRIPT = Path(__file__).parent / "ddp_script.py"
 
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path, monkeypatch, fresh_log_handlers):
     with open(tmp_path / "two.log", "w") as log:
-        two = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                                "--master_port=0", "--rdzv_backend=c10d", "--rdzv_endpoint=localhost:0",
-                                str(SCRIPT), str(tmp_path / "two"), "2"],
-                               env=env_without_torchrun(), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        two = subprocess.Popen(torchrun_command(SCRIPT, str(tmp_path / "two"), "2"), env=env_without_torchrun(),
+                               stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
     try:
         # the one-process run is the same script, in this process while the two ranks start
         monkeypatch.setattr(sys, "argv", [str(SCRIPT), str(tmp_path / "one"), "4"])

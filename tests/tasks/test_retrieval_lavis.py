@@ -16,6 +16,7 @@ from lavislike.tasks.retrieval import RetrievalTask, RetrievalTaskConfig, retrie
 from lavislike.errors import ConfigError
 
 SCRIPT = Path(__file__).parent / "retrieval_ddp_script.py"
+LAVIS = bench_module("lavis_retrieval")
 N_IMAGES, PER_IMAGE, K = 6, 3, 4
 
 
@@ -43,10 +44,9 @@ def _setup(folder: Path, tokenizer_dir: Path):
     with torch.no_grad():
         sim = model.itc_similarity(model.retrieval_image_embeds(pixels)["feat"],
                                    model.retrieval_text_embeds(texts)["feat"])
-    gap = min(float((v[:, K - 1] - v[:, K]).min()) for v in (s.sort(dim=1, descending=True).values
-                                                               for s in (sim, sim.t())))
+    gap = LAVIS.topk_margin(sim, K)
     assert gap > 1e-4, f"the top-{K} candidates are chosen by float noise (ITC gap {gap:.1e})"
-    return hf, pixels, texts
+    return hf, model, pixels, texts
 
 
 def _count_pairs(model) -> list:
@@ -58,10 +58,9 @@ def _count_pairs(model) -> list:
 
 @pytest.mark.parametrize("fusion", ["itm+itc", "itm"])
 def test_scores_equal_lavis_loops_and_each_pair_is_scored_once(tmp_path, tiny_bert_tokenizer_dir, fusion):
-    hf, pixels, texts = _setup(tmp_path, tiny_bert_tokenizer_dir)
-    model = from_hf(tmp_path / "hf")
+    hf, model, pixels, texts = _setup(tmp_path, tiny_bert_tokenizer_dir)
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
-    ref_i2t, ref_t2i = bench_module("lavis_retrieval").lavis_compute_sim_matrix(hf, tok, pixels, texts, K, image_batch=4, fusion=fusion)
+    ref_i2t, ref_t2i = LAVIS.lavis_compute_sim_matrix(hf, tok, pixels, texts, K, image_batch=4, fusion=fusion)
 
     scored = _count_pairs(model)
     loader = DataLoader(RetrievalSet(pixels, texts), batch_size=4)
@@ -83,11 +82,11 @@ def test_task_defaults_are_lavis_and_bad_keys_fail():
 
 
 def test_two_gloo_processes_match_one_and_gather_only_scores(tmp_path, tiny_bert_tokenizer_dir):
-    hf, pixels, texts = _setup(tmp_path, tiny_bert_tokenizer_dir)
+    hf, model, pixels, texts = _setup(tmp_path, tiny_bert_tokenizer_dir)
     torch.save({"pixels": pixels, "texts": texts}, tmp_path / "data.pt")
     two = torchrun(SCRIPT, str(tmp_path), str(tmp_path / "two"), timeout=180)
     assert two.returncode == 0, two.stderr[-3000:]
-    model = from_hf(tmp_path / "hf")  # one process: here
+    # one process: here, with _setup's model
     scored = _count_pairs(model)
     i2t, t2i = retrieval_scores(model, DataLoader(RetrievalSet(pixels, texts), batch_size=2),
                                 RetrievalTaskConfig(k_test=K, itm_batch_size=8))
