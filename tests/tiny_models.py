@@ -20,20 +20,32 @@ TINY_CORPUS = [
 ] * 5
 
 
-def build_tiny_bert_tokenizer(folder: Path, vocab_size: int = 160) -> Path:
-    """Train a BERT WordPiece tokenizer (uncased, [PAD]=0, [DEC] as BOS) and save it.
+def build_tiny_bert_tokenizer(folder: Path) -> Path:
+    """A BERT WordPiece tokenizer (uncased, [PAD]=0, [DEC] as BOS) over ``TINY_CORPUS``, saved.
+
+    The vocabulary is the specials, every lower-case ASCII letter, digit and punctuation mark
+    alone and as ``##`` continuation (any such word tokenizes), then the corpus's words, most
+    frequent first. It is built, not trained: ``WordPieceTrainer`` breaks ties between equally
+    frequent merges differently in every process, so the vocabulary (and with it every tiny
+    model's numbers) changed from run to run.
 
     Returns:
         ``folder``, loadable with ``AutoTokenizer.from_pretrained``.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    import string
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(TINY_CORPUS, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts = Counter(word for line in TINY_CORPUS
+                     for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(line)))
+    chars = sorted(set(string.ascii_lowercase + string.digits + string.punctuation) | {c for w in counts for c in w})
+    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars), *words]
+    tok = Tokenizer(models.WordPiece({p: i for i, p in enumerate(pieces)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",

@@ -254,6 +254,7 @@ class Blip2Qformer(Blip2Base):
         repetition_penalty: float = 1.0,
         num_captions: int = 1,
         return_ids: bool = False,
+        length_penalty: float = 1.0,
     ) -> list[str] | GenerationOutput:
         """Q-Former captioning (ITG head): beam search, greedy (``num_beams=1``) or nucleus.
 
@@ -268,6 +269,8 @@ class Blip2Qformer(Blip2Base):
             num_captions: captions per image (sampling; with beams, the best ``num_captions``).
             return_ids: return a :class:`~lavislike.models.generation.GenerationOutput`
                 (captions and token ids) instead of the captions.
+            length_penalty: beam hypotheses score ``sum(log p) / length ** length_penalty``
+                (1.0 as LAVIS; < 0 favours short captions, 0 ranks by total log-probability).
 
         Returns:
             ``B x num_captions`` captions, image-major.
@@ -292,7 +295,7 @@ class Blip2Qformer(Blip2Base):
             num_beams=1 if use_nucleus_sampling else num_beams, sample=use_nucleus_sampling,
             eos_id=tok.sep_token_id, pad_id=tok.pad_token_id, max_length=max_length + 1,
             min_length=min_length + 1, top_p=top_p, repetition_penalty=repetition_penalty,
-            num_return=num_captions,
+            length_penalty=length_penalty, num_return=num_captions,
         )
         texts = [t.strip() for t in tok.batch_decode(seqs, skip_special_tokens=True)]
         return GenerationOutput(texts, seqs[:, 1:]) if return_ids else texts

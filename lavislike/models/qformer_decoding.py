@@ -2,9 +2,14 @@
 
 The model supplies a ``step(tokens (N, 1), cache) -> (logits (N, V), cache)`` function and
 the logits of the first position; everything here is batched over N = batch x beams (no
-Python loop over samples). Semantics follow Hugging Face ``generate``: ``max_length`` and
-``min_length`` count the start token, the repetition penalty divides positive logits and
-multiplies negative ones, beam hypotheses are scored ``sum(log p) / length ** length_penalty``.
+Python loop over samples). Semantics follow Hugging Face ``generate`` as LAVIS runs it
+(``transformers<4.27``, its pin): ``max_length`` and ``min_length`` count the start token, the
+repetition penalty divides positive logits and multiplies negative ones; a finished beam
+hypothesis is scored ``sum(log p) / length ** length_penalty`` with ``length`` the tokens
+before its end token (start token included), a sample stops when no candidate of the step
+can beat its worst finished hypothesis, and beams still running at ``max_length`` compete
+with ``length = max_length``. (transformers >= 4.36 counts generated tokens instead: the
+same for finished hypotheses after a one-token start, one less at ``max_length``.)
 """
 from __future__ import annotations
 
@@ -111,10 +116,9 @@ def _beam_search(
     batch_done = torch.zeros(bsz, dtype=torch.bool, device=device)
     arange_b = torch.arange(bsz, device=device)
 
-    def add_to_pool(cand_seqs: torch.Tensor, cand_scores: torch.Tensor) -> None:
+    def add_to_pool(cand_seqs: torch.Tensor, cand_scores: torch.Tensor, length: int) -> None:
         nonlocal pool_scores, pool_seqs
-        length = cand_seqs.shape[-1]
-        padded = F.pad(cand_seqs, (0, max_length - length), value=pad_id)
+        padded = F.pad(cand_seqs, (0, max_length - cand_seqs.shape[-1]), value=pad_id)
         norm = cand_scores / (length ** length_penalty)
         all_scores = torch.cat([pool_scores, norm], 1)
         all_seqs = torch.cat([pool_seqs, padded], 1)
@@ -137,23 +141,25 @@ def _beam_search(
         if bool(fin.any()):
             src = (arange_b[:, None] * nb + beam_of)  # (B, 2nb) row of the origin beam
             cand_seqs = torch.cat([seqs[src], token[..., None]], -1)  # (B, 2nb, L+1)
-            add_to_pool(cand_seqs, top_scores.masked_fill(~fin, float("-inf")))
+            # scored by its length before the end token, as transformers' BeamHypotheses
+            add_to_pool(cand_seqs, top_scores.masked_fill(~fin, float("-inf")), cur_len)
         # next beams: the first nb candidates that are not end tokens
         order = (is_eos.float() * 4 * nb + rank).argsort(1)[:, :nb]
         beam_scores = top_scores.gather(1, order)
         next_tokens = token.gather(1, order)
         origin = (arange_b[:, None] * nb + beam_of.gather(1, order)).view(-1)
         seqs = torch.cat([seqs[origin], next_tokens.view(-1, 1)], 1)
-        # a sample is done when its pool is full and no running beam can beat its worst
-        best_running = beam_scores.max(1).values / (cur_len ** length_penalty)
-        batch_done |= torch.isfinite(pool_scores[:, -1]) & (pool_scores[:, -1] >= best_running)
+        # a sample is done when its pool is full and the best candidate of this step (end
+        # tokens included), divided by the current length, cannot beat its worst
+        best = top_scores[:, 0] / (cur_len ** length_penalty)
+        batch_done |= torch.isfinite(pool_scores[:, -1]) & (pool_scores[:, -1] >= best)
         if bool(batch_done.all()) or seqs.shape[1] >= max_length:
             break
         cache = _reorder(cache, origin)
         logits, cache = step(next_tokens.view(-1, 1), cache)
     if seqs.shape[1] >= max_length:  # unfinished beams compete at the end (HF finalize)
         running = beam_scores.masked_fill(batch_done[:, None], float("-inf"))
-        add_to_pool(seqs.view(bsz, nb, -1), running)
+        add_to_pool(seqs.view(bsz, nb, -1), running, seqs.shape[1])
     best = pool_seqs[:, :num_return].reshape(bsz * num_return, max_length)
     keep = int((best != pad_id).any(0).nonzero().max()) + 1 if bool((best != pad_id).any()) else 1
     return best[:, :keep]
