@@ -49,7 +49,7 @@ setup(
         "plots": ["matplotlib"],
         "web": ["gradio>=4.40"],
         "hf": ["datasets"],  # own data saved with save_to_disk or cached by `datasets`
-        "dev": ["pytest", "pyyaml", "selenium", "datasets"],
+        "dev": ["pytest", "pytest-xdist", "pyyaml", "selenium", "datasets"],
     },
     entry_points={
         "console_scripts": ["lavislike=lavislike.cli:main"],

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import subprocess
 import sys
 from importlib.metadata import version
@@ -11,6 +12,18 @@ from pathlib import Path
 import pytest
 
 from tiny_models import build_tiny_bert_tokenizer, build_tiny_hf_blip2_retrieval
+
+
+def pytest_configure(config):
+    """Under pytest-xdist the workers share the cores: each gets its part of them (torch's
+    default is every core per process, which oversubscribes them and slows every matmul)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 checked before torchrun starts any worker (``lavislike train --check-config``)."""
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 
@@ -10,12 +9,12 @@ import pytest
 
 from lavislike.cli import main
 
-from script_env import REPO, script_env
+from script_env import REPO, free_port, script_env
 STAGE1 = "projects/blip2_tiny/train/pretrain_stage1.yaml"
 
 
 def _script(fake_venv, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    env = script_env(NPROC="2", LAVISLIKE_VENV=str(fake_venv), MASTER_PORT=str(29300 + os.getpid() % 300))
+    env = script_env(NPROC="2", LAVISLIKE_VENV=str(fake_venv), MASTER_PORT=str(free_port()))
     res = subprocess.run(["bash", *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     return res, [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
 

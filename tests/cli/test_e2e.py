@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from script_env import REPO, script_env
+from script_env import REPO, free_port, script_env
 N_TRAIN, N_VAL, N_TEST = 16, 8, 8
 
 
@@ -313,7 +312,7 @@ def test_pretrain_stage1_script_with_two_processes(cache, tmp_path, fake_venv):
     the config argument and the overrides passed through."""
     out = tmp_path / "ddp"
     cfg = stage1_config(tmp_path / "ddp.yaml", out)
-    env = dict(env_for(cache), NPROC="2", MASTER_PORT=str(29600 + os.getpid() % 300),
+    env = dict(env_for(cache), NPROC="2", MASTER_PORT=str(free_port()),
                LAVISLIKE_VENV=str(fake_venv))
     res = subprocess.run(["bash", "run_scripts/pretrain_stage1.sh", str(cfg), "run.max_epoch=2"],
                          capture_output=True, text=True, env=env, cwd=REPO, timeout=150)

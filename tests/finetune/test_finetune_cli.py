@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import subprocess
 
@@ -19,7 +18,7 @@ from own_files import (
     DECODE, FAST, QUESTION, TINY_OPT, TINY_STAGE1, env, finetune, latest_result, load_line, reported,
     write_images, write_jsonl,
 )
-from script_env import REPO
+from script_env import REPO, free_port
 
 
 def train_steps(out) -> list[int]:
@@ -226,7 +225,7 @@ def test_finetune_script_with_two_processes(tmp_path, fake_venv):
     keys = {"file_name": "image", "caption": "caption"}
     train_file, val_file = write_jsonl(tmp_path / "train.jsonl", train, keys), write_jsonl(tmp_path / "val.jsonl", val, keys)
     out = tmp_path / "run"
-    run_env = dict(env(tmp_path), NPROC="2", MASTER_PORT=str(29300 + os.getpid() % 300), LAVISLIKE_VENV=str(fake_venv))
+    run_env = dict(env(tmp_path), NPROC="2", MASTER_PORT=str(free_port()), LAVISLIKE_VENV=str(fake_venv))
     res = subprocess.run(["bash", "run_scripts/finetune.sh", "--task", "retrieval", "--data", str(train_file),
                           "--val", str(val_file), "--images", str(images), *TINY_STAGE1, "--output", str(out), *FAST,
                           "run.batch_size_train=4", "run.k_test=2", "run.fsdp=true"],

@@ -13,6 +13,7 @@ import subprocess
 import pytest
 
 import config_matrix as cm
+from script_env import free_port
 from lavislike.cli import main
 from lavislike.config import load_config
 from lavislike.tasks import caption_metrics
@@ -60,7 +61,7 @@ def test_two_gloo_processes(script, fsdp, matrix, tmp_path, monkeypatch, capsys,
         proc = subprocess.Popen(
             ["bash", f"run_scripts/{script}", *cm.overrides(cfg, out2, matrix), *extra, *fsdp_extra],
             stdout=err, stderr=err, cwd=cm.REPO, start_new_session=True,
-            env=dict(os.environ, **env, NPROC=cm.NPROC, MASTER_PORT=str(29300 + os.getpid() % 200 + len(script)),
+            env=dict(os.environ, **env, NPROC=cm.NPROC, MASTER_PORT=str(free_port()),
                      LAVISLIKE_VENV=str(fake_venv), PYTHONPATH=str(cm.REPO), OMP_NUM_THREADS="1",
                      HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"),
         )
