@@ -90,7 +90,7 @@ def test_token_ids_match_transformers_generate(captioner, num_beams, max_length,
 
 
 def _lavis_beam_search(next_logits, start, num_beams, max_length, min_length, penalty, eos, pad,
-                       length_penalty=1.0):
+                       length_penalty=1.0, num_return=1):
     """transformers 4.26's ``beam_search`` with its ``BeamSearchScorer`` and ``BeamHypotheses``
     (no early stopping), one sample and one candidate at a time as written there; LAVIS pins
     ``transformers<4.27``. Lengths count the start token.
@@ -99,6 +99,7 @@ def _lavis_beam_search(next_logits, start, num_beams, max_length, min_length, pe
     ``sum(log p) / len ** length_penalty``; a sample is done when it holds ``num_beams`` of them
     and the best of the step's ``2 x num_beams`` candidates, divided by the current length,
     does not beat the worst; beams still running at ``max_length`` join the hypotheses then.
+    Returns each sample's ``num_return`` best hypotheses, best first, with their end tokens.
     """
     batch = start.shape[0]
     ids = start.repeat_interleave(num_beams, 0)
@@ -154,8 +155,8 @@ def _lavis_beam_search(next_logits, start, num_beams, max_length, min_length, pe
         if not done[b]:
             for j in range(num_beams):
                 add(b, ids[b * num_beams + j], float(beam_scores[b * num_beams + j]))
-    best = [max(h, key=lambda x: x[0])[1] for h in hyps]
-    out = torch.full((batch, min(max(len(s) for s in best) + 1, max_length)), pad)
+    best = [seq for h in hyps for _, seq in sorted(h, key=lambda x: x[0], reverse=True)[:num_return]]
+    out = torch.full((len(best), min(max(len(s) for s in best) + 1, max_length)), pad)
     for b, seq in enumerate(best):
         out[b, :len(seq)] = seq
         if len(seq) < out.shape[1]:
@@ -164,12 +165,12 @@ def _lavis_beam_search(next_logits, start, num_beams, max_length, min_length, pe
 
 
 @pytest.mark.parametrize(
-    "num_beams, max_length, min_length, penalty, length_penalty",
-    [(3, 7, 2, 1.0, 1.0), (3, 8, 3, 1.5, 1.0), (3, 12, 1, 1.0, 1.0), (4, 10, 2, 1.0, 1.0),
-     (5, 9, 3, 1.2, 1.0), (3, 9, 2, 1.0, -1.0), (3, 9, 2, 1.0, 2.0)],
+    "num_beams, max_length, min_length, penalty, length_penalty, num_captions",
+    [(3, 7, 2, 1.0, 1.0, 1), (3, 8, 3, 1.5, 1.0, 1), (3, 12, 1, 1.0, 1.0, 1), (4, 10, 2, 1.0, 1.0, 1),
+     (5, 9, 3, 1.2, 1.0, 1), (3, 9, 2, 1.0, -1.0, 1), (3, 9, 2, 1.0, 2.0, 1), (4, 9, 2, 1.0, 1.0, 3)],
 )
 def test_beam_search_is_transformers_4_26_as_lavis_runs_it(captioner, num_beams, max_length, min_length,
-                                                           penalty, length_penalty):
+                                                           penalty, length_penalty, num_captions):
     images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(num_beams * max_length))
     tok = captioner.tokenizer
     model = QFormerCaptioner(captioner).eval()
@@ -178,8 +179,10 @@ def test_beam_search_is_transformers_4_26_as_lavis_runs_it(captioner, num_beams,
         ref = _lavis_beam_search(
             lambda ids: model(input_ids=ids, image_embeds=embeds).logits[:, -1],
             torch.full((6, 1), tok.bos_token_id), num_beams, max_length + 1, min_length + 1, penalty,
-            tok.sep_token_id, tok.pad_token_id, length_penalty,
+            tok.sep_token_id, tok.pad_token_id, length_penalty, num_captions,
         )[:, 1:]
     out = captioner.generate({"image": images}, num_beams=num_beams, max_length=max_length, min_length=min_length,
-                             repetition_penalty=penalty, length_penalty=length_penalty, return_ids=True)
+                             repetition_penalty=penalty, length_penalty=length_penalty, num_captions=num_captions,
+                             return_ids=True)
+    assert len(out.texts) == 6 * num_captions
     assert _until_end(out.ids, tok).tolist() == _until_end(ref, tok).tolist()
