@@ -5,6 +5,5 @@
 # LAVISLIKE_TEST_WORKERS=N sets the number, 0 runs everything in this one process.
 source "$(dirname "${BASH_SOURCE[0]}")/_setup_env.sh"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-workers="${LAVISLIKE_TEST_WORKERS:-$(nproc)}"
-if [ -z "${LAVISLIKE_TEST_WORKERS:-}" ] && [ "$workers" -gt 4 ]; then workers=4; fi
-python -m pytest tests -q -p no:cacheprovider -n "$workers" "$@"
+cores="$(nproc)"
+python -m pytest tests -q -p no:cacheprovider -n "${LAVISLIKE_TEST_WORKERS:-$(( cores < 4 ? cores : 4 ))}" "$@"

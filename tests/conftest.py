@@ -28,7 +28,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def tiny_bert_tokenizer_dir(tmp_path_factory) -> Path:
-    """A folder holding a tiny trained BERT WordPiece tokenizer with [DEC]."""
+    """A folder holding the tiny BERT WordPiece tokenizer with [DEC] (the same in every process)."""
     return build_tiny_bert_tokenizer(tmp_path_factory.mktemp("tiny_bert_tokenizer"))
 
 

@@ -129,8 +129,9 @@ def _lavis_beam_search(next_logits, start, num_beams, max_length, min_length, pe
         next_scores, next_tokens, next_rows = [], [], []
         for b in range(batch):
             if done[b]:  # padded along, as transformers does
-                next_scores, next_tokens, next_rows = (next_scores + [0.0] * num_beams,
-                                                       next_tokens + [pad] * num_beams, next_rows + [0] * num_beams)
+                next_scores += [0.0] * num_beams
+                next_tokens += [pad] * num_beams
+                next_rows += [0] * num_beams
                 continue
             kept = 0
             for rank in range(2 * num_beams):
