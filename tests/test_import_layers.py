@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("lavislike.models.image_encoders", "lavislike.models.llms", "lavislike.models.qformer",
-         "lavislike.models.qformer_decoding", "lavislike.models.freezing", "lavislike.models.losses",
+         "lavislike.models.decoding", "lavislike.models.freezing", "lavislike.models.losses",
          "lavislike.models.meta_init")
 ABOVE_PARTS = ("lavislike.models.base", "lavislike.models.blip2", "lavislike.models.blip2_llm",
                "lavislike.models.loading", "lavislike.models.convert.from_hf", "lavislike.models.convert.cli")

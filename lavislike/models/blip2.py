@@ -34,7 +34,7 @@ from lavislike.models.convert.hf import HF_DROP, HF_RETRIEVAL, HF_RETRIEVAL_ALLO
 from lavislike.models.convert.lavis import LAVIS_ALLOW_MISSING, LAVIS_DROP, LAVIS_STAGE1
 from lavislike.models.generation import GenerationOutput
 from lavislike.models.qformer import TextStates
-from lavislike.models.qformer_decoding import decode
+from lavislike.models.decoding import decode
 from lavislike.registry import MODELS
 
 STAGE1_TYPES = {
@@ -255,6 +255,7 @@ class Blip2Qformer(Blip2Base):
         num_captions: int = 1,
         return_ids: bool = False,
         length_penalty: float = 1.0,
+        beam_search: str = "lavis",
     ) -> list[str] | GenerationOutput:
         """Q-Former captioning (ITG head): beam search, greedy (``num_beams=1``) or nucleus.
 
@@ -271,10 +272,15 @@ class Blip2Qformer(Blip2Base):
                 (captions and token ids) instead of the captions.
             length_penalty: beam hypotheses score ``sum(log p) / length ** length_penalty``
                 (1.0 as LAVIS; < 0 favours short captions, 0 ranks by total log-probability).
+            beam_search: ``"lavis"`` only: the rules of transformers 4.33, which LAVIS runs
+                (transformers has no Q-Former captioner to follow instead).
 
         Returns:
             ``B x num_captions`` captions, image-major.
         """
+        if beam_search != "lavis":
+            raise ConfigError(f"beam_search='{beam_search}': the Q-Former captioner has LAVIS's beam search only; "
+                              "use beam_search='lavis' (transformers' rules need an LLM model, e.g. blip2_opt)")
         image_embeds = self.image_embeds(samples)
         width = num_captions if use_nucleus_sampling else max(num_beams, num_captions)
         image_embeds = image_embeds.repeat_interleave(width, 0)

@@ -29,6 +29,9 @@ class CaptionEvalConfig:
     # text the LLM continues (e.g. "a photo of"); None = the model's own ``model.prompt``.
     # It reaches the model as ``samples["prompt"]``, LAVIS's way of overriding the prompt.
     prompt: Optional[str] = None
+    # beam-search rules of an LLM's generate: lavis (transformers 4.33's, as LAVIS runs) or
+    # transformers (the installed generate, as its BLIP-2 port); lavislike/models/llms/beam_search.py
+    beam_search: str = "lavis"
 
 
 @dataclass
@@ -39,9 +42,17 @@ class CaptionTaskConfig(CaptionEvalConfig):
     report_metric: bool = True
 
 
+def check_beam_search(value: str) -> None:
+    """Refuse a bad ``run.beam_search`` when the task is built, not at its first evaluation."""
+    # imported here: the tasks otherwise load no model code (nor transformers)
+    from lavislike.models.llms.beam_search import check_beam_search as check
+
+    check(value, "run.beam_search")
+
+
 def caption_generate_kwargs(cfg) -> dict:
     return {"use_nucleus_sampling": cfg.use_nucleus_sampling, "num_beams": cfg.num_beams,
-            "max_length": cfg.max_len, "min_length": cfg.min_len}
+            "max_length": cfg.max_len, "min_length": cfg.min_len, "beam_search": cfg.get("beam_search", "lavis")}
 
 
 def with_run_prompt(model, samples: dict, prompt: Optional[str]) -> dict:
@@ -88,6 +99,10 @@ class CaptionTask(BaseTask):
 
     config_class = CaptionTaskConfig
     result_key = "image_id"
+
+    def __init__(self, settings=None):
+        super().__init__(settings)
+        check_beam_search(self.cfg.beam_search)
 
     def valid_step(self, model, samples: dict) -> list[dict]:
         return caption_results(model, samples, self.cfg)

@@ -17,7 +17,7 @@ from lavislike.common import dist as D
 from lavislike.errors import ConfigError
 from lavislike.registry import TASKS
 from lavislike.tasks.base_task import BaseTask, model_device, to_device
-from lavislike.tasks.captioning import CaptionEvalConfig, caption_results, score_captions
+from lavislike.tasks.captioning import CaptionEvalConfig, caption_results, check_beam_search, score_captions
 from lavislike.tasks.retrieval import (
     RetrievalEvalConfig,
     check_fusion,
@@ -49,6 +49,7 @@ class ImageTextPretrainTask(BaseTask):
         if bad:
             raise ConfigError(f"run.valid_metrics: unknown {bad}; valid: {', '.join(VALID_METRICS)}")
         check_fusion(self.cfg.fusion)
+        check_beam_search(self.cfg.beam_search)
 
     def _kinds(self, model, dataset) -> list[str]:
         wanted = list(self.cfg.valid_metrics)

@@ -10,6 +10,7 @@ from lavislike.common.suggest import did_you_mean
 from lavislike.errors import ConfigError
 from lavislike.registry import TASKS
 from lavislike.tasks.base_task import BaseTask
+from lavislike.tasks.captioning import check_beam_search
 from lavislike.tasks.vqa_ground_truth import raw_ground_truth
 from lavislike.tasks.vqa_metrics import VQA_METRICS, expand_answers, gqa_report, vqa_report
 
@@ -33,6 +34,7 @@ class VQATaskConfig:
     # (model.vqa_prompt, else the paper's for its LLM); "" = the bare question, as LAVIS
     prompt: Optional[str] = None
     length_penalty: float = -1.0
+    beam_search: str = "lavis"  # or transformers: as run.beam_search of captioning
     num_annotators: int = 10  # turns (answers, weights) back into raw annotator answers
     report_metric: bool = True
     # official: the current GT-Vision-Lab vqaEval.py; lavis: LAVIS's older vendored copy
@@ -54,6 +56,7 @@ class VQATask(BaseTask):
         if self.cfg.vqa_metric not in VQA_METRICS:
             raise ConfigError(f"run.vqa_metric: unknown '{self.cfg.vqa_metric}'; valid: {', '.join(VQA_METRICS)}"
                               f"{did_you_mean(self.cfg.vqa_metric, VQA_METRICS)}")
+        check_beam_search(self.cfg.beam_search)
         self.answer_list = None
         if self.cfg.answer_list:
             path = Path(self.cfg.answer_list).expanduser()
@@ -67,7 +70,8 @@ class VQATask(BaseTask):
         return model.predict_answers(
             samples, num_beams=self.cfg.num_beams, inference_method=self.cfg.inference_method,
             max_len=self.cfg.max_len, min_len=self.cfg.min_len, num_ans_candidates=self.cfg.num_ans_candidates,
-            answer_list=self.answer_list, prompt=self.cfg.prompt, length_penalty=self.cfg.length_penalty)
+            answer_list=self.answer_list, prompt=self.cfg.prompt, length_penalty=self.cfg.length_penalty,
+            beam_search=self.cfg.beam_search)
 
     def valid_step(self, model, samples: dict) -> list[dict]:
         preds = self.answers_for(model, samples)

@@ -114,11 +114,13 @@ def lavis_state(hf_state: dict, proj: str) -> dict:
 
 
 def assert_generation_matches(ours, tok, img, prompts, expected, **generation) -> None:
-    """Our token ids (``llm.generate_ids``) and captions (``generate``) equal ``expected``,
-    the new tokens transformers generated with the same LAVIS-style ``generation`` args."""
+    """Our token ids (``llm.generate_ids``) and captions (``generate``) with
+    ``beam_search="transformers"`` equal ``expected``, the new tokens transformers generated
+    with the same LAVIS-style ``generation`` args."""
     gen = ours.llm.generation_kwargs(**generation)
-    got = ours.llm.generate_ids(ours.soft_prompt(img), prompts, **gen)
+    got = ours.llm.generate_ids(ours.soft_prompt(img), prompts, beam_search="transformers", **gen)
     assert got.tolist() == expected.tolist()
+    generation["beam_search"] = "transformers"
     captions = ours.generate({"image": img, "prompt": prompts}, **generation)
     assert captions == [t.strip() for t in tok.batch_decode(expected, skip_special_tokens=True)]
     out = ours.generate({"image": img, "prompt": prompts}, return_ids=True, **generation)

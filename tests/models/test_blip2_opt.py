@@ -80,7 +80,8 @@ def test_predict_answers_generate_matches_transformers(pair):
     ours, hf, tok, _ = pair
     img = images(seed=2)
     questions = ["what is on the table?", "how many?"]
-    answers = ours.predict_answers({"image": img, "text_input": questions}, num_beams=3, max_len=4, min_len=1)
+    answers = ours.predict_answers({"image": img, "text_input": questions}, num_beams=3, max_len=4, min_len=1,
+                                   beam_search="transformers")
     prompts = [f"Question: {q} Answer:" for q in questions]
     expected = hf_new_tokens(hf, tok, img, prompts, num_beams=3, max_new_tokens=4, min_new_tokens=1,
                               eos_token_id=newline_id(tok), length_penalty=-1.0)

@@ -96,7 +96,8 @@ def test_predict_answers_generate_matches_transformers(pair):
     ours, hf, tok = pair
     img = images(seed=4)
     questions = ["what is on the table?", "how many?"]
-    answers = ours.predict_answers({"image": img, "text_input": questions}, num_beams=3, max_len=4)
+    answers = ours.predict_answers({"image": img, "text_input": questions}, num_beams=3, max_len=4,
+                                   beam_search="transformers")
     expected = _hf_generate(hf, tok, img, [f"Question: {q} Short answer:" for q in questions],
                             num_beams=3, max_new_tokens=4, min_new_tokens=1, length_penalty=-1.0)
     assert answers == [t.strip() for t in tok.batch_decode(expected, skip_special_tokens=True)]

@@ -115,13 +115,13 @@ def test_left_padded_batch_generates_like_single_prompts(folders, kind):
     llm = causal(folders[kind])
     soft = soft_prompt(llm.hidden_size)
     prompts = ["a photo of", "Question: how many people are there? Answer:"]
-    for beams in (1, 3):
+    for beams, rule in ((1, "lavis"), (3, "lavis"), (3, "transformers")):
         kwargs = llm.generation_kwargs(num_beams=beams, max_length=6, min_length=2)
         kwargs["eos_token_id"] = -1  # random weights: no early stop, compare all 6 tokens
-        batched = llm.generate_ids(soft, prompts, **kwargs)
+        batched = llm.generate_ids(soft, prompts, beam_search=rule, **kwargs)
         for b in range(2):
-            single = llm.generate_ids(soft[b : b + 1], prompts[b : b + 1], **kwargs)
-            assert batched[b].tolist() == single[0].tolist(), (kind, beams, b)
+            single = llm.generate_ids(soft[b : b + 1], prompts[b : b + 1], beam_search=rule, **kwargs)
+            assert batched[b].tolist() == single[0].tolist(), (kind, beams, rule, b)
         assert batched.shape[1] == 6
 
 

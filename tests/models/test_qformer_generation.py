@@ -1,14 +1,15 @@
 """The Q-Former captioner's token ids against transformers' own ``generate``, and its
-length-normalised beam search against transformers 4.26's, which LAVIS pins.
+length-normalised beam search against transformers 4.33.2's, which LAVIS pins.
 
 transformers has no Q-Former captioner, so its generic ``GenerationMixin`` drives our
 Q-Former's full (uncached) forward pass: the greedy / beam-search logic and the length
 semantics are transformers', the scores the Q-Former's (whose forward is checked against
 transformers' BLIP-2 elsewhere). Lengths count generated tokens, as ``max_new_tokens``.
 The installed transformers (>= 4.36) divides a beam's log-probability by a length one
-shorter than 4.26 did when a beam reaches the maximum length, and stops on a different
+shorter than 4.33 did when a beam reaches the maximum length, and stops on a different
 heuristic; with ``length_penalty=0`` the two agree, so beams are compared with it there, and
-with LAVIS's ``length_penalty=1`` against the literal 4.26 loops below.
+with LAVIS's ``length_penalty=1`` (and others) against the literal 4.33 loops of
+:mod:`lavis_beam_reference`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import torch
 from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
+from lavis_beam_reference import lavis_beam_search
 from tiny_models import tiny_stage1_overrides
+from lavislike.errors import ConfigError
 from lavislike.models import load_model
 
 
@@ -72,7 +75,7 @@ def test_token_ids_match_transformers_generate(captioner, num_beams, max_length,
     tok = captioner.tokenizer
     embeds = captioner.encode_image(images)
     start = torch.full((3, 1), tok.bos_token_id)
-    kw = dict(length_penalty=0.0) if num_beams > 1 else {}  # where transformers 4.26 and 5 agree
+    kw = dict(length_penalty=0.0) if num_beams > 1 else {}  # where transformers 4.33 and 5 agree
     with torch.no_grad():
         ref = QFormerCaptioner(captioner).eval().generate(
             input_ids=start, image_embeds=embeds, num_beams=num_beams, do_sample=False,
@@ -89,95 +92,19 @@ def test_token_ids_match_transformers_generate(captioner, num_beams, max_length,
                               min_length=min_length, repetition_penalty=penalty, **kw) == out.texts
 
 
-def _lavis_beam_search(next_logits, start, num_beams, max_length, min_length, penalty, eos, pad,
-                       length_penalty=1.0, num_return=1):
-    """transformers 4.26's ``beam_search`` with its ``BeamSearchScorer`` and ``BeamHypotheses``
-    (no early stopping), one sample and one candidate at a time as written there; LAVIS pins
-    ``transformers<4.27``. Lengths count the start token.
-
-    A finished hypothesis is the sequence before its end token, scored
-    ``sum(log p) / len ** length_penalty``; a sample is done when it holds ``num_beams`` of them
-    and the best of the step's ``2 x num_beams`` candidates, divided by the current length,
-    does not beat the worst; beams still running at ``max_length`` join the hypotheses then.
-    Returns each sample's ``num_return`` best hypotheses, best first, with their end tokens.
-    """
-    batch = start.shape[0]
-    ids = start.repeat_interleave(num_beams, 0)
-    beam_scores = torch.zeros(batch, num_beams)
-    beam_scores[:, 1:] = -1e9
-    beam_scores = beam_scores.view(-1)
-    hyps = [[] for _ in range(batch)]  # (score, ids without the end token)
-    done = [False] * batch
-
-    def add(b, seq, score):
-        score = score / seq.shape[-1] ** length_penalty
-        if len(hyps[b]) < num_beams or score > min(s for s, _ in hyps[b]):
-            hyps[b].append((score, seq))
-            if len(hyps[b]) > num_beams:
-                hyps[b].remove(min(hyps[b], key=lambda h: h[0]))
-
-    while True:
-        cur_len = ids.shape[-1]
-        logp = torch.log_softmax(next_logits(ids).float(), -1)
-        if penalty != 1.0:
-            prev = logp.gather(1, ids)
-            logp = logp.scatter(1, ids, torch.where(prev < 0, prev * penalty, prev / penalty))
-        if cur_len < min_length:
-            logp[:, eos] = float("-inf")
-        vocab = logp.shape[-1]
-        top_scores, top_idx = (logp + beam_scores[:, None]).view(batch, -1).topk(2 * num_beams, 1)
-        next_scores, next_tokens, next_rows = [], [], []
-        for b in range(batch):
-            if done[b]:  # padded along, as transformers does
-                next_scores += [0.0] * num_beams
-                next_tokens += [pad] * num_beams
-                next_rows += [0] * num_beams
-                continue
-            kept = 0
-            for rank in range(2 * num_beams):
-                token, row = int(top_idx[b, rank]) % vocab, b * num_beams + int(top_idx[b, rank]) // vocab
-                if token == eos:
-                    if rank < num_beams:
-                        add(b, ids[row].clone(), float(top_scores[b, rank]))
-                else:
-                    next_scores.append(float(top_scores[b, rank]))
-                    next_tokens.append(token)
-                    next_rows.append(row)
-                    kept += 1
-                if kept == num_beams:
-                    break
-            if len(hyps[b]) >= num_beams:
-                done[b] = min(s for s, _ in hyps[b]) >= float(top_scores[b].max()) / cur_len ** length_penalty
-        beam_scores = torch.tensor(next_scores)
-        ids = torch.cat([ids[next_rows], torch.tensor(next_tokens)[:, None]], 1)
-        if all(done) or ids.shape[-1] >= max_length:
-            break
-    for b in range(batch):
-        if not done[b]:
-            for j in range(num_beams):
-                add(b, ids[b * num_beams + j], float(beam_scores[b * num_beams + j]))
-    best = [seq for h in hyps for _, seq in sorted(h, key=lambda x: x[0], reverse=True)[:num_return]]
-    out = torch.full((len(best), min(max(len(s) for s in best) + 1, max_length)), pad)
-    for b, seq in enumerate(best):
-        out[b, :len(seq)] = seq
-        if len(seq) < out.shape[1]:
-            out[b, len(seq)] = eos
-    return out
-
-
 @pytest.mark.parametrize(
     "num_beams, max_length, min_length, penalty, length_penalty, num_captions",
     [(3, 7, 2, 1.0, 1.0, 1), (3, 8, 3, 1.5, 1.0, 1), (3, 12, 1, 1.0, 1.0, 1), (4, 10, 2, 1.0, 1.0, 1),
      (5, 9, 3, 1.2, 1.0, 1), (3, 9, 2, 1.0, -1.0, 1), (3, 9, 2, 1.0, 2.0, 1), (4, 9, 2, 1.0, 1.0, 3)],
 )
-def test_beam_search_is_transformers_4_26_as_lavis_runs_it(captioner, num_beams, max_length, min_length,
+def test_beam_search_is_transformers_4_33_as_lavis_runs_it(captioner, num_beams, max_length, min_length,
                                                            penalty, length_penalty, num_captions):
     images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(num_beams * max_length))
     tok = captioner.tokenizer
     model = QFormerCaptioner(captioner).eval()
     embeds = captioner.encode_image(images).repeat_interleave(num_beams, 0)
     with torch.no_grad():
-        ref = _lavis_beam_search(
+        ref = lavis_beam_search(
             lambda ids: model(input_ids=ids, image_embeds=embeds).logits[:, -1],
             torch.full((6, 1), tok.bos_token_id), num_beams, max_length + 1, min_length + 1, penalty,
             tok.sep_token_id, tok.pad_token_id, length_penalty, num_captions,
@@ -187,3 +114,8 @@ def test_beam_search_is_transformers_4_26_as_lavis_runs_it(captioner, num_beams,
                              return_ids=True)
     assert len(out.texts) == 6 * num_captions
     assert _until_end(out.ids, tok).tolist() == _until_end(ref, tok).tolist()
+
+
+def test_only_lavis_beam_search_for_the_qformer(captioner):
+    with pytest.raises(ConfigError, match="the Q-Former captioner has LAVIS's beam search only"):
+        captioner.generate({"image": torch.randn(1, 3, 32, 32)}, beam_search="transformers")

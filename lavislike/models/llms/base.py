@@ -11,8 +11,8 @@ Interface used by :mod:`lavislike.models.blip2_llm`:
 
 * ``hidden_size`` - the width the soft prompt must have;
 * ``lm_loss(soft_prompt, prefixes, targets, max_txt_len) -> loss``;
-* ``generate_ids(soft_prompt, prompts, max_txt_len, **generation) -> LongTensor`` and
-  ``decode(ids) -> list[str]``;
+* ``generate_ids(soft_prompt, prompts, max_txt_len, beam_search, **generation) -> LongTensor``
+  and ``decode(ids) -> list[str]``;
 * ``rank_answers(soft_prompt, prompts, answers, max_txt_len, num_candidates) -> (B, K)``
   log-likelihood of every answer (``-inf`` outside the short-list).
 """
@@ -30,6 +30,7 @@ from lavislike.common.paths import require_local, resolve_package_path
 from lavislike.common.suggest import did_you_mean
 from lavislike.errors import CheckpointError, ConfigError
 from lavislike.models.image_encoders.weights import require_tokenizer
+from lavislike.models.llms.beam_search import BeamState, lavis_beam_search, uses_lavis_loop
 from lavislike.models.llms.tying import declared_tied, embedding_names, is_tied, set_tied_, tying_in_state
 from lavislike.models.meta_init import real_parameters
 
@@ -450,11 +451,43 @@ class LLMAdapter(nn.Module, abc.ABC):
     ) -> torch.Tensor:
         """Mean token cross-entropy of ``targets`` given soft prompt + ``prefixes``."""
 
-    @abc.abstractmethod
+    @torch.no_grad()
     def generate_ids(
-        self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int] = None, **generation
+        self,
+        soft_prompt: torch.Tensor,
+        prompts: Sequence[str],
+        max_txt_len: Optional[int] = None,
+        beam_search: str = "lavis",
+        **generation,
     ) -> torch.Tensor:
-        """Generated token ids (new tokens only) for ``B * num_return_sequences`` rows."""
+        """Generated token ids (new tokens only) for ``B * num_return_sequences`` rows.
+
+        ``generation`` holds ``generate`` keywords (:meth:`generation_kwargs` makes them);
+        ``beam_search`` picks the beam-search rules (:mod:`lavislike.models.llms.beam_search`):
+        ``"lavis"`` or ``"transformers"``.
+        """
+        if uses_lavis_loop(beam_search, generation):
+            eos = generation.pop("eos_token_id", None)
+            return lavis_beam_search(self, soft_prompt, prompts, max_txt_len,
+                                     eos_id=self.eos_token_id if eos is None else eos, **generation)
+        return self._transformers_generate(soft_prompt, prompts, max_txt_len, **generation)
+
+    @property
+    @abc.abstractmethod
+    def eos_token_id(self) -> int:
+        """Id of the token that ends a generated text."""
+
+    @abc.abstractmethod
+    def _transformers_generate(
+        self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int], **generation
+    ) -> torch.Tensor:
+        """``model.generate``'s new token ids for ``B * num_return_sequences`` rows."""
+
+    @abc.abstractmethod
+    def _beam_state(
+        self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int], num_beams: int
+    ) -> BeamState:
+        """The prompt run once per image and its cache widened to ``num_beams`` rows each."""
 
     @abc.abstractmethod
     def _tokenize_answers(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

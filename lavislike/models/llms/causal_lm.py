@@ -18,6 +18,7 @@ from lavislike.errors import ConfigError
 from lavislike.models.attention import llm_attention_kernel
 from lavislike.models.losses import token_cross_entropy
 from lavislike.models.llms.base import LLMAdapter, LLMConfig, token_logprobs
+from lavislike.models.llms.beam_search import BeamState
 from lavislike.registry import LLMS
 
 # Answers are tokenized after this text and the anchor's tokens dropped, so each answer
@@ -122,14 +123,32 @@ class CausalLM(LLMAdapter):
         return token_cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]], layout=keep)
 
     # -- generation -----------------------------------------------------------------------
-    @torch.no_grad()
-    def generate_ids(
-        self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int] = None, **generation
+    def _transformers_generate(
+        self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int], **generation
     ) -> torch.Tensor:
-        """New token ids, stopping at ``end_of_text`` (pass ``eos_token_id`` to change)."""
         embeds, attn = self._prompted_inputs(soft_prompt, prompts, max_txt_len)
         generation.setdefault("eos_token_id", self.eos_token_id)
         return self.model.generate(inputs_embeds=embeds, attention_mask=attn, **generation)
+
+    def _beam_state(
+        self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int], num_beams: int
+    ) -> BeamState:
+        # no start ids: as for transformers fed ``inputs_embeds``, lengths count new tokens
+        embeds, attn = self._prompted_inputs(soft_prompt, prompts, max_txt_len)
+        out = self.model(inputs_embeds=embeds, attention_mask=attn, position_ids=_positions(attn), use_cache=True)
+        out.cache.batch_repeat_interleave(num_beams)
+        attn = attn.repeat_interleave(num_beams, 0)
+
+        def step(tokens: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
+            cache, mask = state
+            mask = torch.cat([mask, torch.ones_like(tokens)], 1)
+            logits = self.model(input_ids=tokens, attention_mask=mask, position_ids=_positions(mask)[:, -1:],
+                                cache=cache, use_cache=True).logits
+            return logits[:, -1], (cache, mask)
+
+        start = torch.zeros((attn.shape[0], 0), dtype=torch.long, device=attn.device)
+        return BeamState(out.logits[:, -1].repeat_interleave(num_beams, 0), (out.cache, attn), start, step,
+                         _reorder_cache_and_mask)
 
     # -- answer ranking -------------------------------------------------------------------
     def _tokenize_answers(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,8 +167,7 @@ class CausalLM(LLMAdapter):
         self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int]
     ) -> tuple[Any, torch.Tensor]:
         embeds, attn = self._prompted_inputs(soft_prompt, prompts, max_txt_len)
-        pos = (attn.cumsum(1) - 1).clamp(min=0)
-        out = self.model(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, use_cache=True)
+        out = self.model(inputs_embeds=embeds, attention_mask=attn, position_ids=_positions(attn), use_cache=True)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         return (out.cache, attn), first
 
@@ -170,6 +188,17 @@ class CausalLM(LLMAdapter):
         ).logits
         first = first_logp[rows, ids[:, 0]]
         return first + token_logprobs(logits[:, :-1], ids[:, 1:], mask[:, 1:])
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counting from the first unpadded input (left padding gets 0)."""
+    return (mask.cumsum(1) - 1).clamp(min=0)
+
+
+def _reorder_cache_and_mask(state: tuple, rows: torch.Tensor) -> tuple:
+    cache, mask = state
+    cache.reorder_cache(rows)
+    return cache, mask[rows]
 
 
 def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

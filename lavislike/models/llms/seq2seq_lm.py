@@ -17,6 +17,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from lavislike.models.attention import llm_attention_kernel
 from lavislike.models.losses import token_cross_entropy
 from lavislike.models.llms.base import LLMAdapter, LLMConfig, token_logprobs
+from lavislike.models.llms.beam_search import BeamState
 from lavislike.registry import LLMS
 
 
@@ -72,14 +73,35 @@ class Seq2SeqLM(LLMAdapter):
         # over the global batch under DDP
         return token_cross_entropy(logits.flatten(0, 1), labels.flatten())
 
-    @torch.no_grad()
-    def generate_ids(
-        self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int] = None, **generation
+    @property
+    def eos_token_id(self) -> int:
+        eos = self.model.generation_config.eos_token_id
+        eos = self.tokenizer.eos_token_id if eos is None else eos
+        return int(eos[0] if isinstance(eos, (list, tuple)) else eos)
+
+    def _transformers_generate(
+        self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int], **generation
     ) -> torch.Tensor:
-        """New token ids (the decoder start token removed)."""
         embeds, attn = self._encoder_inputs(soft_prompt, prompts, max_txt_len)
         out = self.model.generate(inputs_embeds=embeds, attention_mask=attn, **generation)
-        return out[:, 1:]
+        return out[:, 1:]  # the decoder start token
+
+    def _beam_state(
+        self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int], num_beams: int
+    ) -> BeamState:
+        embeds, attn = self._encoder_inputs(soft_prompt, prompts, max_txt_len)
+        enc = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=attn).last_hidden_state
+        enc = BaseModelOutput(enc.repeat_interleave(num_beams, 0))
+        attn = attn.repeat_interleave(num_beams, 0)
+        start = torch.full((attn.shape[0], 1), self._start_id, dtype=torch.long, device=attn.device)
+
+        def step(tokens: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+            out = self.model(encoder_outputs=enc, attention_mask=attn, decoder_input_ids=tokens, cache=cache,
+                             use_cache=True)
+            return out.logits[:, -1], out.cache
+
+        logits, cache = step(start, None)
+        return BeamState(logits, cache, start, step, _reorder_cache)
 
     # -- answer ranking -------------------------------------------------------------------
     def _tokenize_answers(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,3 +133,8 @@ class Seq2SeqLM(LLMAdapter):
             decoder_attention_mask=dec_mask,
         ).logits
         return token_logprobs(logits, ids, mask)
+
+
+def _reorder_cache(cache: Any, rows: torch.Tensor) -> Any:
+    cache.reorder_cache(rows)
+    return cache

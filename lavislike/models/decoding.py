@@ -1,24 +1,30 @@
-"""Token decoding for the Q-Former's LM head: greedy, beam search and nucleus sampling.
+"""Token decoding from a model's next-token logits: greedy, beam search and nucleus sampling.
 
-The model supplies a ``step(tokens (N, 1), cache) -> (logits (N, V), cache)`` function and
-the logits of the first position; everything here is batched over N = batch x beams (no
-Python loop over samples). Semantics follow Hugging Face ``generate`` as LAVIS runs it
-(``transformers<4.27``, its pin): ``max_length`` and ``min_length`` count the start token, the
-repetition penalty divides positive logits and multiplies negative ones; a finished beam
-hypothesis is scored ``sum(log p) / length ** length_penalty`` with ``length`` the tokens
-before its end token (start token included), a sample stops when no candidate of the step
-can beat its worst finished hypothesis, and beams still running at ``max_length`` compete
-with ``length = max_length``. (transformers >= 4.36 counts generated tokens instead: the
-same for finished hypotheses after a one-token start, one less at ``max_length``.)
+Used by the Q-Former captioner and by the LLMs' LAVIS beam search
+(:mod:`lavislike.models.llms.beam_search`). The model supplies a
+``step(tokens (N, 1), cache) -> (logits (N, V), cache)`` function, the logits of the first
+position and a ``reorder(cache, rows) -> cache`` for beam search; everything here is batched
+over N = batch x beams (no Python loop over samples). Semantics follow Hugging Face
+``generate`` as LAVIS runs it (its ``requirements.txt`` pins ``transformers==4.33.2``):
+``max_length`` and ``min_length`` count the ids in ``start`` (the Q-Former's ``[DEC]``, T5's
+decoder start, nothing for a decoder-only LLM fed embeddings), the repetition penalty divides
+positive scores and multiplies negative ones; a finished beam hypothesis is scored
+``sum(log p) / length ** length_penalty`` with ``length`` its ids before the end token, a
+sample stops when no candidate of the step, divided by the current length plus one, can beat
+its worst finished hypothesis, and beams still running at ``max_length`` compete with
+``length = max_length``. (transformers 4.26, LAVIS 1.0.2's pin, divides the stopping test
+by the current length; >= 4.36 counts generated tokens with the end token, and stops on the
+best running beam.)
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-Step = Callable[[torch.Tensor, list], tuple[torch.Tensor, list]]
+Step = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
+Reorder = Callable[[Any, torch.Tensor], Any]
 
 
 def _process(logits: torch.Tensor, seqs: torch.Tensor, eos_id: int, min_length: int, penalty: float) -> torch.Tensor:
@@ -31,7 +37,8 @@ def _process(logits: torch.Tensor, seqs: torch.Tensor, eos_id: int, min_length: 
     return logits
 
 
-def _reorder(cache: list, index: torch.Tensor) -> list:
+def reorder_pairs(cache: list, index: torch.Tensor) -> list:
+    """Rows ``index`` of a cache held as a list of ``(key, value)`` tensors per layer."""
     return [(k.index_select(0, index), v.index_select(0, index)) for k, v in cache]
 
 
@@ -51,18 +58,20 @@ def decode(
     repetition_penalty: float = 1.0,
     length_penalty: float = 1.0,
     num_return: int = 1,
+    reorder: Reorder = reorder_pairs,
 ) -> torch.Tensor:
     """Decode from the first-position ``logits`` (N, V) and ``cache``; returns token ids.
 
     For beam search the N rows are ``batch x num_beams`` copies (image-major); for greedy
-    and sampling every row is its own sequence. ``start`` (N, 1) holds the start tokens.
+    and sampling every row is its own sequence. ``start`` (N, S) holds the start ids
+    (S may be 0); ``reorder`` picks rows of ``cache`` when beams change places.
 
     Returns:
         (B x num_return, L) ids, padded with ``pad_id`` after the end token.
     """
     if num_beams > 1 and not sample:
         return _beam_search(step, logits, cache, start, num_beams, eos_id, pad_id, max_length,
-                            min_length, repetition_penalty, length_penalty, num_return)
+                            min_length, repetition_penalty, length_penalty, num_return, reorder)
     seqs = start
     done = torch.zeros(start.shape[0], dtype=torch.bool, device=start.device)
     for _ in range(max_length - start.shape[1]):
@@ -103,6 +112,7 @@ def _beam_search(
     repetition_penalty: float,
     length_penalty: float,
     num_return: int,
+    reorder: Reorder,
 ) -> torch.Tensor:
     n, device = start.shape[0], start.device
     bsz = n // nb
@@ -110,20 +120,23 @@ def _beam_search(
     beam_scores = torch.zeros(bsz, nb, device=device)
     beam_scores[:, 1:] = float("-inf")  # all beams start identical: expand from the first only
     seqs = start
-    # pool of finished hypotheses per sample: scores (B, nb) and padded ids (B, nb, max_length)
+    # pool of finished hypotheses per sample: scores and lengths (B, nb), padded ids
+    # (B, nb, max_length); a length counts the end token when it fits
     pool_scores = torch.full((bsz, nb), float("-inf"), device=device)
+    pool_lens = torch.zeros((bsz, nb), dtype=torch.long, device=device)
     pool_seqs = torch.full((bsz, nb, max_length), pad_id, dtype=torch.long, device=device)
     batch_done = torch.zeros(bsz, dtype=torch.bool, device=device)
     arange_b = torch.arange(bsz, device=device)
 
     def add_to_pool(cand_seqs: torch.Tensor, cand_scores: torch.Tensor, length: int) -> None:
-        nonlocal pool_scores, pool_seqs
+        nonlocal pool_scores, pool_lens, pool_seqs
         padded = F.pad(cand_seqs, (0, max_length - cand_seqs.shape[-1]), value=pad_id)
         norm = cand_scores / (length ** length_penalty)
         all_scores = torch.cat([pool_scores, norm], 1)
+        all_lens = torch.cat([pool_lens, torch.full_like(norm, cand_seqs.shape[-1], dtype=torch.long)], 1)
         all_seqs = torch.cat([pool_seqs, padded], 1)
         top = all_scores.topk(nb, 1).indices
-        pool_scores = all_scores.gather(1, top)
+        pool_scores, pool_lens = all_scores.gather(1, top), all_lens.gather(1, top)
         pool_seqs = all_seqs.gather(1, top[..., None].expand(-1, -1, max_length))
 
     while True:
@@ -150,16 +163,15 @@ def _beam_search(
         origin = (arange_b[:, None] * nb + beam_of.gather(1, order)).view(-1)
         seqs = torch.cat([seqs[origin], next_tokens.view(-1, 1)], 1)
         # a sample is done when its pool is full and the best candidate of this step (end
-        # tokens included), divided by the current length, cannot beat its worst
-        best = top_scores[:, 0] / (cur_len ** length_penalty)
+        # tokens included), divided by the length it reaches, cannot beat its worst
+        best = top_scores[:, 0] / ((cur_len + 1) ** length_penalty)
         batch_done |= torch.isfinite(pool_scores[:, -1]) & (pool_scores[:, -1] >= best)
         if bool(batch_done.all()) or seqs.shape[1] >= max_length:
             break
-        cache = _reorder(cache, origin)
+        cache = reorder(cache, origin)
         logits, cache = step(next_tokens.view(-1, 1), cache)
     if seqs.shape[1] >= max_length:  # unfinished beams compete at the end (HF finalize)
         running = beam_scores.masked_fill(batch_done[:, None], float("-inf"))
         add_to_pool(seqs.view(bsz, nb, -1), running, seqs.shape[1])
-    best = pool_seqs[:, :num_return].reshape(bsz * num_return, max_length)
-    keep = int((best != pad_id).any(0).nonzero().max()) + 1 if bool((best != pad_id).any()) else 1
-    return best[:, :keep]
+    width = int(pool_lens[:, :num_return].max())
+    return pool_seqs[:, :num_return, :width].reshape(bsz * num_return, width)
