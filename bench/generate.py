@@ -2,7 +2,11 @@
 
 Greedy and beam search (5 beams), the same ``max_new_tokens`` and stop token (``"\\n"``,
 as BLIP-2's OPT captioners use), no prompt. Parity: the generated token ids must be
-identical (the reported difference is the number of differing tokens).
+identical (the reported difference is the number of differing tokens), so beams run with
+``beam_search="transformers"``. One more row times the default, LAVIS's rules
+(transformers 4.33's length normalisation and stopping test; its ids are checked against
+a transcription of 4.33's loops in ``tests/models/test_llm_beam_search.py``, and here
+only their count of differing tokens is shown).
 
 Run: ``.venv/bin/python bench/generate.py [--size small|base] [--threads N]``
 """
@@ -24,15 +28,16 @@ def run(args) -> list[Row]:
     ids, mask = hf_batch(hf, tok, [""] * bs, suffix="", side="left")
     eos = tok("\n", add_special_tokens=False).input_ids[-1]
 
-    def ours_ids(beams):
+    def ours_ids(beams, rule="transformers"):
         def go():
             soft = ours.soft_prompt(pixels)
             gen = ours.llm.generation_kwargs(num_beams=beams, max_length=new, min_length=1)
-            return ours.llm.generate_ids(soft, [""] * bs, **gen)
+            return ours.llm.generate_ids(soft, [""] * bs, beam_search=rule, **gen)
         return go
 
-    def ours_captions(beams):
-        return lambda: ours.generate({"image": pixels}, num_beams=beams, max_length=new, min_length=1)
+    def ours_captions(beams, rule="transformers"):
+        return lambda: ours.generate({"image": pixels}, num_beams=beams, max_length=new, min_length=1,
+                                     beam_search=rule)
 
     def ref_ids(beams):
         with torch.no_grad():
@@ -59,6 +64,13 @@ def run(args) -> list[Row]:
         t_ours, t_ref = common.time_pair(ours_captions(beams), ref_captions(beams), args.repeats, args.warmup)
         rows.append(Row(f"generate {name} ({new} new tokens)", t_ours, t_ref, differing,
                         f"{bs} images, {got.shape[1]} tokens out"))
+    with torch.no_grad():
+        got = ours_ids(5, "lavis")()
+    n = min(got.shape[1], expected[5].shape[1])
+    differing = float((got[:, :n] != expected[5][:, :n]).sum()) + abs(got.shape[1] - expected[5].shape[1]) * bs
+    t_ours, t_ref = common.time_pair(ours_captions(5, "lavis"), ref_captions(5), args.repeats, args.warmup)
+    rows.append(Row("generate beam-5, LAVIS (default)", t_ours, t_ref, differing,
+                    "parity = tokens differing from transformers' rules (expected where lengths differ)"))
     wrap = common.recommended(ours)  # bf16 ViT + OPT, bf16 autocast (reference: fp32)
     for beams in (1, 5):
         with torch.no_grad():
