@@ -78,7 +78,8 @@ def lavis_beam_search(llm, soft_prompt: torch.Tensor, prompts, max_txt_len, eos_
     num_beams = int(generation["num_beams"])
     num_return = int(generation.get("num_return_sequences") or 1)
     if num_return > num_beams:
-        raise ConfigError(f"num_captions={num_return} is more than num_beams={num_beams}; beam search returns at most num_beams")
+        raise ConfigError(f"num_captions={num_return} is more than num_beams={num_beams}: beam search returns at "
+                          "most num_beams captions; raise num_beams or lower num_captions")
     state = llm._beam_state(soft_prompt, prompts, max_txt_len, num_beams)
     offset = state.start.shape[1]
     ids = decode(

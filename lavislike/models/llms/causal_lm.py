@@ -135,7 +135,9 @@ class CausalLM(LLMAdapter):
     ) -> BeamState:
         # no start ids: as for transformers fed ``inputs_embeds``, lengths count new tokens
         embeds, attn = self._prompted_inputs(soft_prompt, prompts, max_txt_len)
-        out = self.model(inputs_embeds=embeds, attention_mask=attn, position_ids=_positions(attn), use_cache=True)
+        # the vocabulary-wide head on the last position only, as transformers' prefill
+        out = self.model(inputs_embeds=embeds, attention_mask=attn, position_ids=_positions(attn), use_cache=True,
+                         logits_to_keep=1)
         out.cache.batch_repeat_interleave(num_beams)
         attn = attn.repeat_interleave(num_beams, 0)
 
@@ -167,7 +169,8 @@ class CausalLM(LLMAdapter):
         self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int]
     ) -> tuple[Any, torch.Tensor]:
         embeds, attn = self._prompted_inputs(soft_prompt, prompts, max_txt_len)
-        out = self.model(inputs_embeds=embeds, attention_mask=attn, position_ids=_positions(attn), use_cache=True)
+        out = self.model(inputs_embeds=embeds, attention_mask=attn, position_ids=_positions(attn), use_cache=True,
+                         logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         return (out.cache, attn), first
 
