@@ -34,7 +34,7 @@ from lavislike.models.convert.hf import HF_DROP, HF_RETRIEVAL, HF_RETRIEVAL_ALLO
 from lavislike.models.convert.lavis import LAVIS_ALLOW_MISSING, LAVIS_DROP, LAVIS_STAGE1
 from lavislike.models.generation import GenerationOutput
 from lavislike.models.qformer import TextStates
-from lavislike.models.decoding import decode
+from lavislike.models.decoding import decode, reorder_pairs
 from lavislike.registry import MODELS
 
 STAGE1_TYPES = {
@@ -281,23 +281,28 @@ class Blip2Qformer(Blip2Base):
         if beam_search != "lavis":
             raise ConfigError(f"beam_search='{beam_search}': the Q-Former captioner has LAVIS's beam search only; "
                               "use beam_search='lavis' (transformers' rules need an LLM model, e.g. blip2_opt)")
+        if not use_nucleus_sampling and num_captions > num_beams:
+            raise ConfigError(f"num_captions={num_captions} is more than num_beams={num_beams}: beam search returns "
+                              "at most num_beams captions; raise num_beams or lower num_captions")
         image_embeds = self.image_embeds(samples)
-        width = num_captions if use_nucleus_sampling else max(num_beams, num_captions)
-        image_embeds = image_embeds.repeat_interleave(width, 0)
-        n = image_embeds.shape[0]
+        width = num_captions if use_nucleus_sampling else num_beams
         tok = self.tokenizer
-        bos = torch.full((n, 1), tok.bos_token_id, dtype=torch.long, device=self.device)
+        b = image_embeds.shape[0]
+        bos = torch.full((b, 1), tok.bos_token_id, dtype=torch.long, device=self.device)
+        # queries and [DEC] once per image; only the cache is widened to the beams / samples
         first = self.qformer(
-            query_embeds=self.qformer.query_tokens.expand(n, -1, -1), input_ids=bos,
+            query_embeds=self.qformer.query_tokens.expand(b, -1, -1), input_ids=bos,
             image_embeds=image_embeds, causal=True, use_cache=True,
         )
+        rows = torch.arange(b, device=self.device).repeat_interleave(width)
 
         def step(tokens: torch.Tensor, cache):
             out = self.qformer(input_ids=tokens, past_key_values=cache, use_cache=True)
             return self.qformer.lm_logits(out.last_hidden_state[:, -1]), out.past_key_values
 
         seqs = decode(
-            step, self.qformer.lm_logits(first.last_hidden_state[:, -1]), first.past_key_values, bos,
+            step, self.qformer.lm_logits(first.last_hidden_state[:, -1])[rows], reorder_pairs(first.past_key_values, rows),
+            bos[rows],
             num_beams=1 if use_nucleus_sampling else num_beams, sample=use_nucleus_sampling,
             eos_id=tok.sep_token_id, pad_id=tok.pad_token_id, max_length=max_length + 1,
             min_length=min_length + 1, top_p=top_p, repetition_penalty=repetition_penalty,

@@ -119,3 +119,5 @@ def test_beam_search_is_transformers_4_33_as_lavis_runs_it(captioner, num_beams,
 def test_only_lavis_beam_search_for_the_qformer(captioner):
     with pytest.raises(ConfigError, match="the Q-Former captioner has LAVIS's beam search only"):
         captioner.generate({"image": torch.randn(1, 3, 32, 32)}, beam_search="transformers")
+    with pytest.raises(ConfigError, match="num_captions=4 is more than num_beams=3"):
+        captioner.generate({"image": torch.randn(1, 3, 32, 32)}, num_beams=3, num_captions=4)
