@@ -13,7 +13,7 @@ positive scores and multiplies negative ones; a finished beam hypothesis is scor
 sample stops when no candidate of the step, divided by the current length plus one, can beat
 its worst finished hypothesis, and beams still running at ``max_length`` compete with
 ``length = max_length``. (transformers 4.26, LAVIS 1.0.2's pin, divides the stopping test
-by the current length; >= 4.36 counts generated tokens with the end token, and stops on the
+by the current length; transformers 5 counts generated tokens with the end token, and stops on the
 best running beam.)
 """
 from __future__ import annotations

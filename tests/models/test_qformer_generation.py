@@ -5,7 +5,7 @@ transformers has no Q-Former captioner, so its generic ``GenerationMixin`` drive
 Q-Former's full (uncached) forward pass: the greedy / beam-search logic and the length
 semantics are transformers', the scores the Q-Former's (whose forward is checked against
 transformers' BLIP-2 elsewhere). Lengths count generated tokens, as ``max_new_tokens``.
-The installed transformers (>= 4.36) divides a beam's log-probability by a length one
+The installed transformers (5) divides a beam's log-probability by a length one
 shorter than 4.33 did when a beam reaches the maximum length, and stops on a different
 heuristic; with ``length_penalty=0`` the two agree, so beams are compared with it there, and
 with LAVIS's ``length_penalty=1`` (and others) against the literal 4.33 loops of

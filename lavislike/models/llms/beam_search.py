@@ -2,7 +2,7 @@
 
 ``beam_search="lavis"`` (the default of every ``generate`` / ``predict_answers``) decodes with
 :func:`lavislike.models.decoding.decode`: the length normalisation and stopping rule of the
-transformers LAVIS pins (4.33.2), which the installed transformers (>= 4.36) changed. For a
+transformers LAVIS pins (4.33.2), which the installed transformers (5) changed. For a
 decoder-only LLM fed embeddings, 4.33 divides a finished hypothesis by its tokens before the
 end token and 5 by its tokens with it; for every LLM the two stop on different tests. So
 beam captions and answers follow LAVIS wherever hypotheses of different lengths score close.
