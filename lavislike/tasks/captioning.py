@@ -50,9 +50,16 @@ def check_beam_search(value: str) -> None:
     check(value, "run.beam_search")
 
 
+def beam_search_kwargs(cfg) -> dict:
+    """``beam_search`` for ``generate`` / ``predict_answers`` only when it is not the default,
+    so that a plugin model whose methods have LAVIS's signature keeps working."""
+    rule = cfg.get("beam_search", "lavis")
+    return {} if rule == "lavis" else {"beam_search": rule}
+
+
 def caption_generate_kwargs(cfg) -> dict:
     return {"use_nucleus_sampling": cfg.use_nucleus_sampling, "num_beams": cfg.num_beams,
-            "max_length": cfg.max_len, "min_length": cfg.min_len, "beam_search": cfg.get("beam_search", "lavis")}
+            "max_length": cfg.max_len, "min_length": cfg.min_len, **beam_search_kwargs(cfg)}
 
 
 def with_run_prompt(model, samples: dict, prompt: Optional[str]) -> dict:

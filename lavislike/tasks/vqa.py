@@ -10,7 +10,7 @@ from lavislike.common.suggest import did_you_mean
 from lavislike.errors import ConfigError
 from lavislike.registry import TASKS
 from lavislike.tasks.base_task import BaseTask
-from lavislike.tasks.captioning import check_beam_search
+from lavislike.tasks.captioning import beam_search_kwargs, check_beam_search
 from lavislike.tasks.vqa_ground_truth import raw_ground_truth
 from lavislike.tasks.vqa_metrics import VQA_METRICS, expand_answers, gqa_report, vqa_report
 
@@ -71,7 +71,7 @@ class VQATask(BaseTask):
             samples, num_beams=self.cfg.num_beams, inference_method=self.cfg.inference_method,
             max_len=self.cfg.max_len, min_len=self.cfg.min_len, num_ans_candidates=self.cfg.num_ans_candidates,
             answer_list=self.answer_list, prompt=self.cfg.prompt, length_penalty=self.cfg.length_penalty,
-            beam_search=self.cfg.beam_search)
+            **beam_search_kwargs(self.cfg))
 
     def valid_step(self, model, samples: dict) -> list[dict]:
         preds = self.answers_for(model, samples)

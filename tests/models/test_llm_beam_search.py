@@ -171,3 +171,24 @@ def test_tasks_pass_run_beam_search_to_the_llm(tmp_path):
         VQATask({"beam_search": "lavsi"})
     with pytest.raises(ConfigError, match="run.beam_search: 'hf' is not valid.*Valid: lavis, transformers"):
         CaptionTask({"beam_search": "hf"})
+
+
+def test_default_rule_keeps_lavis_signature_models_working():
+    """A plugin model with LAVIS's ``generate`` / ``predict_answers`` signature (no
+    ``beam_search``) still runs the tasks' default; asking it for another rule fails loudly."""
+    from lavislike.tasks.captioning import CaptionTask
+    from lavislike.tasks.vqa import VQATask
+
+    class LavisSignature:
+        def generate(self, samples, use_nucleus_sampling=False, num_beams=5, max_length=30, min_length=1):
+            return [f"{num_beams} beams"] * len(samples["image_id"])
+
+        def predict_answers(self, samples, num_beams=5, inference_method="generate", max_len=10, min_len=1,
+                            num_ans_candidates=128, answer_list=None, prompt="", length_penalty=0):
+            return ["yes"] * len(samples["question_id"])
+
+    samples = {"image_id": [1, 2], "question_id": [3, 4], "text_input": ["a?", "b?"]}
+    assert [r["caption"] for r in CaptionTask({"num_beams": 2}).valid_step(LavisSignature(), samples)] == ["2 beams"] * 2
+    assert [r["answer"] for r in VQATask({}).valid_step(LavisSignature(), samples)] == ["yes", "yes"]
+    with pytest.raises(TypeError, match="beam_search"):
+        CaptionTask({"beam_search": "transformers"}).valid_step(LavisSignature(), samples)
