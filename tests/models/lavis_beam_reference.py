@@ -6,7 +6,7 @@ import torch
 
 
 def lavis_beam_search(next_logits, start, num_beams, max_length, min_length, penalty, eos, pad,
-                      length_penalty=1.0, num_return=1, version="4.33"):
+                      length_penalty=1.0, num_return=1):
     """transformers 4.33.2's ``beam_search`` with its ``BeamSearchScorer`` and ``BeamHypotheses``
     (no early stopping), one sample and one candidate at a time as written there; LAVIS's
     ``requirements.txt`` pins ``transformers==4.33.2``. Lengths count the ``start`` ids (none
@@ -16,11 +16,10 @@ def lavis_beam_search(next_logits, start, num_beams, max_length, min_length, pen
     A finished hypothesis is the sequence before its end token, scored
     ``sum(log p) / len ** length_penalty``; a sample is done when it holds ``num_beams`` of them
     and the best of the step's ``2 x num_beams`` candidates, divided by the current length
-    plus one (``version="4.26"``, LAVIS 1.0.2's pin: the current length), does not beat the
+    plus one (4.26, LAVIS 1.0.2's pin, divides by the current length), does not beat the
     worst; beams still running at ``max_length`` join the hypotheses then. Returns each
     sample's ``num_return`` best hypotheses, best first, with their end tokens.
     """
-    done_len = 0 if version == "4.26" else 1
     batch = start.shape[0]
     ids = start.repeat_interleave(num_beams, 0)
     beam_scores = torch.zeros(batch, num_beams)
@@ -67,7 +66,7 @@ def lavis_beam_search(next_logits, start, num_beams, max_length, min_length, pen
                 if kept == num_beams:
                     break
             if len(hyps[b]) >= num_beams:
-                done[b] = min(s for s, _ in hyps[b]) >= float(top_scores[b].max()) / (cur_len + done_len) ** length_penalty
+                done[b] = min(s for s, _ in hyps[b]) >= float(top_scores[b].max()) / (cur_len + 1) ** length_penalty
         beam_scores = torch.tensor(next_scores)
         ids = torch.cat([ids[next_rows], torch.tensor(next_tokens)[:, None]], 1)
         if all(done) or ids.shape[-1] >= max_length:
