@@ -12,7 +12,9 @@ positive scores and multiplies negative ones; a finished beam hypothesis is scor
 ``sum(log p) / length ** length_penalty`` with ``length`` its ids before the end token, a
 sample stops when no candidate of the step, divided by the current length plus one, can beat
 its worst finished hypothesis, and beams still running at ``max_length`` compete with
-``length = max_length``. (transformers 4.26, LAVIS 1.0.2's pin, divides the stopping test
+``length = max_length``. Sampling keeps the top 50 tokens (``generate``'s default top-k)
+before the top-p filter and draws over the vocabulary order, as transformers does, so a seed
+gives LAVIS's samples. (transformers 4.26, LAVIS 1.0.2's pin, divides the stopping test
 by the current length; transformers 5 counts generated tokens with the end token, and stops on the
 best running beam.)
 """
@@ -89,14 +91,20 @@ def decode(
     return seqs
 
 
-def _nucleus(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    probs = F.softmax(scores, -1)
-    sorted_p, order = probs.sort(-1, descending=True)
-    # keep the smallest prefix whose mass reaches top_p (the top token always)
-    keep = (sorted_p.cumsum(-1) - sorted_p) < top_p
-    sorted_p = sorted_p * keep
-    choice = torch.multinomial(sorted_p / sorted_p.sum(-1, keepdim=True), 1)
-    return order.gather(1, choice).squeeze(1)
+def _nucleus(scores: torch.Tensor, top_p: float, top_k: int = 50) -> torch.Tensor:
+    """One token per row, drawn as transformers' sampling draws it: its top-k (generate's
+    default 50, which LAVIS runs with) and top-p filters, then one ``multinomial`` over the
+    vocabulary in its own order, so that a seed gives LAVIS's tokens."""
+    if top_k:
+        kth = scores.topk(min(top_k, scores.shape[-1]), -1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        # drop the least likely tokens whose total mass stays within 1 - top_p (the top token never)
+        ascending, order = scores.sort(-1)
+        drop = ascending.softmax(-1).cumsum(-1) <= 1 - top_p
+        drop[:, -1] = False
+        scores = scores.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return torch.multinomial(scores.softmax(-1), 1).squeeze(1)
 
 
 def _beam_search(

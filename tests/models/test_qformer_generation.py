@@ -116,6 +116,36 @@ def test_beam_search_is_transformers_4_33_as_lavis_runs_it(captioner, num_beams,
     assert _until_end(out.ids, tok).tolist() == _until_end(ref, tok).tolist()
 
 
+@pytest.mark.parametrize(
+    "num_captions, top_p, max_length, min_length, penalty",
+    [(2, 0.9, 8, 2, 1.0), (3, 0.5, 10, 1, 1.3), (1, 0.99, 6, 3, 1.0), (2, 1.0, 7, 1, 1.0)],
+)
+def test_nucleus_sampling_draws_what_transformers_draws(captioner, num_captions, top_p, max_length, min_length,
+                                                        penalty):
+    """Same seed, same tokens: transformers' top-k 50 and top-p filters and its one
+    ``multinomial`` draw per step over the vocabulary order (LAVIS samples through it)."""
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(max_length))
+    tok = captioner.tokenizer
+    embeds = captioner.encode_image(images)
+    torch.manual_seed(num_captions * 11)
+    with torch.no_grad():
+        ref = QFormerCaptioner(captioner).eval().generate(
+            input_ids=torch.full((3, 1), tok.bos_token_id), image_embeds=embeds, do_sample=True, top_p=top_p,
+            num_return_sequences=num_captions, max_new_tokens=max_length, min_new_tokens=min_length,
+            repetition_penalty=penalty, eos_token_id=tok.sep_token_id, pad_token_id=tok.pad_token_id,
+            use_cache=False,
+        )[:, 1:]
+    torch.manual_seed(num_captions * 11)
+    out = captioner.generate({"image": images}, use_nucleus_sampling=True, top_p=top_p, num_captions=num_captions,
+                             max_length=max_length, min_length=min_length, repetition_penalty=penalty,
+                             return_ids=True)
+    assert _until_end(out.ids, tok).tolist() == _until_end(ref, tok).tolist()
+    torch.manual_seed(num_captions * 11 + 1)
+    again = captioner.generate({"image": images}, use_nucleus_sampling=True, top_p=top_p, num_captions=num_captions,
+                               max_length=max_length, min_length=min_length, repetition_penalty=penalty)
+    assert again != out.texts  # it samples
+
+
 def test_only_lavis_beam_search_for_the_qformer(captioner):
     with pytest.raises(ConfigError, match="the Q-Former captioner has LAVIS's beam search only"):
         captioner.generate({"image": torch.randn(1, 3, 32, 32)}, beam_search="transformers")
