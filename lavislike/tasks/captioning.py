@@ -53,8 +53,7 @@ def check_beam_search(value: str) -> None:
 def beam_search_kwargs(cfg) -> dict:
     """``beam_search`` for ``generate`` / ``predict_answers`` only when it is not the default,
     so that a plugin model whose methods have LAVIS's signature keeps working."""
-    rule = cfg.get("beam_search", "lavis")
-    return {} if rule == "lavis" else {"beam_search": rule}
+    return {} if cfg.beam_search == "lavis" else {"beam_search": cfg.beam_search}
 
 
 def caption_generate_kwargs(cfg) -> dict:

@@ -47,6 +47,12 @@ class BeamState(NamedTuple):
     reorder: Reorder
 
 
+def reorder_hf_cache(cache: Any, rows: torch.Tensor) -> Any:
+    """Rows ``rows`` of a transformers ``Cache`` (in place, as its ``generate`` does)."""
+    cache.reorder_cache(rows)
+    return cache
+
+
 def check_beam_search(rule: str, key: str = "beam_search") -> str:
     check_choice(rule, BEAM_SEARCH_RULES, key)
     return rule

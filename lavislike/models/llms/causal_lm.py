@@ -18,7 +18,7 @@ from lavislike.errors import ConfigError
 from lavislike.models.attention import llm_attention_kernel
 from lavislike.models.losses import token_cross_entropy
 from lavislike.models.llms.base import LLMAdapter, LLMConfig, token_logprobs
-from lavislike.models.llms.beam_search import BeamState
+from lavislike.models.llms.beam_search import BeamState, reorder_hf_cache
 from lavislike.registry import LLMS
 
 # Answers are tokenized after this text and the anchor's tokens dropped, so each answer
@@ -139,18 +139,18 @@ class CausalLM(LLMAdapter):
         out = self.model(inputs_embeds=embeds, attention_mask=attn, position_ids=_positions(attn), use_cache=True,
                          logits_to_keep=1)
         out.cache.batch_repeat_interleave(num_beams)
-        attn = attn.repeat_interleave(num_beams, 0)
+        # the beams of an image share its mask: it grows by a column a step and needs no reordering
+        mask = attn.repeat_interleave(num_beams, 0)
 
-        def step(tokens: torch.Tensor, state: tuple) -> tuple[torch.Tensor, tuple]:
-            cache, mask = state
+        def step(tokens: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+            nonlocal mask
             mask = torch.cat([mask, torch.ones_like(tokens)], 1)
-            logits = self.model(input_ids=tokens, attention_mask=mask, position_ids=_positions(mask)[:, -1:],
+            logits = self.model(input_ids=tokens, attention_mask=mask, position_ids=mask.sum(1, keepdim=True) - 1,
                                 cache=cache, use_cache=True).logits
-            return logits[:, -1], (cache, mask)
+            return logits[:, -1], cache
 
-        start = torch.zeros((attn.shape[0], 0), dtype=torch.long, device=attn.device)
-        return BeamState(out.logits[:, -1].repeat_interleave(num_beams, 0), (out.cache, attn), start, step,
-                         _reorder_cache_and_mask)
+        start = torch.zeros((mask.shape[0], 0), dtype=torch.long, device=mask.device)
+        return BeamState(out.logits[:, -1].repeat_interleave(num_beams, 0), out.cache, start, step, reorder_hf_cache)
 
     # -- answer ranking -------------------------------------------------------------------
     def _tokenize_answers(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,12 +196,6 @@ class CausalLM(LLMAdapter):
 def _positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids counting from the first unpadded input (left padding gets 0)."""
     return (mask.cumsum(1) - 1).clamp(min=0)
-
-
-def _reorder_cache_and_mask(state: tuple, rows: torch.Tensor) -> tuple:
-    cache, mask = state
-    cache.reorder_cache(rows)
-    return cache, mask[rows]
 
 
 def _pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

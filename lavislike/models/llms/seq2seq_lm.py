@@ -17,7 +17,7 @@ from transformers.modeling_outputs import BaseModelOutput
 from lavislike.models.attention import llm_attention_kernel
 from lavislike.models.losses import token_cross_entropy
 from lavislike.models.llms.base import LLMAdapter, LLMConfig, token_logprobs
-from lavislike.models.llms.beam_search import BeamState
+from lavislike.models.llms.beam_search import BeamState, reorder_hf_cache
 from lavislike.registry import LLMS
 
 
@@ -101,7 +101,7 @@ class Seq2SeqLM(LLMAdapter):
             return out.logits[:, -1], out.cache
 
         logits, cache = step(start, None)
-        return BeamState(logits, cache, start, step, _reorder_cache)
+        return BeamState(logits, cache, start, step, reorder_hf_cache)
 
     # -- answer ranking -------------------------------------------------------------------
     def _tokenize_answers(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,8 +133,3 @@ class Seq2SeqLM(LLMAdapter):
             decoder_attention_mask=dec_mask,
         ).logits
         return token_logprobs(logits, ids, mask)
-
-
-def _reorder_cache(cache: Any, rows: torch.Tensor) -> Any:
-    cache.reorder_cache(rows)
-    return cache
