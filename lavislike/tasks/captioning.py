@@ -84,7 +84,14 @@ def caption_results(model, samples: dict, cfg) -> list[dict]:
 def score_captions(results: list[dict], dataset: Any, split: str, gt_file: str | None,
                    output_dir: Path | None, spice: bool) -> dict:
     """COCO metrics for ``[{"image_id", "caption"}]``; ``agg_metrics`` = CIDEr + BLEU-4."""
-    work = Path(output_dir) / "result" if output_dir else Path(tempfile.mkdtemp(prefix="lavislike_cap_"))
+    if output_dir:
+        return _score_captions_in(Path(output_dir) / "result", results, dataset, split, gt_file, spice)
+    with tempfile.TemporaryDirectory(prefix="lavislike_cap_") as work:
+        return _score_captions_in(Path(work), results, dataset, split, gt_file, spice)
+
+
+def _score_captions_in(work: Path, results: list[dict], dataset: Any, split: str, gt_file: str | None,
+                       spice: bool) -> dict:
     if not gt_file:
         gts = gt_from_dataset(dataset)
         if gts is None:

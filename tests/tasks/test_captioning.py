@@ -91,3 +91,20 @@ def test_without_java_the_metrics_file_says_approximate(tmp_path, monkeypatch):
     got = CaptionTask({"num_beams": 3}).evaluate(Captioner(), loader, split="val", epoch=0, output_dir=tmp_path)
     line = json.loads((tmp_path / "evaluate.txt").read_text().splitlines()[-1])
     assert got["approximate"] is True and line["approximate"] is True and "CIDEr" in line
+
+
+def test_scores_without_an_output_folder_leave_no_temporary_files(tmp_path, monkeypatch):
+    """Without ``output_dir`` the ground truth and results go to a temporary folder that is gone afterwards."""
+    import tempfile
+
+    monkeypatch.setattr(caption_metrics, "java_available", lambda: False)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    results = [{"image_id": i, "caption": c} for i, c in PRED.items()]
+    got = CaptionTask({"num_beams": 3}).compute_metrics(results, CaptionData(), "val", None)
+    toks = caption_metrics.simple_ptb_tokenize
+    from pycocoevalcap.cider.cider import Cider
+
+    assert got["CIDEr"] == pytest.approx(Cider().compute_score(toks(GTS), toks({i: [c] for i, c in PRED.items()}))[0])
+    assert list(scratch.iterdir()) == []
