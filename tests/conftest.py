@@ -26,6 +26,24 @@ def pytest_configure(config):
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_in_pytest_folder(tmp_path_factory):
+    """Temporary files of the code under test and of the processes it starts (torchrun's
+    ``torchelastic_*`` logs, Chromium's profiles, ``tempfile`` users) go to a folder of this
+    run, which pytest prunes, instead of piling up in the machine's temporary folder."""
+    import tempfile
+
+    folder = str(tmp_path_factory.mktemp("tmp"))
+    saved_env, saved_dir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
+    yield
+    tempfile.tempdir = saved_dir
+    if saved_env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved_env
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_tokenizer_dir(tmp_path_factory) -> Path:
     """A folder holding the tiny BERT WordPiece tokenizer with [DEC] (the same in every process)."""
