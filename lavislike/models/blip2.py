@@ -34,7 +34,7 @@ from lavislike.models.convert.hf import HF_DROP, HF_RETRIEVAL, HF_RETRIEVAL_ALLO
 from lavislike.models.convert.lavis import LAVIS_ALLOW_MISSING, LAVIS_DROP, LAVIS_STAGE1
 from lavislike.models.generation import GenerationOutput
 from lavislike.models.qformer import TextStates
-from lavislike.models.decoding import decode, reorder_pairs
+from lavislike.models.decoding import check_num_captions, decode, reorder_pairs
 from lavislike.registry import MODELS
 
 STAGE1_TYPES = {
@@ -281,9 +281,8 @@ class Blip2Qformer(Blip2Base):
         if beam_search != "lavis":
             raise ConfigError(f"beam_search='{beam_search}': the Q-Former captioner has LAVIS's beam search only; "
                               "use beam_search='lavis' (transformers' rules need an LLM model, e.g. blip2_opt)")
-        if not use_nucleus_sampling and num_captions > num_beams:
-            raise ConfigError(f"num_captions={num_captions} is more than num_beams={num_beams}: beam search returns "
-                              "at most num_beams captions; raise num_beams or lower num_captions")
+        if not use_nucleus_sampling:
+            check_num_captions(num_captions, num_beams)
         image_embeds = self.image_embeds(samples)
         width = num_captions if use_nucleus_sampling else num_beams
         tok = self.tokenizer

@@ -25,6 +25,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from lavislike.errors import ConfigError
+
 Step = Callable[[torch.Tensor, Any], tuple[torch.Tensor, Any]]
 Reorder = Callable[[Any, torch.Tensor], Any]
 
@@ -37,6 +39,13 @@ def _process(logits: torch.Tensor, seqs: torch.Tensor, eos_id: int, min_length: 
     if seqs.shape[1] < min_length:
         logits[:, eos_id] = float("-inf")
     return logits
+
+
+def check_num_captions(num_captions: int, num_beams: int) -> None:
+    """Beam search returns at most ``num_beams`` hypotheses per sample: refuse asking for more."""
+    if num_captions > num_beams:
+        raise ConfigError(f"num_captions={num_captions} is more than num_beams={num_beams}: beam search returns "
+                          "at most num_beams captions; raise num_beams or lower num_captions")
 
 
 def reorder_pairs(cache: list, index: torch.Tensor) -> list:

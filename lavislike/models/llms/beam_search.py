@@ -22,7 +22,7 @@ import torch
 
 from lavislike.common.suggest import check_choice
 from lavislike.errors import ConfigError
-from lavislike.models.decoding import Reorder, Step, decode
+from lavislike.models.decoding import Reorder, Step, check_num_captions, decode
 
 BEAM_SEARCH_RULES = ("lavis", "transformers")
 
@@ -83,9 +83,7 @@ def lavis_beam_search(llm, soft_prompt: torch.Tensor, prompts, max_txt_len, eos_
         )
     num_beams = int(generation["num_beams"])
     num_return = int(generation.get("num_return_sequences") or 1)
-    if num_return > num_beams:
-        raise ConfigError(f"num_captions={num_return} is more than num_beams={num_beams}: beam search returns at "
-                          "most num_beams captions; raise num_beams or lower num_captions")
+    check_num_captions(num_return, num_beams)
     state = llm._beam_state(soft_prompt, prompts, max_txt_len, num_beams)
     offset = state.start.shape[1]
     ids = decode(

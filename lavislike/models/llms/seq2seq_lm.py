@@ -90,9 +90,7 @@ class Seq2SeqLM(LLMAdapter):
         self, soft_prompt: torch.Tensor, prompts: Sequence[str], max_txt_len: Optional[int], num_beams: int
     ) -> BeamState:
         embeds, attn = self._encoder_inputs(soft_prompt, prompts, max_txt_len)
-        enc = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=attn).last_hidden_state
-        enc = BaseModelOutput(enc.repeat_interleave(num_beams, 0))
-        attn = attn.repeat_interleave(num_beams, 0)
+        enc = BaseModelOutput(self.model.get_encoder()(inputs_embeds=embeds, attention_mask=attn).last_hidden_state)
         start = torch.full((attn.shape[0], 1), self._start_id, dtype=torch.long, device=attn.device)
 
         def step(tokens: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
@@ -100,8 +98,14 @@ class Seq2SeqLM(LLMAdapter):
                              use_cache=True)
             return out.logits[:, -1], out.cache
 
+        # the decoder start once per image (with it the cross-attention keys/values of the
+        # encoder output); then the cache, the encoder output and its mask are widened to the beams
         logits, cache = step(start, None)
-        return BeamState(logits, cache, start, step, reorder_hf_cache)
+        cache.batch_repeat_interleave(num_beams)
+        enc = BaseModelOutput(enc.last_hidden_state.repeat_interleave(num_beams, 0))
+        attn = attn.repeat_interleave(num_beams, 0)
+        return BeamState(logits.repeat_interleave(num_beams, 0), cache, start.repeat_interleave(num_beams, 0), step,
+                         reorder_hf_cache)
 
     # -- answer ranking -------------------------------------------------------------------
     def _tokenize_answers(self, answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
